@@ -1,0 +1,50 @@
+"""The ``SEQUENCE_*`` settings, each default written once, read lazily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    # Queue used when neither the step nor the sequence names one.
+    "QUEUE": "default",
+    # Retries of a failing step: a Retry, or a dict of its arguments.
+    "RETRY": {"max": 3, "interval": [1, 10, 60]},
+    # Seconds a step may run; it becomes the RQ job timeout.
+    "TIMEOUT": 300,
+    # Seconds a claim outlives the step's timeout; RQ hard-kills a horse at timeout + 60.
+    "LEASE_MARGIN": 90,
+    # Largest data, in bytes of JSON, a sequence may hold.
+    "MAX_DATA_BYTES": 1_000_000,
+    # Seconds a dispatch may stay unconfirmed before the sweep queues it again.
+    "DISPATCH_GRACE": 30,
+    # Times the sweep may recover one step before the sequence is failed.
+    "MAX_RECOVERIES": 3,
+    # Seconds between recovery sweeps run by ``sequence worker``; 0 turns them off.
+    "RECOVER_INTERVAL": 60,
+    # Seconds RQ keeps a finished step job; 0 deletes it at once.
+    "RESULT_TTL": 0,
+}
+
+
+class Settings:
+    """Read a ``SEQUENCE_<NAME>`` setting, falling back to its default."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(name)
+        return getattr(django_settings, f"SEQUENCE_{name}", DEFAULTS[name])
+
+    QUEUE: str
+    RETRY: Any
+    TIMEOUT: int
+    LEASE_MARGIN: int
+    MAX_DATA_BYTES: int
+    DISPATCH_GRACE: int
+    MAX_RECOVERIES: int
+    RECOVER_INTERVAL: int
+    RESULT_TTL: int
+
+
+settings = Settings()

@@ -1,0 +1,107 @@
+"""Queueing step jobs: the queues, deterministic job ids, and the allow-listing job class."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from sequence.conf import settings
+from sequence.definitions import Retry, StepSpec
+from sequence.exceptions import ForeignJob
+
+logger = logging.getLogger("sequence")
+
+ENTRY_POINT = "sequence.runner.run_step"
+
+
+class SequenceJob(Job):
+    """An RQ job that runs only ``sequence``'s entry point.
+
+    The function and callbacks named in a job's payload are checked before anything is
+    imported, so a worker using this class never resolves a dotted path from Redis.
+    """
+
+    @property
+    def func(self) -> Any:
+        if self.func_name != ENTRY_POINT or self.instance is not None:
+            raise ForeignJob(
+                f"Refusing job {self.id!r}: it names {self.func_name!r}, and this worker "
+                f"runs only {ENTRY_POINT!r}."
+            )
+        from sequence.runner import run_step
+
+        return run_step
+
+    @property
+    def success_callback(self) -> Any:
+        return self._no_callback("_success_callback_name")
+
+    @property
+    def failure_callback(self) -> Any:
+        return self._no_callback("_failure_callback_name")
+
+    @property
+    def stopped_callback(self) -> Any:
+        return self._no_callback("_stopped_callback_name")
+
+    def _no_callback(self, attribute: str) -> None:
+        name = getattr(self, attribute, None)
+        if name:
+            raise ForeignJob(f"Refusing job {self.id!r}: it names the callback {name!r}.")
+
+
+def job_id(sequence_id: int, step_index: int, epoch: int) -> str:
+    """The id of the job that runs ``step_index`` of a sequence under ``epoch``."""
+    return f"seq-{sequence_id}-{step_index}-{epoch}"
+
+
+@cache
+def get_queue(name: str) -> Queue:
+    """The RQ queue ``name`` from ``RQ_QUEUES``, with JSON payloads and the job class."""
+    import django_rq
+
+    connection = django_rq.get_connection(name)
+    return Queue(name, connection=connection, serializer=JSONSerializer, job_class=SequenceJob)
+
+
+def enqueue_step(
+    sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None
+) -> None:
+    """Queue one step job. Safe to repeat: the job id names the step and epoch."""
+    cls = spec.cls if spec is not None else None
+    retry = Retry.coerce(cls.retry if cls and cls.retry is not None else settings.RETRY)
+    get_queue((cls and cls.queue) or queue).enqueue_call(
+        ENTRY_POINT,
+        args=(sequence_id, step_index, epoch),
+        job_id=job_id(sequence_id, step_index, epoch),
+        timeout=(cls and cls.timeout) or settings.TIMEOUT,
+        retry=retry.to_rq(),
+        result_ttl=settings.RESULT_TTL,
+        description=f"sequence {sequence_id} step {step_index}",
+    )
+
+
+def dispatch(
+    sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None
+) -> bool:
+    """Queue a due step and clear its outbox entry; False leaves it for the sweep."""
+    from sequence.models import SequenceRecord
+
+    try:
+        enqueue_step(sequence_id, step_index, epoch, queue, spec)
+    except Exception:
+        logger.exception(
+            "Could not queue step %s of sequence %s; the recovery sweep will.",
+            step_index,
+            sequence_id,
+        )
+        return False
+    SequenceRecord.objects.filter(
+        pk=sequence_id, epoch=epoch, dispatch_due__isnull=False
+    ).update(dispatch_due=None)
+    return True

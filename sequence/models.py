@@ -1,0 +1,149 @@
+"""The sequence record and the history of its step attempts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from sequence.states import ACTIVE, TERMINAL, Outcome, Status
+
+
+class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
+    def active(self) -> SequenceQuerySet:
+        """Sequences that should be moving: pending, running or retrying."""
+        return self.filter(status__in=ACTIVE)
+
+    def finished(self) -> SequenceQuerySet:
+        """Sequences in a terminal status."""
+        return self.filter(status__in=TERMINAL)
+
+    def pending(self) -> SequenceQuerySet:
+        return self.filter(status=Status.PENDING)
+
+    def running(self) -> SequenceQuerySet:
+        return self.filter(status=Status.RUNNING)
+
+    def retrying(self) -> SequenceQuerySet:
+        return self.filter(status=Status.RETRYING)
+
+    def paused(self) -> SequenceQuerySet:
+        return self.filter(status=Status.PAUSED)
+
+    def completed(self) -> SequenceQuerySet:
+        return self.filter(status=Status.COMPLETED)
+
+    def failed(self) -> SequenceQuerySet:
+        return self.filter(status=Status.FAILED)
+
+    def canceled(self) -> SequenceQuerySet:
+        return self.filter(status=Status.CANCELED)
+
+
+class SequenceRecord(models.Model):
+    """One started sequence: its data, where it is, and who may move it."""
+
+    name = models.CharField(_("name"), max_length=200)
+    key = models.CharField(_("start key"), max_length=255, null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    data = models.JSONField(_("data"), default=dict)
+    plan = models.JSONField(_("plan"), default=list, help_text=_("Step names, in order."))
+    version = models.CharField(_("version"), max_length=64, blank=True)
+    queue = models.CharField(_("queue"), max_length=100)
+    step_index = models.PositiveIntegerField(_("next step"), default=0)
+    # Fencing: goes up on every dispatch; a job carries the epoch it was queued under.
+    epoch = models.PositiveBigIntegerField(_("epoch"), default=0)
+    attempt = models.PositiveIntegerField(_("attempts of the current step"), default=0)
+    recoveries = models.PositiveIntegerField(_("recoveries of the current step"), default=0)
+    # The claim: who runs the current step, and until when (database clock).
+    claim_token = models.CharField(max_length=32, null=True, blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # The outbox: set in the commit that makes a dispatch due, cleared once it is queued.
+    dispatch_due = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    objects = SequenceQuerySet.as_manager()
+
+    class Meta:
+        db_table = "sequence_record"
+        verbose_name = _("sequence")
+        verbose_name_plural = _("sequences")
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "key"], condition=Q(key__isnull=False), name="sequence_unique_key"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-id"], name="sequence_status_idx"),
+            models.Index(fields=["name", "-id"], name="sequence_name_idx"),
+            models.Index(
+                fields=["dispatch_due"],
+                condition=Q(dispatch_due__isnull=False),
+                name="sequence_outbox_idx",
+            ),
+            models.Index(
+                fields=["lease_until"],
+                condition=Q(lease_until__isnull=False),
+                name="sequence_lease_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.plan)
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.plan) if self.status == Status.COMPLETED else self.step_index
+
+    @property
+    def current_step(self) -> str | None:
+        """The step running or next to run; None once completed."""
+        if self.status == Status.COMPLETED or self.step_index >= len(self.plan):
+            return None
+        step: str = self.plan[self.step_index]
+        return step
+
+
+class StepAttempt(models.Model):
+    """One attempt at one step (or one compensation), as it ended."""
+
+    sequence = models.ForeignKey(
+        SequenceRecord, on_delete=models.CASCADE, related_name="attempts"
+    )
+    step_index = models.PositiveIntegerField(_("step index"))
+    step = models.CharField(_("step"), max_length=200)
+    epoch = models.PositiveBigIntegerField(_("epoch"))
+    attempt = models.PositiveIntegerField(_("attempt"))
+    outcome = models.CharField(_("outcome"), max_length=24, choices=Outcome.choices)
+    started_at = models.DateTimeField(_("started"))
+    finished_at = models.DateTimeField(_("finished"))
+    worker = models.CharField(_("worker"), max_length=200, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+
+    class Meta:
+        db_table = "sequence_attempt"
+        verbose_name = _("step attempt")
+        verbose_name_plural = _("step attempts")
+        ordering = ["id"]
+        indexes = [models.Index(fields=["sequence", "id"], name="sequence_attempt_seq_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.step} attempt {self.attempt}: {self.outcome}"
+
+    @property
+    def duration(self) -> Any:
+        return self.finished_at - self.started_at

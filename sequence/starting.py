@@ -1,0 +1,67 @@
+"""Starting a sequence: validate, save, and queue the first step on commit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from sequence import hooks, signals
+from sequence.conf import settings
+from sequence.dispatch import dispatch
+from sequence.exceptions import ConfigurationError
+from sequence.models import SequenceRecord
+from sequence.validation import check_data
+
+if TYPE_CHECKING:
+    from sequence.definitions import Sequence
+
+
+def start(
+    cls: type[Sequence],
+    data: Mapping[str, Any] | None,
+    *,
+    key: str | None = None,
+    queue: str | None = None,
+) -> SequenceRecord:
+    """Save a new sequence of ``cls`` and queue its first step once the transaction commits."""
+    if not getattr(cls, "step_specs", None):
+        raise ConfigurationError(f"{cls.__qualname__} has no steps; list them in steps = [...].")
+    cleaned = cls.clean(data)
+    check_data(cleaned)
+    if key is not None:
+        existing = SequenceRecord.objects.filter(name=cls.name, key=key).first()
+        if existing is not None:
+            return existing
+    record = SequenceRecord(
+        name=cls.name,
+        key=key,
+        data=cleaned,
+        plan=cls.plan_names(),
+        version=str(cls.version),
+        queue=queue or cls.queue or settings.QUEUE,
+        dispatch_due=Now(),
+    )
+    if key is None:
+        record.save(force_insert=True)
+    else:
+        try:
+            with transaction.atomic():
+                record.save(force_insert=True)
+        except IntegrityError:
+            # Another request started the same key between our read and write.
+            return SequenceRecord.objects.get(name=cls.name, key=key)
+    spec = cls.step_specs[0]
+    pk = record.pk
+
+    def first_step() -> None:
+        dispatch(pk, 0, 0, record.queue, spec)
+        hooks.send(signals.sequence_started, cls, sequence=cls._from_record(record))
+
+    transaction.on_commit(first_step, robust=True)
+    # The in-memory copy shows the database's Now() as this process's clock.
+    record.dispatch_due = timezone.now()
+    return record

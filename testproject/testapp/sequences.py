@@ -1,0 +1,128 @@
+"""Sequences the test suite runs on real workers."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from sequence import Retry, Sequence, Step
+from testproject.testapp.models import Ledger
+
+
+def mark(step: Step | None, name: str, sequence_id: int, key: str = "") -> None:
+    Ledger.objects.create(sequence_id=sequence_id, step=name, idempotency_key=key)
+
+
+class Record(Step):
+    """Appends its name to data["trail"] and writes a ledger row."""
+
+    def perform(self) -> None:
+        name = type(self).__name__
+        mark(self, name, self.sequence.id, self.idempotency_key)
+        self.data.setdefault("trail", []).append(name)
+        time.sleep(float(self.data.get("sleep", 0)))
+
+
+class A(Record):
+    pass
+
+
+class B(Record):
+    pass
+
+
+class C(Record):
+    pass
+
+
+class ThreeSteps(Sequence):
+    steps = [A, B, C]
+
+
+class Double(Step):
+    def perform(self) -> dict[str, Any]:
+        return {"doubled": self.data["n"] * 2}
+
+
+def add_one(data: dict[str, Any]) -> dict[str, Any]:
+    return {"plus_one": data["doubled"] + 1}
+
+
+def remember(data: dict[str, Any]) -> None:
+    data["seen"] = [data["doubled"], data["plus_one"]]
+
+
+class Arithmetic(Sequence):
+    steps = [Double, add_one, remember]
+
+
+class Inner(Sequence):
+    steps = [B, C]
+
+
+class WithSubSequence(Sequence):
+    steps = [A, Inner]
+
+
+class Flaky(Step):
+    """Fails its first data["fail_times"] attempts."""
+
+    retry = Retry(max=2, interval=0)
+
+    def perform(self) -> None:
+        mark(self, "Flaky", self.sequence.id, self.idempotency_key)
+        self.data["attempts_seen"] = self.attempt
+        if self.attempt <= int(self.data.get("fail_times", 0)):
+            self.data["poisoned"] = True  # must not survive the failed attempt
+            raise RuntimeError(f"flaky failure {self.attempt}")
+
+
+class FlakySequence(Sequence):
+    steps = [A, Flaky, C]
+
+
+class Undo(Record):
+    def compensate(self) -> None:
+        mark(self, "Undo.compensate", self.sequence.id)
+
+
+class Broken(Step):
+    retry = Retry(max=1, interval=0)
+
+    def perform(self) -> None:
+        mark(self, "Broken", self.sequence.id)
+        if not self.data.get("fixed"):
+            raise ValueError("broken step")
+
+
+class Compensating(Sequence):
+    steps = [Undo, Broken, C]
+
+    def on_failure(self, error: str) -> None:
+        mark(None, "on_failure", self.id)
+
+    def on_complete(self) -> None:
+        mark(None, "on_complete", self.id)
+
+
+class BadOutput(Step):
+    retry = Retry(max=0)
+
+    def perform(self) -> None:
+        self.data["when"] = datetime(2026, 1, 1)
+
+
+class BadOutputSequence(Sequence):
+    steps = [BadOutput]
+
+
+class AtomicWrite(Step):
+    atomic = True
+
+    def perform(self) -> None:
+        mark(self, "AtomicWrite", self.sequence.id, self.idempotency_key)
+
+
+class AtomicSequence(Sequence):
+    steps = [AtomicWrite, B]

@@ -1,0 +1,110 @@
+"""Fixtures: a scratch Redis database, real worker processes, and helpers to wait on them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import django_rq
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
+
+
+@pytest.fixture(autouse=True)
+def redis_db() -> Iterator[object]:
+    """An empty Redis database per test; refuses to flush database 0."""
+    conn = django_rq.get_connection("default")
+    db = conn.connection_pool.connection_kwargs.get("db", 0)
+    if db == 0:
+        pytest.exit("Set REDIS_URL to a scratch database (e.g. redis://127.0.0.1:6379/15).", 2)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+class Workers:
+    """Worker processes started by a test; every one is killed by pid at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs = tmp_path
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SEQUENCE_DB_NAME"] = str(connection.settings_dict["NAME"])
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def start(
+        self,
+        n: int = 1,
+        *,
+        kind: str = "simple",
+        queues: tuple[str, ...] = ("default",),
+        burst: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> list[subprocess.Popen[bytes]]:
+        started = []
+        for _ in range(n):
+            index = len(self.procs)
+            cmd = [sys.executable, "manage.py", "sequence", "worker", *queues, "--worker-class", kind]
+            if burst:
+                cmd.append("--burst")
+            with (self.logs / f"worker-{index}.log").open("wb") as log:
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=self.env(env), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            self.procs.append(proc)
+            started.append(proc)
+        return started
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Signal the worker's process group: the worker, its horse and its scheduler."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.kill(proc)
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30, message: str = "") -> object:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message or condition}")
+        time.sleep(0.05)
+
+
+def pytest_report_header() -> str:
+    db = settings.DATABASES["default"]
+    return f"database: {db['ENGINE'].rsplit('.', 1)[-1]}; redis: {settings.RQ_QUEUES['default']['URL']}"
