@@ -6,7 +6,8 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings as django_settings
-from django.core.checks import CheckMessage, Error, Tags, Warning, register as add_check
+from django.core.checks import CheckMessage, Error, Tags, Warning
+from django.core.checks import register as add_check
 
 from sequence.conf import settings
 
@@ -64,7 +65,11 @@ def check_serializer(**kwargs: Any) -> list[CheckMessage]:
         serializer = configured[name].get("SERIALIZER")
         if serializer is None:
             continue  # sequence always enqueues with JSON; only an explicit other one clashes
-        path = serializer if isinstance(serializer, str) else f"{serializer.__module__}.{serializer.__qualname__}"
+        path = (
+            serializer
+            if isinstance(serializer, str)
+            else f"{serializer.__module__}.{serializer.__qualname__}"
+        )
         if path not in JSON_SERIALIZERS:
             errors.append(
                 Error(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.apps import apps
@@ -257,7 +257,10 @@ class Sequence:
 
     @classmethod
     def start(
-        cls, data: Mapping[str, Any] | None = None, *, key: str | None = None,
+        cls,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
         queue: str | None = None,
     ) -> Self:
         """Save a sequence with ``data`` and queue its first step once the transaction commits."""

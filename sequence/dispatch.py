@@ -101,7 +101,7 @@ def dispatch(
             sequence_id,
         )
         return False
-    SequenceRecord.objects.filter(
-        pk=sequence_id, epoch=epoch, dispatch_due__isnull=False
-    ).update(dispatch_due=None)
+    SequenceRecord.objects.filter(pk=sequence_id, epoch=epoch, dispatch_due__isnull=False).update(
+        dispatch_due=None
+    )
     return True

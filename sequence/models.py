@@ -46,7 +46,8 @@ class SequenceRecord(models.Model):
     """One started sequence: its data, where it is, and who may move it."""
 
     name = models.CharField(_("name"), max_length=200)
-    key = models.CharField(_("start key"), max_length=255, null=True, blank=True)
+    # NULL, not "": many sequences have no key, and the unique constraint skips NULLs.
+    key = models.CharField(_("start key"), max_length=255, null=True, blank=True)  # noqa: DJ001
     status = models.CharField(
         _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
     )
@@ -60,7 +61,7 @@ class SequenceRecord(models.Model):
     attempt = models.PositiveIntegerField(_("attempts of the current step"), default=0)
     recoveries = models.PositiveIntegerField(_("recoveries of the current step"), default=0)
     # The claim: who runs the current step, and until when (database clock).
-    claim_token = models.CharField(max_length=32, null=True, blank=True)
+    claim_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     claimed_by = models.CharField(max_length=200, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     # The outbox: set in the commit that makes a dispatch due, cleared once it is queued.
@@ -120,9 +121,7 @@ class SequenceRecord(models.Model):
 class StepAttempt(models.Model):
     """One attempt at one step (or one compensation), as it ended."""
 
-    sequence = models.ForeignKey(
-        SequenceRecord, on_delete=models.CASCADE, related_name="attempts"
-    )
+    sequence = models.ForeignKey(SequenceRecord, on_delete=models.CASCADE, related_name="attempts")
     step_index = models.PositiveIntegerField(_("step index"))
     step = models.CharField(_("step"), max_length=200)
     epoch = models.PositiveBigIntegerField(_("epoch"))

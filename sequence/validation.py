@@ -29,9 +29,7 @@ def _check(value: Any, path: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidData(
-                    f"{path} has the key {key!r}; JSON object keys must be strings."
-                )
+                raise InvalidData(f"{path} has the key {key!r}; JSON object keys must be strings.")
             if "\x00" in key:
                 raise InvalidData(f"{_path(path, key)}: the key contains a NUL character.")
             _check(item, _path(path, key))

@@ -77,7 +77,8 @@ def _database() -> dict[str, object]:
             "PORT": parts.port or 5432,
             "CONN_MAX_AGE": None,
             "CONN_HEALTH_CHECKS": True,
-            "TEST": {"NAME": "test_sequence"},
+            # One test database per test run: concurrent runs must not share it.
+            "TEST": {"NAME": f"test_sequence_{os.getpid()}"},
         }
     return {
         "ENGINE": "django.db.backends.sqlite3",
@@ -88,7 +89,7 @@ def _database() -> dict[str, object]:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
         "CONN_MAX_AGE": None,
-        "TEST": {"NAME": str(VAR / "test.sqlite3")},
+        "TEST": {"NAME": str(VAR / f"test-{os.getpid()}.sqlite3")},
     }
 
 
@@ -115,5 +116,9 @@ LOGGING = {
 # Any SEQUENCE_* setting can come from the environment as JSON (tests and the benchmark
 # configure worker processes this way).
 for _key, _value in os.environ.items():
-    if _key.startswith("SEQUENCE_") and _key not in ("SEQUENCE_DB_NAME", "SEQUENCE_VAR_DIR", "SEQUENCE_LOG"):
+    if _key.startswith("SEQUENCE_") and _key not in (
+        "SEQUENCE_DB_NAME",
+        "SEQUENCE_VAR_DIR",
+        "SEQUENCE_LOG",
+    ):
         globals()[_key] = json.loads(_value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,11 +22,11 @@ OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
 
 @pytest.fixture(autouse=True)
 def redis_db() -> Iterator[object]:
-    """An empty Redis database per test; refuses to flush database 0."""
+    """An empty Redis database per test (the run's own server, see tests/redis_server.py)."""
     conn = django_rq.get_connection("default")
     db = conn.connection_pool.connection_kwargs.get("db", 0)
     if db == 0:
-        pytest.exit("Set REDIS_URL to a scratch database (e.g. redis://127.0.0.1:6379/15).", 2)
+        pytest.exit("Refusing to flush Redis database 0; set TEST_REDIS_URL to a scratch one.", 2)
     conn.flushdb()
     yield conn
     conn.flushdb()
@@ -57,7 +58,15 @@ class Workers:
         started = []
         for _ in range(n):
             index = len(self.procs)
-            cmd = [sys.executable, "manage.py", "sequence", "worker", *queues, "--worker-class", kind]
+            cmd = [
+                sys.executable,
+                "manage.py",
+                "sequence",
+                "worker",
+                *queues,
+                "--worker-class",
+                kind,
+            ]
             if burst:
                 cmd.append("--burst")
             with (self.logs / f"worker-{index}.log").open("wb") as log:
@@ -71,10 +80,8 @@ class Workers:
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         """Signal the worker's process group: the worker, its horse and its scheduler."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -83,7 +90,9 @@ class Workers:
             proc.wait(timeout=10)
 
     def output(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log"))
+        )
 
 
 @pytest.fixture

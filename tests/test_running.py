@@ -7,7 +7,13 @@ import pytest
 from sequence import Sequence
 from sequence.models import StepAttempt
 from testproject.testapp.models import Ledger
-from testproject.testapp.sequences import Arithmetic, Compensating, FlakySequence, ThreeSteps, WithSubSequence
+from testproject.testapp.sequences import (
+    Arithmetic,
+    Compensating,
+    FlakySequence,
+    ThreeSteps,
+    WithSubSequence,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,7 +50,9 @@ def test_failed_attempt_leaves_data_unchanged_and_retry_succeeds(workers):
     assert "poisoned" not in data
     assert data["attempts_seen"] == 2
     outcomes = list(
-        StepAttempt.objects.filter(sequence_id=seq.id, step="Flaky").values_list("attempt", "outcome")
+        StepAttempt.objects.filter(sequence_id=seq.id, step="Flaky").values_list(
+            "attempt", "outcome"
+        )
     )
     assert outcomes == [(1, "failed"), (2, "succeeded")]
 
