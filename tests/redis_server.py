@@ -7,6 +7,7 @@ flush each other's queues. Set TEST_REDIS_URL to use an existing server instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -29,7 +30,9 @@ def _free_port() -> int:
 
 def _binary() -> str | None:
     for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+        found = shutil.which(name) or (
+            f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
+        )
         if found:
             return found
     try:  # a server shipped in a wheel
@@ -45,7 +48,9 @@ def start() -> str:
     global _server
     binary = _binary()
     if binary is None:
-        pytest.exit("No redis-server found; run the suite with `make test`, or set TEST_REDIS_URL.", 2)
+        pytest.exit(
+            "No redis-server found; run the suite with `make test`, or set TEST_REDIS_URL.", 2
+        )
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="sequence-redis-")
     _server = subprocess.Popen(
@@ -69,10 +74,8 @@ def start() -> str:
 def stop() -> None:
     global _server
     if _server is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(_server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         _server.wait(timeout=10)
         _server = None
 

@@ -41,9 +41,13 @@ def test_first_step_is_queued_only_when_the_transaction_commits():
 
 
 def test_rollback_leaves_no_record_and_no_job():
-    with pytest.raises(RuntimeError), transaction.atomic():
-        ThreeSteps.start({"n": 1})
-        raise RuntimeError("the view failed")
+    def view() -> None:
+        with transaction.atomic():
+            ThreeSteps.start({"n": 1})
+            raise RuntimeError("the view failed")
+
+    with pytest.raises(RuntimeError):
+        view()
     assert not SequenceRecord.objects.exists()
     assert queued_ids() == []
 
@@ -107,7 +111,7 @@ def test_data_over_the_size_limit_is_refused(settings):
 def test_unknown_sequence_name_is_refused():
     from sequence.definitions import get_sequence_class
 
-    with pytest.raises(UnknownSequence, match="'nope.Missing'"):
+    with pytest.raises(UnknownSequence, match=r"'nope\.Missing'"):
         get_sequence_class("nope.Missing")
 
 
@@ -118,5 +122,5 @@ def test_get_of_a_missing_id_raises_unknown_sequence():
 
 def test_get_through_the_wrong_class_is_refused():
     seq = ThreeSteps.start({})
-    with pytest.raises(UnknownSequence, match="testapp.ThreeSteps"):
+    with pytest.raises(UnknownSequence, match=r"testapp\.ThreeSteps"):
         Arithmetic.get(seq.id)
