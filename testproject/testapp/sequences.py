@@ -140,3 +140,30 @@ class SlowStep(Record):
 
 class Slow(Sequence):
     steps = [SlowStep, B]
+
+
+def clean_signup(data: dict[str, Any]) -> dict[str, Any]:
+    if "@" not in str(data.get("email", "")):
+        raise ValueError(f"email {data.get('email')!r} is not an address")
+    return {"email": data["email"].lower()}
+
+
+class Signup(Sequence):
+    steps = [A]
+    schema = clean_signup
+
+
+try:
+    import pydantic
+except ImportError:  # pragma: no cover - pydantic is an optional extra
+    pydantic = None  # type: ignore[assignment]
+
+if pydantic is not None:
+
+    class Order(pydantic.BaseModel):
+        order_id: int
+        amount: float = 0.0
+
+    class Checkout(Sequence):
+        steps = [A]
+        schema = Order

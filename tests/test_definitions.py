@@ -1,0 +1,115 @@
+"""Declaring sequences: names, the registry, plans, schemas and versions."""
+
+from __future__ import annotations
+
+import pytest
+
+from sequence import ConfigurationError, InvalidData, Retry, Sequence, SequenceFailed, Step
+from sequence.definitions import get_sequence_class, registered
+from sequence.models import SequenceRecord
+from testproject.testapp.sequences import A, Checkout, Signup, ThreeSteps, Versioned
+
+from .conftest import wait_for
+
+
+def test_every_apps_sequences_module_is_registered_under_app_label_and_class_name():
+    assert get_sequence_class("testapp.ThreeSteps") is ThreeSteps
+    assert get_sequence_class("demo.ContactFormSequence").__name__ == "ContactFormSequence"
+    assert "testapp.Inner" in registered()
+
+
+def test_two_sequences_with_one_name_are_a_configuration_error():
+    with pytest.raises(ConfigurationError, match=r"Two sequences are named 'testapp\.ThreeSteps'"):
+        type("Impostor", (Sequence,), {"steps": [A], "name": "testapp.ThreeSteps"})
+
+
+def test_a_name_can_be_given():
+    cls = type(
+        "Renamed", (Sequence,), {"steps": [A], "name": "billing.renamed", "__module__": __name__}
+    )
+    assert get_sequence_class("billing.renamed") is cls
+
+
+def test_a_step_must_be_a_step_a_function_or_a_sequence():
+    with pytest.raises(ConfigurationError, match="must be a Step subclass"):
+        type("Bad", (Sequence,), {"steps": [42]})
+
+
+def test_two_different_steps_with_one_name_are_refused():
+    other_a = type("A", (Step,), {"perform": lambda self: None})
+    with pytest.raises(ConfigurationError, match="two different steps named 'A'"):
+        type("Clash", (Sequence,), {"steps": [A, other_a]})
+
+
+def test_schedule_names_are_unique_within_a_sequence():
+    from sequence import Schedule
+
+    with pytest.raises(ConfigurationError, match="two schedules with one name"):
+        type(
+            "Twice",
+            (Sequence,),
+            {
+                "steps": [A],
+                "schedules": [Schedule("x", cron="* * * * *"), Schedule("x", cron="0 * * * *")],
+            },
+        )
+
+
+def test_retry_options_are_validated():
+    with pytest.raises(ConfigurationError, match="max must be 0 or more"):
+        Retry(max=-1)
+    with pytest.raises(ConfigurationError, match="interval"):
+        Retry(max=2, interval=[-1])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_callable_schema_cleans_the_data():
+    seq = Signup.start({"email": "Ada@Example.COM", "extra": 1})
+    assert seq.data == {"email": "ada@example.com"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rejected_schema_fails_at_once_and_saves_nothing():
+    with pytest.raises(InvalidData, match="not an address"):
+        Signup.start({"email": "nope"})
+    assert not SequenceRecord.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pydantic_schema_validates_and_serialises():
+    seq = Checkout.start({"order_id": "7"})
+    assert seq.data == {"order_id": 7, "amount": 0.0}
+    with pytest.raises(InvalidData, match="order_id"):
+        Checkout.start({"amount": 1})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sequence_records_its_version_and_plan():
+    seq = Versioned.start({})
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.version, record.plan) == ("2", ["A", "B"])
+    assert Versioned.get(seq.id).version == "2"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_sequence_follows_its_stored_plan_after_a_deploy(workers):
+    seq = Versioned.start({})
+    # As if started by an older deploy whose plan ran B before A.
+    SequenceRecord.objects.filter(pk=seq.id).update(plan=["B", "A"], version="1")
+    workers.start()
+    assert seq.wait(30)["trail"] == ["B", "A"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stored_step_that_no_longer_exists_fails_the_sequence_clearly(workers):
+    seq = Versioned.start({})
+    SequenceRecord.objects.filter(pk=seq.id).update(plan=["Retired", "B"], version="1")
+    workers.start()
+    with pytest.raises(
+        SequenceFailed,
+        match=r"Step 'Retired' of testapp\.Versioned \(version '1'\) no longer exists",
+    ):
+        seq.wait(30)
+    wait_for(
+        lambda: not SequenceRecord.objects.filter(pk=seq.id, claim_token__isnull=False).exists()
+    )
