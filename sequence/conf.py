@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "RECOVER_INTERVAL": 60,
     # Seconds RQ keeps a finished step job; 0 deletes it at once.
     "RESULT_TTL": 0,
+    # Seconds after its time a schedule tick may still start (covers scheduler restarts).
+    "SCHEDULE_WINDOW": 300,
 }
 
 
@@ -45,6 +47,7 @@ class Settings:
     MAX_RECOVERIES: int
     RECOVER_INTERVAL: int
     RESULT_TTL: int
+    SCHEDULE_WINDOW: int
 
 
 settings = Settings()

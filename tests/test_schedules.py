@@ -1,0 +1,64 @@
+"""Cron schedules start one sequence per tick, in settings.TIME_ZONE."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db import close_old_connections
+
+from sequence import schedules
+from sequence.models import SequenceRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UTC = ZoneInfo("UTC")
+
+
+def nightly_keys() -> list[str]:
+    return sorted(
+        SequenceRecord.objects.filter(name="testapp.Nightly").values_list("key", flat=True)
+    )
+
+
+def test_a_due_tick_starts_its_sequence_with_the_schedules_data():
+    started = schedules.run_due(datetime(2026, 11, 21, 9, 0, 30, tzinfo=UTC))
+    assert sorted(s.data["source"] for s in started) == ["cron", "hourly"]
+    assert nightly_keys() == [
+        "schedule:at_nine:2026-11-21T09:00+00:00",
+        "schedule:hourly:2026-11-21T09:00+00:00",
+    ]
+
+
+def test_ticks_follow_the_time_zone_setting(settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    # 08:01 UTC is 09:01 in Paris in November: the 9 o'clock tick is due.
+    now = datetime(2026, 11, 21, 8, 1, tzinfo=UTC)
+    assert [t.schedule.name for t in schedules.due(now)] == ["at_nine", "hourly"]
+    settings.TIME_ZONE = "UTC"
+    assert [t.schedule.name for t in schedules.due(now)] == ["hourly"]
+
+
+def test_a_tick_older_than_the_window_is_not_started():
+    now = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+    assert schedules.due(now, window=300) == []
+
+
+def test_many_schedulers_start_one_sequence_per_tick():
+    now = datetime(2026, 11, 21, 9, 0, 5, tzinfo=UTC)
+    barrier = threading.Barrier(4)
+
+    def scheduler() -> None:
+        barrier.wait()
+        schedules.run_due(now)
+        close_old_connections()
+
+    threads = [threading.Thread(target=scheduler) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    schedules.run_due(now)
+    assert len(nightly_keys()) == 2
