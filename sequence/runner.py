@@ -35,6 +35,7 @@ from sequence.exceptions import (
     StepFenced,
     UnknownSequence,
 )
+from sequence.masking import mask_text
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Outcome, Status
 from sequence.validation import check_data
@@ -327,8 +328,8 @@ def _record_failure(
     claim: Claim, cls: type[Sequence], spec: StepSpec, exc: Exception, *, will_retry: bool
 ) -> bool:
     """Record a failed attempt; True if RQ should see the exception (and maybe retry)."""
-    error = f"{type(exc).__name__}: {exc}"
-    tb = traceback.format_exc()
+    error = mask_text(f"{type(exc).__name__}: {exc}", claim.record.data)
+    tb = mask_text(traceback.format_exc(), claim.record.data)
     fields = {"claim_token": None, "claimed_by": "", "lease_until": None, "error": error}
     with transaction.atomic():
         failed = False
@@ -398,7 +399,11 @@ def _compensate(claim: Claim, cls: type[Sequence], handle: Sequence) -> None:
         try:
             step.compensate()  # type: ignore[attr-defined]
         except Exception as exc:
-            outcome, error, tb = Outcome.COMPENSATION_FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            outcome, error, tb = (
+                Outcome.COMPENSATION_FAILED,
+                mask_text(f"{type(exc).__name__}: {exc}", record.data),
+                mask_text(traceback.format_exc(), record.data),
+            )
             logger.exception("Compensation of %s for sequence %s failed", spec.name, record.pk)
         else:
             outcome, error, tb = Outcome.COMPENSATED, "", ""
