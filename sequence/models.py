@@ -96,6 +96,14 @@ class SequenceRecord(models.Model):
                 condition=Q(lease_until__isnull=False),
                 name="sequence_lease_idx",
             ),
+            # The admin's search by start key, across names.
+            models.Index(fields=["key"], condition=Q(key__isnull=False), name="sequence_key_idx"),
+            # Retention: `sequence prune` deletes finished sequences oldest first.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(finished_at__isnull=False),
+                name="sequence_finished_idx",
+            ),
         ]
 
     def __str__(self) -> str:
