@@ -1,17 +1,20 @@
 """Signals ``sequence`` sends, each after the commit that records its event.
 
 Every signal is sent with ``sender`` the Sequence subclass and ``sequence`` the handle.
+A receiver that raises is logged (with its traceback, secrets masked) and does not stop
+the other receivers, the sequence, or the request that caused the event.
 """
 
 from __future__ import annotations
 
 from django.dispatch import Signal
 
-sequence_started = Signal()
+sequence_started = Signal()  # the record is saved and its first step queued
 step_completed = Signal()  # also: step (name), step_index, attempt
 step_failed = Signal()  # also: step, step_index, attempt, error, will_retry
-sequence_completed = Signal()
-sequence_failed = Signal()  # also: error
+sequence_completed = Signal()  # the last step committed
+sequence_failed = Signal()  # also: error; after compensations ran
 sequence_canceled = Signal()
 sequence_paused = Signal()
 sequence_resumed = Signal()
+sequence_retried = Signal()  # a failed sequence was sent back to its failed step

@@ -1,4 +1,4 @@
-"""Statuses of a sequence and the transitions allowed between them."""
+"""Statuses of a sequence and the one table of transitions allowed between them."""
 
 from __future__ import annotations
 
@@ -19,25 +19,66 @@ class Status(models.TextChoices):
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING, Status.RETRYING})
 
-# action -> statuses it may start from. Where the status already matches, the
-# action is a no-op (see IDEMPOTENT); anything else raises InvalidTransition.
-TRANSITIONS: dict[str, frozenset[Status]] = {
-    # A queued job may take its step.
-    "claim": frozenset({Status.PENDING, Status.RETRYING}),
-    "pause": ACTIVE,
-    "resume": frozenset({Status.PAUSED}),
-    "cancel": ACTIVE | {Status.PAUSED},
-    "retry": frozenset({Status.FAILED}),
-}
+# action -> {from status: the statuses it may lead to}. Every status change is one of
+# these, made by a conditional UPDATE whose WHERE clause names the "from" statuses, so
+# two changes racing each other cannot both apply to the same row.
+#
+# Asked for by people and code (sequence.transitions): pause, resume, cancel, retry.
+# Made by running a step (sequence.runner, sequence.recovery): the rest.
+Transitions = dict[str, dict[Status, frozenset[Status]]]
 
-# action -> statuses in which asking again changes nothing.
+
+def _table() -> Transitions:
+    P, R, T, Z = Status.PENDING, Status.RUNNING, Status.RETRYING, Status.PAUSED
+    C, F, X = Status.COMPLETED, Status.FAILED, Status.CANCELED
+    return {
+        "pause": {P: frozenset({Z}), R: frozenset({Z}), T: frozenset({Z})},
+        # To running while the step in flight still holds its claim (it commits and
+        # queues its successor itself); to pending, with the next step queued, otherwise.
+        "resume": {Z: frozenset({R, P})},
+        "cancel": {P: frozenset({X}), R: frozenset({X}), T: frozenset({X}), Z: frozenset({X})},
+        "retry": {F: frozenset({P})},
+        # A job takes its step; from running only when the holder's lease ran out, from
+        # failed only when the failed RQ job was requeued by hand.
+        "claim": {P: frozenset({R}), T: frozenset({R}), F: frozenset({R}), R: frozenset({R})},
+        # A step's result is saved. Paused or canceled meanwhile: the result is kept and
+        # nothing further starts (a paused sequence whose last step commits is completed).
+        "commit": {R: frozenset({P, C}), Z: frozenset({Z, C}), X: frozenset({X})},
+        # An attempt raised: retrying if RQ has retries left, failed otherwise.
+        "fail": {R: frozenset({T, F}), Z: frozenset({Z, F}), X: frozenset({X})},
+        # The sweep: a lost claim is retried (or failed past SEQUENCE_MAX_RECOVERIES); a lost
+        # dispatch is queued again under a new epoch.
+        "recover": {R: frozenset({T, F}), P: frozenset({P}), T: frozenset({T})},
+    }
+
+
+TRANSITIONS: Transitions = _table()
+
+# action -> statuses in which asking again changes nothing (no error, no signal).
 IDEMPOTENT: dict[str, frozenset[Status]] = {
-    "claim": frozenset(),
     "pause": frozenset({Status.PAUSED}),
     "resume": ACTIVE,
     "cancel": frozenset({Status.CANCELED}),
     "retry": frozenset(),
 }
+
+# The actions a person may ask for, in the order the admin and the command show them.
+REQUESTS = ("pause", "resume", "cancel", "retry")
+
+
+def sources(action: str) -> frozenset[Status]:
+    """The statuses ``action`` may start from."""
+    return frozenset(TRANSITIONS[action])
+
+
+def allows(action: str, source: str, target: str) -> bool:
+    """Whether ``action`` may move a sequence from ``source`` to ``target``."""
+    return target in TRANSITIONS[action].get(Status(source), frozenset())
+
+
+def available(status: str) -> list[str]:
+    """The requested actions that would change a sequence in ``status``."""
+    return [action for action in REQUESTS if Status(status) in TRANSITIONS[action]]
 
 
 class Outcome(models.TextChoices):
