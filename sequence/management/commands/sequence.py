@@ -1,23 +1,32 @@
-"""``manage.py sequence <subcommand>``: run workers, recover, and steer sequences."""
+"""``manage.py sequence <subcommand>``: run workers, recover, and inspect or steer sequences."""
 
 from __future__ import annotations
 
-import argparse
+import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from sequence import cli
 from sequence.conf import settings
 
 
 class Command(BaseCommand):
-    help = "Run sequence workers, recover stuck sequences, and inspect or steer sequences."
+    help = (
+        "Run sequence workers, recover stuck sequences, and list, show, start, pause, "
+        "resume, cancel, retry or prune sequences. `manage.py sequence SUBCOMMAND --help` "
+        "explains each."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="subcommand", required=True, parser_class=argparse.ArgumentParser)
+        # Subparsers are CommandParsers too: a bad argument raises CommandError when the
+        # command is called from code, and exits 2 with the usage when run from a shell.
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
         worker = sub.add_parser("worker", help="Run a worker that only runs sequence steps.")
-        worker.add_argument("queues", nargs="*", help="Queues to work on (default: SEQUENCE_QUEUE).")
+        worker.add_argument(
+            "queues", nargs="*", help="Queues to work on (default: SEQUENCE_QUEUE)."
+        )
         worker.add_argument("--burst", action="store_true", help="Stop when the queues are empty.")
         worker.add_argument(
             "--worker-class", choices=["simple", "fork"], default="simple",
@@ -34,26 +43,52 @@ class Command(BaseCommand):
             "--grace", type=int, default=None,
             help="Seconds a dispatch may stay unconfirmed (default: SEQUENCE_DISPATCH_GRACE).",
         )  # fmt: skip
+        recover.add_argument(
+            "--json", action="store_true", dest="as_json", help="Print JSON for programs."
+        )
+
+        cli.add_parsers(sub)
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
+        for name in (
+            "verbosity",
+            "settings",
+            "pythonpath",
+            "traceback",
+            "no_color",
+            "force_color",
+            "skip_checks",
+        ):
+            options.pop(name, None)
+        if subcommand in cli.SUBCOMMANDS:
+            cli.run(self, subcommand, options)
+            return
         handler = getattr(self, f"handle_{subcommand}", None)
         if handler is None:
             raise CommandError(f"Unknown subcommand {subcommand!r}.")
         handler(**options)
 
-    def handle_worker(self, queues: list[str], burst: bool, worker_class: str, name: str | None, **_: Any) -> None:
+    def handle_worker(
+        self, queues: list[str], burst: bool, worker_class: str, name: str | None, **_: Any
+    ) -> None:
         from sequence.worker import run_worker
 
         run_worker(queues or [settings.QUEUE], kind=worker_class, burst=burst, name=name)
 
-    def handle_recover(self, loop: float | None, grace: int | None, **_: Any) -> None:
+    def handle_recover(
+        self, loop: float | None, grace: int | None, as_json: bool = False, **_: Any
+    ) -> None:
         import time
 
         from sequence.recovery import sweep
 
         while True:
             result = sweep(grace)
-            self.stdout.write(f"Recovery sweep: {result}.")
+            if as_json:
+                found = {"redispatched": result.redispatched, "failed": result.failed}
+                self.stdout.write(json.dumps(found))
+            else:
+                self.stdout.write(f"Recovery sweep: {result}.")
             if not loop:
                 return
             time.sleep(loop)

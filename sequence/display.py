@@ -1,0 +1,122 @@
+"""What the admin and the command show of a sequence: durations, the plan, masked JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from sequence.masking import mask_data, mask_text
+from sequence.models import SequenceRecord, StepAttempt
+from sequence.states import TERMINAL, Status
+
+
+def format_duration(delta: timedelta | None) -> str:
+    """``delta`` for people: ``850ms``, ``4.2s``, ``3m 05s``, ``2h 10m``, ``3d 4h``."""
+    if delta is None:
+        return ""
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def duration(record: SequenceRecord, now: datetime | None = None) -> timedelta | None:
+    """From creation to the end, or to now while the sequence is not finished."""
+    if record.created_at is None:
+        return None
+    end = record.finished_at
+    if end is None:
+        # A terminal row without finished_at predates it; updated_at is when it ended.
+        end = record.updated_at if record.status in TERMINAL else (now or timezone.now())
+    return end - record.created_at
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a stored plan, and where the sequence is relative to it."""
+
+    index: int
+    name: str
+    state: str  # "done", "current" or "next"
+
+    @property
+    def number(self) -> int:
+        return self.index + 1
+
+
+def plan_steps(record: SequenceRecord) -> list[PlanStep]:
+    """The stored plan, each step marked done, current (running or next to run) or next."""
+    done = record.steps_done
+    steps = []
+    for index, name in enumerate(record.plan):
+        if index < done:
+            state = "done"
+        elif index == done and record.status != Status.COMPLETED:
+            state = "current"
+        else:
+            state = "next"
+        steps.append(PlanStep(index, str(name), state))
+    return steps
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def summary(record: SequenceRecord) -> dict[str, Any]:
+    """A sequence as JSON for lists: no data, no history."""
+    spent = duration(record)
+    return {
+        "id": record.pk,
+        "name": record.name,
+        "status": record.status,
+        "progress": {"done": record.steps_done, "total": record.total_steps},
+        "current_step": record.current_step,
+        "attempt": record.attempt,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "finished_at": iso(record.finished_at),
+        "duration_seconds": round(spent.total_seconds(), 3) if spent is not None else None,
+    }
+
+
+def attempt_detail(attempt: StepAttempt, data: Any = None) -> dict[str, Any]:
+    """One attempt as JSON, its error and traceback masked."""
+    return {
+        "step_index": attempt.step_index,
+        "step": attempt.step,
+        "attempt": attempt.attempt,
+        "outcome": attempt.outcome,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "duration_seconds": round(attempt.duration.total_seconds(), 3),
+        "worker": attempt.worker,
+        "error": mask_text(attempt.error, data),
+        "traceback": mask_text(attempt.traceback, data),
+    }
+
+
+def detail(record: SequenceRecord, attempts: list[StepAttempt]) -> dict[str, Any]:
+    """A sequence as JSON with its masked data, plan and attempts."""
+    return {
+        **summary(record),
+        "key": record.key,
+        "version": record.version,
+        "queue": record.queue,
+        "plan": [{"index": s.index, "name": s.name, "state": s.state} for s in plan_steps(record)],
+        "data": mask_data(record.data),
+        "error": mask_text(record.error, record.data),
+        "attempts": [attempt_detail(a, record.data) for a in attempts],
+    }
