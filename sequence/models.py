@@ -63,6 +63,8 @@ class SequenceRecord(models.Model):
     # The claim: who runs the current step, and until when (database clock).
     claim_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     claimed_by = models.CharField(max_length=200, blank=True)
+    # When the claim was taken (database clock): the step's deadline counts from here.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     # The outbox: set in the commit that makes a dispatch due, cleared once it is queued.
     dispatch_due = models.DateTimeField(null=True, blank=True)
@@ -154,3 +156,30 @@ class StepAttempt(models.Model):
     @property
     def duration(self) -> Any:
         return self.finished_at - self.started_at
+
+
+class WorkerBeat(models.Model):
+    """A worker process that runs steps, and when it last showed it was alive.
+
+    The recovery sweep takes over a step whose worker stopped beating without waiting
+    for the step's lease to run out (see docs/guarantees.md).
+    """
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    host = models.CharField(_("host"), max_length=255, blank=True)
+    pid = models.PositiveIntegerField(_("process id"), default=0)
+    queues = models.CharField(_("queues"), max_length=255, blank=True)
+    started_at = models.DateTimeField(_("started"))
+    # Database clock, like leases: workers on hosts with skewed clocks agree on it.
+    last_seen = models.DateTimeField(_("last seen"))
+    stopped_at = models.DateTimeField(_("stopped"), null=True, blank=True)
+
+    class Meta:
+        db_table = "sequence_worker"
+        verbose_name = _("worker")
+        verbose_name_plural = _("workers")
+        ordering = ["-last_seen"]
+        indexes = [models.Index(fields=["last_seen"], name="sequence_worker_seen_idx")]
+
+    def __str__(self) -> str:
+        return self.name
