@@ -23,6 +23,15 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECOVERIES": 3,
     # Seconds between recovery sweeps run by ``sequence worker``; 0 turns them off.
     "RECOVER_INTERVAL": 60,
+    # Seconds between a worker's liveness beats (database clock); 0 turns them off, and
+    # a dead worker's step then waits for its lease to run out.
+    "WORKER_HEARTBEAT": 5,
+    # Seconds without a beat after which the sweep takes over a worker's step.
+    "WORKER_DEAD_AFTER": 30,
+    # Rows the sweep reads (and jobs it looks up in Redis, pipelined) per batch.
+    "SWEEP_BATCH": 500,
+    # Test points to arm in worker processes (see sequence.testing); None in production.
+    "TEST_POINTS": None,
     # Seconds RQ keeps a finished step job; 0 deletes it at once.
     "RESULT_TTL": 0,
     # Seconds after its time a schedule tick may still start (covers scheduler restarts).
@@ -46,6 +55,10 @@ class Settings:
     DISPATCH_GRACE: int
     MAX_RECOVERIES: int
     RECOVER_INTERVAL: int
+    WORKER_HEARTBEAT: float
+    WORKER_DEAD_AFTER: float
+    SWEEP_BATCH: int
+    TEST_POINTS: Any
     RESULT_TTL: int
     SCHEDULE_WINDOW: int
 
