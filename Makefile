@@ -1,0 +1,128 @@
+# django-rq-sequence: build, check, test and demo.
+#
+#   make demo        100 sequences on two real workers, with a live progress bar
+#   make test        everything CI runs: lint, types, Django checks, the suite on
+#                    Python 3.12 + newest Django 6 and Python 3.11 + Django 5.2 LTS,
+#                    each on SQLite and PostgreSQL
+#   make lint | typecheck | check | pytest | bench | clean
+#
+# The environments are made here from nothing (.venvs/) and only rebuilt when
+# pyproject.toml or scripts/requirements/ change. Redis: $REDIS_URL, else 127.0.0.1:6379,
+# else a private server (scripts/redis_url.py). PostgreSQL: 127.0.0.1:5432, skipped
+# locally when absent, started (or failed) when CI=true (scripts/postgres.py).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+ENV_MAIN := .venvs/py312-django6
+ENV_LTS := .venvs/py311-django52
+PY := $(ENV_MAIN)/bin/python
+PY_LTS := $(ENV_LTS)/bin/python
+REQS := scripts/requirements
+
+# The suite's passes: name, environment, database, Redis database (one per pass, so
+# passes running side by side never flush each other's queues).
+PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-sqlite py311-django52-postgres
+# How many passes run at once. The suite mostly waits on worker processes, so two
+# passes share two cores well; TEST_JOBS=1 runs them one after another.
+TEST_JOBS ?= 2
+# Extra pytest arguments, e.g. PYTEST_ARGS="-k retry -x".
+PYTEST_ARGS ?=
+# Extra pytest arguments for the Django 5.2 LTS passes only (e.g. -m "not slow" should
+# the suite outgrow the time budget).
+LTS_PYTEST_ARGS ?=
+
+.PHONY: help env envs lint format typecheck check static pytest test passes bench demo clean \
+	$(addprefix pass-,$(PASSES))
+
+help:
+	@sed -n '2,13s/^# \{0,1\}//p' Makefile
+
+# -- environments ---------------------------------------------------------------
+
+$(ENV_MAIN)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/lint.txt $(REQS)/django6.txt scripts/mkenv.sh
+	scripts/mkenv.sh $(ENV_MAIN) 3.12 3.12.1 $(REQS)/django6.txt $(REQS)/test.txt $(REQS)/lint.txt
+
+$(ENV_LTS)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django52.txt scripts/mkenv.sh
+	scripts/mkenv.sh $(ENV_LTS) 3.11 3.11.7 $(REQS)/django52.txt $(REQS)/test.txt
+
+env: $(ENV_MAIN)/.installed
+envs: $(ENV_MAIN)/.installed $(ENV_LTS)/.installed
+
+# -- static checks ---------------------------------------------------------------
+
+lint: env
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: env
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+typecheck: env
+	$(PY) -m mypy sequence
+
+# System checks and missing migrations, under both Django versions. SQLite in var/, so
+# no server is needed.
+check: envs
+	@for py in $(PY) $(PY_LTS); do \
+		echo "== manage.py check / makemigrations --check ($$($$py -c 'import django; print("Django", django.__version__)'))"; \
+		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py check --fail-level WARNING; \
+		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py makemigrations --check --dry-run; \
+	done
+
+static: lint typecheck check
+
+# -- tests -----------------------------------------------------------------------
+
+pass-py312-django6-sqlite: env
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) sqlite 15 $(PYTEST_ARGS)
+pass-py312-django6-postgres: env
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) postgres 14 $(PYTEST_ARGS)
+pass-py311-django52-sqlite: $(ENV_LTS)/.installed
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LTS) sqlite 13 $(LTS_PYTEST_ARGS) $(PYTEST_ARGS)
+pass-py311-django52-postgres: $(ENV_LTS)/.installed
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LTS) postgres 12 $(LTS_PYTEST_ARGS) $(PYTEST_ARGS)
+
+# Every pass, keeping on past a failing one; then the tally, and the private Redis (if
+# one was started) is stopped whatever happened.
+passes: envs
+	@rc=0; \
+	$(MAKE) -k -j$(TEST_JOBS) --output-sync=target $(addprefix pass-,$(PASSES)) || rc=$$?; \
+	$(PY) scripts/redis_url.py --name test --stop; \
+	$(PY) scripts/summarize.py $(PASSES) || rc=1; \
+	exit $$rc
+
+# The quick local loop: the primary environment on SQLite.
+pytest: env
+	@rc=0; $(MAKE) pass-py312-django6-sqlite || rc=$$?; \
+	$(PY) scripts/redis_url.py --name test --stop; exit $$rc
+
+# Everything CI runs. Static checks and the passes all run even when one fails, so one
+# run shows every problem; the exit status is non-zero if anything failed.
+test: envs
+	@start=$$(date +%s); rc=0; \
+	$(MAKE) -k static || { rc=$$?; echo "== static checks FAILED (see above)"; }; \
+	$(MAKE) passes || rc=$$?; \
+	echo "== make test: $$([ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start ))s"; \
+	exit $$rc
+
+# -- running -----------------------------------------------------------------------
+
+bench: env
+	@rc=0; REDIS_URL=$$($(PY) scripts/redis_url.py --name bench --db 2) $(PY) -m bench || rc=$$?; \
+	$(PY) scripts/redis_url.py --name bench --stop; exit $$rc
+
+# A fresh SQLite database and Redis database 1 (flushed; nothing else is touched).
+DEMO_DB := $(CURDIR)/var/demo.sqlite3
+demo: env
+	@rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	@rc=0; export SEQUENCE_DB_NAME=$(DEMO_DB); unset DATABASE_URL; \
+	export REDIS_URL=$$($(PY) scripts/redis_url.py --name demo --db 1); \
+	$(PY) manage.py migrate --verbosity 0 && $(PY) manage.py demo --flush || rc=$$?; \
+	$(PY) scripts/redis_url.py --name demo --stop; exit $$rc
+
+clean:
+	rm -rf .venvs test-output var/demo.sqlite3* var/check.sqlite3* .mypy_cache .ruff_cache
