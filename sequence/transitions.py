@@ -162,8 +162,19 @@ def _cancel_job(record: SequenceRecord) -> None:
         pass
 
 
-def retry(sequence_id: int | str, data: Mapping[str, Any] | None = None) -> SequenceRecord:
-    """Run the failed step again with fresh attempts, after merging ``data`` into the data."""
+def retry(
+    sequence_id: int | str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    replace: bool = False,
+    epoch: int | None = None,
+) -> SequenceRecord:
+    """Run the failed step again with fresh attempts, after merging ``data`` into the data.
+
+    ``replace=True`` stores ``data`` instead of merging it (the admin's edited data);
+    ``epoch`` refuses the retry if the sequence moved since that epoch was read (the
+    admin's form was filled in against an older copy).
+    """
     if data is not None and not isinstance(data, Mapping):
         raise InvalidData(
             f"retry(data=...) takes a dict of corrections, not {type(data).__name__} {data!r:.80}."
@@ -172,7 +183,11 @@ def retry(sequence_id: int | str, data: Mapping[str, Any] | None = None) -> Sequ
         record = _load(sequence_id)
         if record.status not in sources("retry"):
             return _refuse("retry", record)
-        merged = {**record.data, **(data or {})}
+        if epoch is not None and record.epoch != epoch:
+            raise InvalidTransition(
+                f"Cannot retry {record}: it changed since you loaded it; look again and retry."
+            )
+        merged = dict(data or {}) if replace else {**record.data, **(data or {})}
         check_data(merged)
         with transaction.atomic():
             # Conditional on the epoch read above: data merged into a copy that changed

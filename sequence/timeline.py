@@ -1,0 +1,140 @@
+"""The admin's timeline: one bar per attempt along a time axis, laid out for CSS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from sequence.display import format_duration
+from sequence.masking import mask_text
+from sequence.models import SequenceRecord, StepAttempt
+from sequence.states import Outcome
+
+# Narrowest bar, in percent of the axis: an attempt of a millisecond stays visible.
+MIN_WIDTH = 0.6
+TICKS = 5
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One attempt: where its bar starts and how wide it is, in percent of the axis."""
+
+    label: str
+    outcome: str
+    outcome_label: str
+    left: float
+    width: float
+    took: str
+    title: str
+
+    @property
+    def style(self) -> str:
+        # Numbers computed here, never user input: safe inside a style attribute.
+        return f"left: {self.left:.2f}%; width: {self.width:.2f}%"
+
+
+@dataclass(frozen=True)
+class Tick:
+    left: float
+    label: str
+
+    @property
+    def style(self) -> str:
+        return f"left: {self.left:.2f}%"
+
+
+@dataclass(frozen=True)
+class Timeline:
+    bars: list[Bar]
+    ticks: list[Tick]
+    span: str
+
+    def __bool__(self) -> bool:
+        return bool(self.bars)
+
+
+def _label(attempt: StepAttempt) -> str:
+    if attempt.outcome in (Outcome.COMPENSATED, Outcome.COMPENSATION_FAILED):
+        return f"{attempt.step_index + 1}. {attempt.step} (compensate)"
+    return f"{attempt.step_index + 1}. {attempt.step} · try {attempt.attempt}"
+
+
+def build(
+    record: SequenceRecord, attempts: list[StepAttempt], now: datetime | None = None
+) -> Timeline:
+    """Lay out ``attempts`` (and the step in flight, if any) between the sequence's start
+    and its end, or now while it has not ended."""
+    now = now or timezone.now()
+    spans: list[tuple[datetime, datetime, dict[str, Any]]] = []
+    for attempt in attempts:
+        outcome = Outcome(attempt.outcome)
+        first_line = mask_text(attempt.error, record.data).strip().splitlines()[:1]
+        spans.append(
+            (
+                attempt.started_at,
+                max(attempt.finished_at, attempt.started_at),
+                {
+                    "label": _label(attempt),
+                    "outcome": outcome.value,
+                    "outcome_label": str(outcome.label),
+                    "extra": f" — {first_line[0]}" if first_line else "",
+                },
+            )
+        )
+    if record.claim_token and record.step_index < len(record.plan):
+        # The step in flight, since its claim (older rows: since the row last changed).
+        since = record.claimed_at or record.updated_at
+        spans.append(
+            (
+                since,
+                max(now, since),
+                {
+                    "label": f"{record.step_index + 1}. {record.plan[record.step_index]} · "
+                    f"try {record.attempt}",
+                    "outcome": "in-flight",
+                    "outcome_label": "Running",
+                    "extra": "",
+                },
+            )
+        )
+    if not spans:
+        return Timeline([], [], "")
+    start = min([record.created_at, *(s[0] for s in spans)])
+    end = max(s[1] for s in spans)
+    if record.finished_at is not None:
+        end = max(end, record.finished_at)
+    total = max((end - start).total_seconds(), 0.001)
+    bars = []
+    for began, ended, info in spans:
+        left = (began - start).total_seconds() / total * 100
+        width = max((ended - began).total_seconds() / total * 100, MIN_WIDTH)
+        left = min(left, 100 - width)
+        took = format_duration(ended - began)
+        title = (
+            f"{info['label']}: {info['outcome_label'].lower()}, {took}, from "
+            f"+{format_duration(began - start) or '0s'}{info['extra']}"
+        )
+        bars.append(
+            Bar(
+                label=info["label"],
+                outcome=info["outcome"],
+                outcome_label=info["outcome_label"],
+                left=left,
+                width=width,
+                took=took,
+                title=title,
+            )
+        )
+    ticks = [
+        Tick(
+            left=100 * i / (TICKS - 1),
+            label="0"
+            if i == 0
+            else "+" + format_duration(timedelta(seconds=total * i / (TICKS - 1))),
+        )
+        for i in range(TICKS)
+    ]
+    return Timeline(bars, ticks, format_duration(timedelta(seconds=total)))
