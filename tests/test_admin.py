@@ -62,7 +62,8 @@ def test_list_shows_status_badge_progress_bar_current_step_and_timings(admin_cli
     html = text_of(admin_client.get(LIST_URL))
     assert '<span class="seq-badge seq-status-running">Running</span>' in html
     assert '<span class="seq-badge seq-status-completed">Completed</span>' in html
-    assert 'aria-valuenow="1"' in html and 'title="1 of 3 steps done"' in html
+    assert 'aria-valuenow="1"' in html
+    assert 'title="1 of 3 steps done"' in html
     assert '<span class="seq-progress-fill" style="width: 33%"></span>' in html
     assert '<span class="seq-progress-fill" style="width: 100%"></span>' in html
     assert '<td class="field-current_step_name">B</td>' in html
@@ -238,7 +239,8 @@ def test_detail_shows_data_timeline_plan_and_each_attempts_error(admin_client):
     )
     assert [b[0] for b in bars] == ["succeeded", "failed", "failed", "compensated"]
     lefts = [float(b[1]) for b in bars]
-    assert lefts == sorted(lefts) and lefts[0] == pytest.approx(10.0, abs=0.1)
+    assert lefts == sorted(lefts)
+    assert lefts[0] == pytest.approx(10.0, abs=0.1)
     assert float(bars[0][2]) == pytest.approx(10.0, abs=0.1)  # 1 s of a 10 s axis
     assert html.count('class="seq-tick"') == 5
     # The plan with the current step marked.
@@ -368,7 +370,8 @@ def test_pause_and_resume_from_the_detail_page_with_the_change_permission(client
     client.force_login(make_user("operator", "view", "change"))
     seq = ThreeSteps.start({})
     html = text_of(client.get(detail_url(seq.id)))
-    assert "seq-action-pause" in html and "seq-action-resume" not in html
+    assert "seq-action-pause" in html
+    assert "seq-action-resume" not in html
 
     response = client.post(action_url(seq.id, "pause"), follow=True)
     assert messages_of(response) == [f"Paused testapp.ThreeSteps #{seq.id}: it is now paused."]
