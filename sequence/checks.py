@@ -18,6 +18,10 @@ def register() -> None:
     add_check(check_serializer)
     add_check(check_database, Tags.database)
 
+    from sequence import checks_reliability
+
+    checks_reliability.register()
+
 
 def _queue_names() -> set[str]:
     from sequence.definitions import registered

@@ -6,7 +6,7 @@ import logging
 from functools import cache
 from typing import Any
 
-from rq import Queue
+from rq import Callback, Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -17,6 +17,8 @@ from sequence.exceptions import ForeignJob
 logger = logging.getLogger("sequence")
 
 ENTRY_POINT = "sequence.runner.run_step"
+# The only callback a step job may name: it checks an abandoned job's sequence at once.
+FAILURE_CALLBACK = "sequence.runner.job_failed"
 
 
 class SequenceJob(Job):
@@ -43,6 +45,10 @@ class SequenceJob(Job):
 
     @property
     def failure_callback(self) -> Any:
+        if getattr(self, "_failure_callback_name", None) == FAILURE_CALLBACK:
+            from sequence.runner import job_failed
+
+            return job_failed
         return self._no_callback("_failure_callback_name")
 
     @property
@@ -83,6 +89,7 @@ def enqueue_step(
         retry=retry.to_rq(),
         result_ttl=settings.RESULT_TTL,
         description=f"sequence {sequence_id} step {step_index}",
+        on_failure=Callback(FAILURE_CALLBACK),
     )
 
 

@@ -3,6 +3,9 @@
 A job carries only ``(sequence id, step index, epoch)``. The row is the truth: a job
 whose step or epoch no longer matches the row is stale and ends quietly, so RQ may
 deliver a job any number of times and a step is still recorded once.
+
+A step costs four statements: the claim, the commit, the attempt's history row (in the
+commit's transaction) and the clearing of the outbox after the next job is queued.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, ExpressionWrapper, F, Value, When
 from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
@@ -44,14 +48,42 @@ logger = logging.getLogger("sequence")
 
 # Test points: named places in the protocol where tests crash or stall a worker.
 # Empty in production; see sequence.testing.
-test_points: dict[str, Callable[[], None]] = {}
+test_points: dict[str, Callable[[Mapping[str, Any]], None]] = {}
 
 
-def _point(name: str) -> None:
+def _point(name: str, claim: Claim | None = None, **context: Any) -> None:
     if test_points:
         action = test_points.get(name)
         if action is not None:
-            action()
+            if claim is not None:
+                record = claim.record
+                context = {
+                    "sequence": record.pk, "step": record.step_index, "epoch": record.epoch,
+                    "attempt": record.attempt, "worker": claim.worker, **context,
+                }  # fmt: skip
+            action(context)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Who runs the job in this context: the worker's name and the claim token to use.
+
+    Set by sequence's worker classes (the token is RQ's execution id, which the worker
+    process also knows, so it can release the claim of a work-horse that died).
+    """
+
+    worker: str
+    token: str | None = None
+
+
+execution: ContextVar[Execution | None] = ContextVar("sequence_execution", default=None)
+
+# Claims this process could not release because the database was unreachable; the
+# worker's maintenance thread retries them (sequence.worker).
+orphans: list[Claim] = []
+
+# RQ hard-kills a forked work-horse this many seconds after its job timeout.
+HARD_KILL_MARGIN = 60
 
 
 @dataclass
@@ -62,17 +94,24 @@ class Claim:
     token: str
     worker: str
     started_at: datetime
-    started: float
+    deadline: float  # time.monotonic() after which the result may not be committed
     timeout: int
+    # True once the claim was committed, failed or released (or found not ours).
+    settled: bool = False
 
     @property
     def lease_seconds(self) -> int:
-        return self.timeout + settings.LEASE_MARGIN
+        return lease_seconds(self.timeout)
 
     def mine(self) -> Any:
         """The row as long as this claim holds it."""
         r = self.record
         return SequenceRecord.objects.filter(pk=r.pk, epoch=r.epoch, claim_token=self.token)
+
+
+def lease_seconds(timeout: int) -> int:
+    """How long a claim on a step with this timeout holds (database clock)."""
+    return (timeout if timeout > 0 else settings.TIMEOUT) + settings.LEASE_MARGIN
 
 
 def spec_for(name: str, plan: list[str], index: int) -> StepSpec | None:
@@ -88,17 +127,38 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     """Run step ``step_index`` of a sequence, if the job is still the one the row expects."""
     from rq import get_current_job
 
+    entered = time.monotonic()
     job = get_current_job()
-    worker = (job and job.worker_name) or f"{socket.gethostname()}:{os.getpid()}"
+    context = execution.get()
+    worker = (
+        (context and context.worker)
+        or (job and job.worker_name)
+        or f"{socket.gethostname()}:{os.getpid()}"
+    )
+    token = (context and context.token) or uuid.uuid4().hex
     retries_left = (job.retries_left or 0) if job is not None else 0
     # The job was queued with the step's timeout: the lease must outlast it.
-    timeout = (job and job.timeout) or settings.TIMEOUT
+    timeout = int((job and job.timeout) or settings.TIMEOUT)
 
-    claim = _claim(sequence_id, step_index, epoch, worker, timeout)
+    claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
+    if claim is None and job is not None and _requeued_by_hand(job):
+        claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True)
     if claim is None:
         _stale(sequence_id, step_index, epoch)
         return
+    try:
+        _run_claimed(claim, retries_left)
+    except Exception:
+        # Whatever went wrong (the database went away while the failure was being
+        # recorded, say), the claim must not stay held by a live worker.
+        if not claim.settled:
+            _release_or_remember(claim)
+        raise
+
+
+def _run_claimed(claim: Claim, retries_left: int) -> None:
     record = claim.record
+    step_index = record.step_index
     try:
         spec_cls = get_sequence_class(record.name)
     except UnknownSequence as exc:
@@ -114,55 +174,78 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
         )
         return
     handle = spec_cls._from_record(record)
-    _point("after_claim")
+    _point("after_claim", claim)
     try:
         if spec.cls.atomic:
             with transaction.atomic():
                 data = _perform(spec, claim, handle)
+                _point("before_commit", claim)
                 moved = _commit(claim, data)
         else:
             data = _perform(spec, claim, handle)
-            _point("before_commit")
+            _point("before_commit", claim)
             with transaction.atomic():
                 moved = _commit(claim, data)
+        _point("commit_ack", claim)
     except StepFenced as exc:
-        logger.warning("Sequence %s step %s: %s", sequence_id, step_index, exc)
+        logger.warning("Sequence %s step %s: %s", record.pk, step_index, exc)
+        _release(claim, f"{type(exc).__name__}: {exc}")
         return
     except Exception as exc:
+        if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
+            # A lost connection: record the failure on a fresh one.
+            connection.close()
         if _record_failure(claim, spec_cls, spec, exc, will_retry=retries_left > 0):
             raise
         return
-    _point("after_commit")
+    _point("after_commit", claim)
     _after_commit(claim, spec_cls, spec, moved, data)
 
 
-def _claim(
-    sequence_id: int, step_index: int, epoch: int, worker: str, timeout: int
-) -> Claim | None:
-    """Take the step if the row still expects it; None if the job is stale."""
-    token = uuid.uuid4().hex
-    lease_seconds = timeout + settings.LEASE_MARGIN
-    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
+def _now_sql() -> str:
     if connection.vendor == "postgresql":
-        now = "CURRENT_TIMESTAMP"
-        lease, lease_arg = f"{now} + %s * INTERVAL '1 second'", lease_seconds
+        # Not CURRENT_TIMESTAMP: that is the transaction's start, not the statement's.
+        return "STATEMENT_TIMESTAMP()"
+    return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+
+def _claim(
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    worker: str,
+    token: str,
+    timeout: int,
+    entered: float,
+    *,
+    failed: bool = False,
+) -> Claim | None:
+    """Take the step if the row still expects it; None if the job is stale.
+
+    A claim takes a queued or retrying step (with ``failed``, a failed one whose RQ job
+    was requeued by hand). Never a running one: a step whose worker died is taken back
+    by the sweep, under a new epoch, so that recoveries are counted.
+    """
+    seconds = lease_seconds(timeout)
+    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
+    now = _now_sql()
+    lease_arg: int | str
+    if connection.vendor == "postgresql":
+        lease, lease_arg = f"{now} + %s * INTERVAL '1 second'", seconds
     else:
-        now = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
-        lease, lease_arg = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)", f"+{lease_seconds} seconds"
-    # A claim takes a queued or retrying step, a running one whose lease ran out
-    # (its worker died), or a failed one whose job was requeued by hand.
+        lease, lease_arg = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)", f"+{seconds} seconds"
+    statuses = [Status.FAILED] if failed else [Status.PENDING, Status.RETRYING]
+    placeholders = ", ".join(["%s"] * len(statuses))
     sql = f"""
         UPDATE {table}
-        SET status = %s, claim_token = %s, claimed_by = %s, lease_until = {lease},
-            attempt = attempt + 1, dispatch_due = NULL, updated_at = {now}
-        WHERE id = %s AND epoch = %s AND step_index = %s AND (
-            status IN (%s, %s, %s) OR (status = %s AND lease_until < {now}))
+        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
+            lease_until = {lease}, attempt = attempt + 1, dispatch_due = NULL, updated_at = {now}
+        WHERE id = %s AND epoch = %s AND step_index = %s AND status IN ({placeholders})
         RETURNING name, data, plan, version, queue, attempt
-    """  # noqa: S608 - identifiers come from the model, values are parameters
-    params = [
+    """
+    params: list[Any] = [
         Status.RUNNING, token, worker[:200], lease_arg,
-        sequence_id, epoch, step_index,
-        Status.PENDING, Status.RETRYING, Status.FAILED, Status.RUNNING,
+        sequence_id, epoch, step_index, *statuses,
     ]  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -182,8 +265,31 @@ def _claim(
         epoch=epoch,
         attempt=attempt,
         claim_token=token,
+        claimed_by=worker[:200],
     )
-    return Claim(record, token, worker, timezone.now(), time.monotonic(), timeout)
+    deadline = entered + timeout if timeout > 0 else float("inf")
+    return Claim(record, token, worker, timezone.now(), deadline, timeout)
+
+
+def _requeued_by_hand(job: Any) -> bool:
+    """Whether this job was queued again after it failed for good (``rq requeue``).
+
+    A failed sequence's step runs again only then: a duplicate of the failed job that
+    was already queued when it failed must not run the step once more.
+    """
+    from rq.results import Result
+
+    try:
+        result = job.latest_result()
+    except Exception:
+        logger.exception("Could not read the results of job %s", job.id)
+        return False
+    if result is None or result.type != Result.Type.FAILED or job.enqueued_at is None:
+        return False
+    enqueued: datetime = job.enqueued_at
+    if enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=result.created_at.tzinfo)
+    return bool(enqueued > result.created_at)
 
 
 def _stale(sequence_id: int, step_index: int, epoch: int) -> None:
@@ -196,7 +302,11 @@ def _stale(sequence_id: int, step_index: int, epoch: int) -> None:
         "Sequence %s step %s epoch %s is stale (row: %s, step %s, epoch %s); job ends.",
         sequence_id, step_index, epoch, record.status, record.step_index, record.epoch,
     )  # fmt: skip
-    if record.dispatch_due is not None and record.status == Status.PENDING and record.epoch > epoch:
+    if (
+        record.dispatch_due is not None
+        and record.status in (Status.PENDING, Status.RETRYING)
+        and record.epoch > epoch
+    ):
         dispatch(
             record.pk, record.step_index, record.epoch, record.queue,
             spec_for(record.name, record.plan, record.step_index),
@@ -221,15 +331,21 @@ def _perform(spec: StepSpec, claim: Claim, handle: Sequence) -> dict[str, Any]:
             )
         step.data.update(result)
     check_data(step.data, what=f"data after step {spec.name!r}")
-    if time.monotonic() - claim.started > claim.timeout:
-        raise StepDeadlineExceeded(
-            f"Step {spec.name!r} ran past its timeout of {claim.timeout}s; "
-            "its result is not committed."
-        )
+    _check_deadline(claim, spec.name)
     return step.data
 
 
+def _check_deadline(claim: Claim, name: str) -> None:
+    # RQ's timeout raises inside the step; a step that swallowed it lands here.
+    if time.monotonic() > claim.deadline:
+        raise StepDeadlineExceeded(
+            f"Step {name!r} ran past its timeout of {claim.timeout}s; its result is not "
+            "committed. Raise the step's timeout or make it faster."
+        )
+
+
 def _heartbeat(claim: Claim) -> None:
+    _point("heartbeat", claim)
     lease = ExpressionWrapper(
         Now() + timedelta(seconds=claim.lease_seconds), output_field=DateTimeOutput()
     )
@@ -240,7 +356,11 @@ def _heartbeat(claim: Claim) -> None:
 
 
 def _commit(claim: Claim, data: dict[str, Any]) -> str:
-    """Save the data and move to the next step; return the status it moved from."""
+    """Save the data and move to the next step; return the status it moved from.
+
+    Conditional on the claim (epoch and token), on its lease and on the step's deadline,
+    all read from the database's clock when the statement runs.
+    """
     record = claim.record
     last = record.step_index + 1 >= len(record.plan)
     done = Now() if last else None
@@ -250,6 +370,7 @@ def _commit(claim: Claim, data: dict[str, Any]) -> str:
         "epoch": record.epoch + 1,
         "claim_token": None,
         "claimed_by": "",
+        "claimed_at": None,
         "lease_until": None,
         "attempt": 0,
         "recoveries": 0,
@@ -257,6 +378,11 @@ def _commit(claim: Claim, data: dict[str, Any]) -> str:
         "updated_at": Now(),
     }
     live = claim.mine().filter(lease_until__gt=Now())
+    if claim.timeout > 0:
+        started_after = ExpressionWrapper(
+            Now() - timedelta(seconds=claim.timeout), output_field=DateTimeOutput()
+        )
+        live = live.filter(claimed_at__gt=started_after)
     was = Status.RUNNING
     if not live.filter(status=Status.RUNNING).update(
         status=Status.COMPLETED if last else Status.PENDING,
@@ -275,11 +401,18 @@ def _commit(claim: Claim, data: dict[str, Any]) -> str:
             finished_at=Case(When(status=Status.PAUSED, then=done), default=F("finished_at")),
             **moved,
         ):
+            if claim.mine().exists():
+                # Still ours, so the lease or the deadline ran out: a failed attempt.
+                raise StepDeadlineExceeded(
+                    f"step {record.step_index} reached the database after its deadline "
+                    f"(timeout {claim.timeout}s); its result is not committed."
+                )
             raise StepFenced(
-                f"step {record.step_index} lost its claim (lease expired or taken over); "
-                "its result is discarded."
+                f"step {record.step_index} lost its claim (taken over, or the sequence was "
+                "retried or recovered); its result is discarded."
             )
     _attempt(claim, Outcome.SUCCEEDED)
+    claim.settled = True
     return was
 
 
@@ -307,9 +440,11 @@ def _after_commit(
     next_index = record.step_index + 1
     last = next_index >= len(record.plan)
     if was == Status.RUNNING and not last:
-        dispatch(
-            record.pk, next_index, record.epoch + 1, record.queue,
-            cls.step_named(record.plan[next_index]),
+        next_spec = cls.step_named(record.plan[next_index])
+        dispatch(record.pk, next_index, record.epoch + 1, record.queue, next_spec)
+        _point(
+            "after_dispatch", claim, step=next_index, epoch=record.epoch + 1,
+            queue=record.queue, spec=next_spec,
         )  # fmt: skip
     record.data = data
     record.step_index = next_index
@@ -324,18 +459,23 @@ def _after_commit(
         hooks.send(signals.sequence_completed, cls, sequence=handle)
 
 
+_RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_until": None}
+
+
 def _record_failure(
     claim: Claim, cls: type[Sequence], spec: StepSpec, exc: Exception, *, will_retry: bool
 ) -> bool:
     """Record a failed attempt; True if RQ should see the exception (and maybe retry)."""
     error = mask_text(f"{type(exc).__name__}: {exc}", claim.record.data)
     tb = mask_text(traceback.format_exc(), claim.record.data)
-    fields = {"claim_token": None, "claimed_by": "", "lease_until": None, "error": error}
+    fields = {**_RELEASED, "error": error}
     with transaction.atomic():
         failed = False
         if will_retry:
-            changed = claim.mine().filter(status=Status.RUNNING).update(
-                status=Status.RETRYING, updated_at=Now(), **fields
+            changed = (
+                claim.mine()
+                .filter(status=Status.RUNNING)
+                .update(status=Status.RETRYING, updated_at=Now(), **fields)
             )
         else:
             changed = failed = bool(
@@ -350,8 +490,10 @@ def _record_failure(
                 "Sequence %s step %s failed after losing its claim: %s",
                 claim.record.pk, claim.record.step_index, error,
             )  # fmt: skip
+            claim.settled = True
             return False
         _attempt(claim, Outcome.FAILED, error, tb)
+    claim.settled = True
     record = claim.record
     record.error = error
     record.status = Status.FAILED if failed else Status.RETRYING
@@ -361,10 +503,53 @@ def _record_failure(
         step_index=record.step_index, attempt=record.attempt, error=error, will_retry=will_retry,
     )  # fmt: skip
     if failed:
-        _compensate(claim, cls, handle)
-        hooks.call(handle.on_failure, error)
-        hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
+        announce_failure(record, cls, handle, error, claim.worker)
     return True
+
+
+def _release(claim: Claim, error: str) -> None:
+    """Give up a claim without a result: the step runs again when the sequence may run.
+
+    Used when the step stopped because its heartbeat was fenced (the sequence was paused
+    or canceled) or when the runner could not finish the job. Paused or canceled: the
+    claim is dropped and the status kept (resume queues the step again). Running: the
+    step is queued again under a new epoch. Not ours any more: nothing to do.
+    """
+    record = claim.record
+    with transaction.atomic():
+        if claim.mine().filter(status=Status.RUNNING).update(
+            status=Status.RETRYING, epoch=F("epoch") + 1, dispatch_due=Now(),
+            updated_at=Now(), error=error, **_RELEASED,
+        ):  # fmt: skip
+            spec = spec_for(record.name, record.plan, record.step_index)
+            args = (record.pk, record.step_index, record.epoch + 1, record.queue, spec)
+            transaction.on_commit(lambda: dispatch(*args), robust=True)
+        elif not claim.mine().update(updated_at=Now(), **_RELEASED):
+            claim.settled = True
+            return
+        _attempt(claim, Outcome.FAILED, error)
+    claim.settled = True
+
+
+def _release_or_remember(claim: Claim) -> None:
+    try:
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+        _release(claim, "the worker could not finish the job; the step runs again")
+    except Exception:
+        logger.exception(
+            "Sequence %s: could not release the claim on step %s; retrying in the background.",
+            claim.record.pk, claim.record.step_index,
+        )  # fmt: skip
+        orphans.append(claim)
+
+
+def release_orphans() -> None:
+    """Release the claims this process could not release earlier (database back)."""
+    while orphans:
+        claim = orphans[0]
+        _release(claim, "the worker could not finish the job; the step runs again")
+        orphans.pop(0)
 
 
 def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None:
@@ -372,11 +557,12 @@ def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None
     logger.error("Sequence %s: %s", claim.record.pk, error)
     with transaction.atomic():
         if not claim.mine().update(
-            status=Status.FAILED, claim_token=None, claimed_by="", lease_until=None,
-            error=error, finished_at=Now(), updated_at=Now(),
-        ):  # fmt: skip
+            status=Status.FAILED, error=error, finished_at=Now(), updated_at=Now(), **_RELEASED
+        ):
+            claim.settled = True
             return
         _attempt(claim, Outcome.FAILED, error)
+    claim.settled = True
     if cls is not None:
         claim.record.status, claim.record.error = Status.FAILED, error
         handle = cls._from_record(claim.record)
@@ -384,9 +570,17 @@ def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None
         hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
 
 
-def _compensate(claim: Claim, cls: type[Sequence], handle: Sequence) -> None:
+def announce_failure(
+    record: SequenceRecord, cls: type[Sequence], handle: Sequence, error: str, worker: str
+) -> None:
+    """After a sequence failed for good: compensations, ``on_failure``, the signal."""
+    compensate(record, cls, handle, worker)
+    hooks.call(handle.on_failure, error)
+    hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
+
+
+def compensate(record: SequenceRecord, cls: type[Sequence], handle: Sequence, worker: str) -> None:
     """Run compensate() of each completed step, last first, recording each outcome."""
-    record = claim.record
     for index in reversed(range(record.step_index)):
         spec = cls.step_named(record.plan[index])
         if spec is None or not spec.compensates:
@@ -410,5 +604,27 @@ def _compensate(claim: Claim, cls: type[Sequence], handle: Sequence) -> None:
         StepAttempt.objects.create(
             sequence_id=record.pk, step_index=index, step=spec.name, epoch=record.epoch,
             attempt=1, outcome=outcome, started_at=started, finished_at=timezone.now(),
-            worker=claim.worker, error=error, traceback=tb,
+            worker=worker, error=error, traceback=tb,
         )  # fmt: skip
+
+
+def job_failed(job: Any, connection: Any, exc_type: Any, exc: Any, tb: Any) -> None:
+    """RQ's failure callback: an abandoned job's sequence is checked at once.
+
+    RQ calls this after every failed attempt, which ``run_step`` has already recorded,
+    and for a job it found abandoned (its worker stopped sending heartbeats). Only the
+    latter matters, and only if the sequence still shows that job's claim as dead by
+    the sweep's own rules: a worker wrongly reported as gone changes nothing.
+    """
+    from rq.exceptions import AbandonedJobError
+
+    if exc_type is not AbandonedJobError and not isinstance(exc, AbandonedJobError):
+        return
+    try:
+        from sequence.recovery import check_sequence
+
+        sequence_id, _step_index, epoch = job.args
+        check_sequence(int(sequence_id), int(epoch), reason=f"RQ found job {job.id} abandoned")
+    except Exception:
+        # Raising here would stop RQ's registry cleanup; the sweep will look again.
+        logger.exception("Checking the sequence of abandoned job %s failed", job.id)

@@ -1,47 +1,97 @@
-"""The recommended worker: JSON payloads, the allow-listing job class, no fork per job."""
+"""The recommended worker: JSON payloads, the allow-listing job class, no fork per job.
+
+``run_worker`` (``manage.py sequence worker``) adds what keeps sequences moving through
+faults: a maintenance thread that records the worker's liveness beats in the database
+and runs the recovery sweep (once per interval across all workers), fast takeover of a
+forked work-horse's step when the horse dies, and a restart of RQ's work loop when it
+ends because Redis went away.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
+from django.db.models.functions import Now
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
 
 from sequence.conf import settings
 from sequence.dispatch import SequenceJob, get_queue
 
 logger = logging.getLogger("sequence")
 
+# Redis key that lets one worker in the fleet sweep per interval.
+SWEEP_LOCK = "sequence:sweep-lock"
 
-class _DatabaseHygiene:
-    """Drop broken or expired database connections around every job, as Django does per request."""
+
+class _SequenceWorkerMixin:
+    """Database hygiene around every job, and the job's claim token from RQ's execution."""
+
+    name: str
+    execution: Any
 
     def perform_job(self, job: Any, queue: Any) -> bool:
+        from sequence import runner
+
         close_old_connections()
+        execution = getattr(self, "execution", None)
+        reset = runner.execution.set(
+            runner.Execution(worker=self.name, token=execution.id if execution else None)
+        )
         try:
             return super().perform_job(job, queue)  # type: ignore[misc, no-any-return]
         finally:
+            runner.execution.reset(reset)
             close_old_connections()
 
 
-class SequenceWorker(_DatabaseHygiene, SimpleWorker):
+# The old name, kept for code that mixed it in.
+_DatabaseHygiene = _SequenceWorkerMixin
+
+
+class SequenceWorker(_SequenceWorkerMixin, SimpleWorker):
     """Runs step jobs in the worker process, keeping its database connection between jobs."""
 
 
-class ForkingSequenceWorker(_DatabaseHygiene, Worker):
+class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
     """Forks a work-horse per job, as RQ's default worker does: slower, isolates each step."""
 
+    def handle_work_horse_killed(self, job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
+        """Take the dead horse's step back at once, fenced by the horse's claim token."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+        execution = getattr(self, "execution", None)
+        if execution is None:
+            return
+        try:
+            from sequence.recovery import recover_claim
 
-WORKER_CLASSES: dict[str, type[Worker]] = {
+            sequence_id, _step_index, epoch = job.args
+            signal = (
+                f" (signal {os.WTERMSIG(ret_val)})" if ret_val and os.WIFSIGNALED(ret_val) else ""
+            )
+            close_old_connections()
+            recover_claim(
+                int(sequence_id), int(epoch), execution.id,
+                reason=f"work-horse {retpid} of worker {self.name} died{signal}",
+            )  # fmt: skip
+        except Exception:
+            logger.exception("Could not take back the step of dead work-horse %s", retpid)
+
+
+WORKER_CLASSES: dict[str, type[BaseWorker]] = {
     "simple": SequenceWorker,
     "fork": ForkingSequenceWorker,
 }
 
 
-def build_worker(queue_names: list[str], kind: str = "simple", **kwargs: Any) -> Worker:
+def build_worker(queue_names: list[str], kind: str = "simple", **kwargs: Any) -> BaseWorker:
     """A worker on ``queue_names`` that only runs sequence steps, with JSON payloads."""
     queues = [get_queue(name) for name in queue_names]
     return WORKER_CLASSES[kind](
@@ -53,36 +103,159 @@ def build_worker(queue_names: list[str], kind: str = "simple", **kwargs: Any) ->
     )
 
 
-class RecoveryLoop(threading.Thread):
-    """Runs the recovery sweep every SEQUENCE_RECOVER_INTERVAL seconds beside the worker."""
+def register(name: str, queue_names: list[str]) -> None:
+    """Record a worker as alive; claims an earlier process of that name held are taken back."""
+    from sequence.models import WorkerBeat
+    from sequence.recovery import recover_worker
 
-    def __init__(self, interval: float) -> None:
-        super().__init__(name="sequence-recovery", daemon=True)
-        self.interval = interval
+    recover_worker(name, reason=f"worker {name} restarted while it held the step")
+    WorkerBeat.objects.update_or_create(
+        name=name,
+        defaults={
+            "host": socket.gethostname()[:255],
+            "pid": os.getpid(),
+            "queues": ",".join(queue_names)[:255],
+            "started_at": Now(),
+            "last_seen": Now(),
+            "stopped_at": None,
+        },
+    )
+
+
+def beat(name: str) -> None:
+    """Show the worker is alive (database clock)."""
+    from sequence.models import WorkerBeat
+
+    if not WorkerBeat.objects.filter(name=name).update(last_seen=Now(), stopped_at=None):
+        # Registration failed (the database was down when the worker started).
+        WorkerBeat.objects.get_or_create(
+            name=name,
+            defaults={
+                "host": socket.gethostname()[:255],
+                "pid": os.getpid(),
+                "started_at": Now(),
+                "last_seen": Now(),
+            },
+        )
+
+
+def unregister(name: str) -> None:
+    """Record that the worker stopped: the sweep takes back any claim it still held."""
+    from sequence.models import WorkerBeat
+
+    WorkerBeat.objects.filter(name=name).update(last_seen=Now(), stopped_at=Now())
+
+
+class Maintenance(threading.Thread):
+    """Beside the worker: liveness beats, releasing orphaned claims, and the sweep.
+
+    Beats go every SEQUENCE_WORKER_HEARTBEAT seconds (0: none). The sweep runs every
+    SEQUENCE_RECOVER_INTERVAL seconds (0: never) in one worker of the fleet, which takes
+    a short Redis lock for the interval; if Redis is unreachable it sweeps anyway.
+    """
+
+    def __init__(self, name: str, *, heartbeat: float, sweep_interval: float, lock: Any) -> None:
+        super().__init__(name="sequence-maintenance", daemon=True)
+        self.worker_name = name
+        self.heartbeat = heartbeat
+        self.sweep_interval = sweep_interval
+        self.lock = lock
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from sequence.recovery import sweep
+        from sequence import runner
 
-        while not self.stopped.wait(self.interval):
-            try:
+        tick = min(x for x in (self.heartbeat, self.sweep_interval, 5.0) if x > 0)
+        next_sweep = time.monotonic() + min(self.sweep_interval, tick)
+        try:
+            while not self.stopped.wait(tick):
                 close_old_connections()
-                sweep()
-            except Exception:
-                logger.exception("Recovery sweep failed; trying again in %ss", self.interval)
+                if self.heartbeat:
+                    self._guard("liveness beat", beat, self.worker_name)
+                if runner.orphans:
+                    self._guard("releasing orphaned claims", runner.release_orphans)
+                if self.sweep_interval and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval
+                    if self._my_turn():
+                        self._guard("recovery sweep", _sweep)
+        finally:
+            connection.close()
+
+    def _guard(self, what: str, function: Any, *args: Any) -> None:
+        try:
+            function(*args)
+        except Exception:
+            logger.exception("Worker %s: %s failed; trying again soon.", self.worker_name, what)
+            # A broken connection must not poison the next round.
+            connection.close()
+
+    def _my_turn(self) -> bool:
+        try:
+            ttl = max(1, int(self.sweep_interval * 1000) - 100)
+            return bool(self.lock.set(SWEEP_LOCK, self.worker_name, nx=True, px=ttl))
+        except Exception:
+            return True
+
+
+def _sweep() -> None:
+    from sequence.recovery import sweep
+
+    sweep()
 
 
 def run_worker(
     queue_names: list[str], *, kind: str = "simple", burst: bool = False, **kwargs: Any
 ) -> None:
-    """Work on ``queue_names`` with the scheduler (for retry delays) and the sweep."""
+    """Work on ``queue_names`` with the scheduler (for retry delays), beats and the sweep."""
+    from sequence import testing
+    from sequence.checks_reliability import log_deployment_warnings
+
+    if settings.TEST_POINTS:
+        testing.install(settings.TEST_POINTS)
+    log_deployment_warnings(queue_names)
     worker = build_worker(queue_names, kind, **kwargs)
-    loop = None
-    if settings.RECOVER_INTERVAL and not burst:
-        loop = RecoveryLoop(settings.RECOVER_INTERVAL)
-        loop.start()
+    register(worker.name, queue_names)
+    maintenance = Maintenance(
+        worker.name,
+        heartbeat=float(settings.WORKER_HEARTBEAT or 0),
+        sweep_interval=0 if burst else float(settings.RECOVER_INTERVAL or 0),
+        lock=worker.connection,
+    )
+    if maintenance.heartbeat or maintenance.sweep_interval:
+        maintenance.start()
+    restarts = failures = 0
     try:
-        worker.work(burst=burst, with_scheduler=True)
+        while True:
+            began = time.monotonic()
+            try:
+                worker.work(burst=burst, with_scheduler=True)
+            except Exception:
+                logger.exception("Worker %s stopped on an error.", worker.name)
+            if burst or worker._stop_requested:
+                return
+            # RQ's loop ends on its own when Redis goes away mid-job: start a fresh one
+            # (under a new name: RQ may still see the old one as alive).
+            failures = 1 if time.monotonic() - began > 60 else failures + 1
+            restarts += 1
+            delay = min(5.0, 0.25 * 2**failures)
+            logger.warning("Worker %s: restarting RQ's work loop in %.1fs.", worker.name, delay)
+            time.sleep(delay)
+            options = dict(kwargs)
+            if options.get("name"):
+                options["name"] = f"{kwargs['name']}.{restarts}"
+            else:
+                options.pop("name", None)
+            previous, worker = worker, build_worker(queue_names, kind, **options)
+            try:
+                unregister(previous.name)
+                register(worker.name, queue_names)
+            except Exception:
+                logger.exception("Worker %s: could not record its restart.", worker.name)
+            maintenance.worker_name = worker.name
     finally:
-        if loop is not None:
-            loop.stopped.set()
+        maintenance.stopped.set()
+        try:
+            close_old_connections()
+            unregister(worker.name)
+        except Exception:
+            logger.exception("Worker %s: could not record that it stopped.", worker.name)

@@ -1,0 +1,122 @@
+"""System checks for the settings that the reliability guarantees depend on.
+
+``sequence.E101`` and ``sequence.E102`` run with every command; the Redis check
+(``sequence.W101``) talks to Redis, so it runs with ``manage.py check --deploy``, and
+``sequence worker`` logs its findings when it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.checks import WARNING, CheckMessage, Error, Info, Warning
+from django.core.checks import register as add_check
+
+from sequence.conf import settings
+
+logger = logging.getLogger("sequence")
+
+# RQ's forking worker kills a work-horse this many seconds after its job timeout.
+HARD_KILL_MARGIN = 60
+
+
+def register() -> None:
+    add_check(check_lease)
+    add_check(check_liveness)
+    add_check(check_redis_policy, deploy=True)
+
+
+def check_lease(**kwargs: Any) -> list[CheckMessage]:
+    """A lease must outlast the step's timeout plus RQ's hard-kill margin."""
+    margin = settings.LEASE_MARGIN
+    if isinstance(margin, int | float) and margin > HARD_KILL_MARGIN:
+        return []
+    return [
+        Error(
+            f"SEQUENCE_LEASE_MARGIN is {margin!r}: a claim's lease (the step's timeout plus "
+            f"this margin) could end while RQ still lets the step run (it hard-kills a "
+            f"work-horse {HARD_KILL_MARGIN}s after the timeout), and the sweep would start "
+            "the step a second time beside it.",
+            hint=f"Set SEQUENCE_LEASE_MARGIN to more than {HARD_KILL_MARGIN} (default 90).",
+            id="sequence.E101",
+        )
+    ]
+
+
+def check_liveness(**kwargs: Any) -> list[CheckMessage]:
+    """A worker must be able to miss a beat without being taken for dead."""
+    beat, dead = settings.WORKER_HEARTBEAT, settings.WORKER_DEAD_AFTER
+    if not beat or (isinstance(dead, int | float) and dead >= 2 * beat):
+        return []
+    return [
+        Error(
+            f"SEQUENCE_WORKER_DEAD_AFTER ({dead!r}s) is less than twice "
+            f"SEQUENCE_WORKER_HEARTBEAT ({beat!r}s): a live worker that misses one beat would "
+            "lose its step to the sweep.",
+            hint="Make SEQUENCE_WORKER_DEAD_AFTER at least three times SEQUENCE_WORKER_HEARTBEAT.",
+            id="sequence.E102",
+        )
+    ]
+
+
+def _connections(queue_names: list[str] | None) -> dict[tuple[Any, ...], Any]:
+    from redis import Redis
+
+    from sequence.checks import _queue_names
+    from sequence.dispatch import get_queue
+
+    found: dict[tuple[Any, ...], Any] = {}
+    for name in sorted(set(queue_names or []) | _queue_names()):
+        try:
+            kwargs = dict(get_queue(name).connection.connection_pool.connection_kwargs)
+        except Exception:
+            continue  # a queue missing from RQ_QUEUES is sequence.E002's business
+        where = tuple(kwargs.get(k) for k in ("host", "port", "path", "db"))
+        if where not in found:
+            kwargs.update(socket_connect_timeout=2, socket_timeout=2)
+            kwargs.pop("retry", None)
+            found[where] = (name, Redis(**kwargs))
+    return found
+
+
+def check_redis_policy(queue_names: list[str] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Redis must not evict keys: an evicted job is only found again by the sweep."""
+    messages: list[CheckMessage] = []
+    for name, client in _connections(queue_names).values():
+        try:
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except Exception as exc:
+            messages.append(
+                Info(
+                    f"Could not read maxmemory-policy of the Redis behind queue {name!r}: {exc}.",
+                    hint="Make sure it is noeviction (managed Redis: in its parameter group).",
+                    id="sequence.I101",
+                )
+            )
+            continue
+        finally:
+            client.close()
+        if policy not in (None, "noeviction"):
+            messages.append(
+                Warning(
+                    f"The Redis behind queue {name!r} has maxmemory-policy {policy!r}: under "
+                    "memory pressure it deletes queued step jobs, and those sequences stall "
+                    "until a recovery sweep finds them.",
+                    hint="Set maxmemory-policy noeviction (redis.conf, or CONFIG SET).",
+                    id="sequence.W101",
+                )
+            )
+    return messages
+
+
+def log_deployment_warnings(queue_names: list[str]) -> None:
+    """Log what the deploy checks find, for a worker starting up."""
+    try:
+        messages = check_redis_policy(queue_names) + check_lease() + check_liveness()
+    except Exception:
+        logger.exception("Could not check the Redis configuration.")
+        return
+    for message in messages:
+        level = logging.WARNING if message.level >= WARNING else logging.INFO
+        logger.log(level, "%s: %s %s", message.id, message.msg, message.hint or "")
