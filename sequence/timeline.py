@@ -35,6 +35,20 @@ class Bar:
         # Numbers computed here, never user input: safe inside a style attribute.
         return f"left: {self.left:.2f}%; width: {self.width:.2f}%"
 
+    @property
+    def took_inside(self) -> bool:
+        return self.width >= 12
+
+    @property
+    def took_style(self) -> str:
+        """Place the duration label: inside a wide bar, else after it (before it near the end)."""
+        end = self.left + self.width
+        if self.took_inside:
+            return f"right: calc({100 - end:.2f}% + 5px)"
+        if end > 85:
+            return f"right: calc({100 - self.left:.2f}% + 4px)"
+        return f"left: calc({end:.2f}% + 4px)"
+
 
 @dataclass(frozen=True)
 class Tick:
