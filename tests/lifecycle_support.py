@@ -28,9 +28,14 @@ def queued_jobs(queue: str = "default") -> list[str]:
 
 def job_status(record: SequenceRecord) -> str | None:
     """RQ's status of the job for the row's current step and epoch, None if there is none."""
+    from rq.exceptions import InvalidJobOperation
+
     queue = get_queue(record.queue)
     job = queue.fetch_job(job_id(record.pk, record.step_index, record.epoch))
-    return None if job is None else job.get_status().value
+    try:
+        return None if job is None else job.get_status().value
+    except InvalidJobOperation:  # deleted since it was fetched
+        return None
 
 
 def make_user(username: str, *perms: str, **extra: Any) -> User:
