@@ -143,8 +143,8 @@ def mask_text(text: str, data: Any = None) -> str:
 class MaskSecrets(logging.Filter):
     """A logging filter that masks secrets in a record's message and traceback.
 
-    ``sequence`` installs it on its own logger and on ``rq.worker`` (which logs the
-    traceback of every failed job); add it to your handlers to cover other loggers.
+    ``sequence`` installs it on the loggers in :data:`LOGGERS`; add it to your handlers
+    to cover other loggers (a filter on a logger does not see its children's records).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -164,7 +164,9 @@ class MaskSecrets(logging.Filter):
         return True
 
 
-LOGGERS = ("sequence", "rq.worker")
+# Our own logger; RQ's, which logs the traceback of every failed job; Django's signal
+# dispatcher, which logs what a receiver raised before ``sequence`` logs it again.
+LOGGERS = ("sequence", "rq.worker", "django.dispatch")
 
 
 def install(names: Iterable[str] = LOGGERS) -> None:
