@@ -130,11 +130,15 @@ def mask_text(text: str, data: Any = None) -> str:
     if not text:
         return text
     for literal in sorted(secret_values(data) if data is not None else (), key=len, reverse=True):
-        text = text.replace(literal, MASK)
         # Exceptions often show the repr of a value: quotes and backslashes escaped.
-        escaped = repr(literal)[1:-1]
-        if escaped != literal:
-            text = text.replace(escaped, MASK)
+        backslashed = literal.replace("\\", "\\\\")
+        for form in (
+            literal,
+            repr(literal)[1:-1],
+            backslashed.replace("'", "\\'"),
+            backslashed.replace('"', '\\"'),
+        ):
+            text = text.replace(form, MASK)
     text = _BEARER.sub(lambda m: m["scheme"] + MASK, text)
     text = _PAIR.sub(_mask_pair, text)
     return _URL_PASSWORD.sub(lambda m: m["head"] + MASK, text)
