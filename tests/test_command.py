@@ -255,7 +255,7 @@ def test_a_request_that_does_not_apply_fails_the_command_after_doing_the_rest():
     done = make_record(status=Status.COMPLETED, step_index=3)
     out = StringIO()
     err = StringIO()
-    with pytest.raises(CommandError, match="2 of 3 sequences could not be paused."):
+    with pytest.raises(CommandError, match=r"2 of 3 sequences could not be paused\."):
         call_command(
             "sequence", "pause", str(done.pk), str(live.id), "999999", stdout=out, stderr=err
         )
