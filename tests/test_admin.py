@@ -159,6 +159,18 @@ def test_large_unfiltered_list_shows_an_estimated_count_on_postgresql(admin_clie
 
 
 @pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN estimates are PostgreSQL's")
+def test_a_filter_the_planner_expects_to_match_many_rows_is_not_counted(admin_client, monkeypatch):
+    for _ in range(3):
+        make_record(status=Status.FAILED)
+    monkeypatch.setattr(EstimatedCountPaginator, "estimate_above", 1)
+    with CaptureQueriesContext(connection) as captured:
+        html = text_of(admin_client.get(LIST_URL, {"status__exact": "failed"}))
+    assert re.search(r"about \d+</span> sequence", html)
+    assert not [q for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
+
+
+@pytest.mark.django_db
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="statement_timeout is PostgreSQL's")
 def test_slow_filtered_count_falls_back_to_the_planner_estimate(monkeypatch):
     from django.db.models.expressions import RawSQL
