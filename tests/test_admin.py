@@ -37,7 +37,7 @@ def retry_url(pk: int) -> str:
 
 
 def text_of(response) -> str:
-    return response.content.decode()
+    return str(response.content.decode())
 
 
 def messages_of(response) -> list[str]:

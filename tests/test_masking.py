@@ -100,6 +100,7 @@ def test_the_logging_filter_masks_messages_arguments_and_tracebacks():
         record.exc_info = sys.exc_info()
     assert MaskSecrets().filter(record)
     assert record.getMessage() == f"failed: token={MASK}"
+    assert record.exc_text is not None
     assert f"ValueError: password={MASK}" in record.exc_text
     assert "hunter22" not in record.exc_text
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -36,7 +36,7 @@ LAUNCH_ARGS = [
 SCREENSHOTS = OUTPUT / "browser"
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must run the browser tests)")
     pytest.skip(reason)
@@ -51,7 +51,7 @@ def _install_chromium() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (
         [apt, "update", "-qq"],
-        [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"],
+        [apt, "install", "-y", "-qq", "chromium", "chromium-driver"],
     ):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
         if done.returncode != 0:
