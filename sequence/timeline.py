@@ -65,6 +65,7 @@ class Timeline:
     bars: list[Bar]
     ticks: list[Tick]
     span: str
+    waited: str = ""  # from the sequence's creation to its first attempt, if long
 
     def __bool__(self) -> bool:
         return bool(self.bars)
@@ -116,7 +117,10 @@ def build(
         )
     if not spans:
         return Timeline([], [], "")
-    start = min([record.created_at, *(s[0] for s in spans)])
+    # The axis starts at the first attempt, so a long wait in the queue (say, for a
+    # worker to start) does not squeeze every bar to the right; the wait is shown apart.
+    start = min(s[0] for s in spans)
+    waited = start - record.created_at
     end = max(s[1] for s in spans)
     if record.finished_at is not None:
         end = max(end, record.finished_at)
@@ -151,4 +155,9 @@ def build(
         )
         for i in range(TICKS)
     ]
-    return Timeline(bars, ticks, format_duration(timedelta(seconds=total)))
+    return Timeline(
+        bars,
+        ticks,
+        format_duration(timedelta(seconds=total)),
+        format_duration(waited) if waited >= timedelta(seconds=1) else "",
+    )

@@ -252,8 +252,11 @@ def test_detail_shows_data_timeline_plan_and_each_attempts_error(admin_client):
     assert [b[0] for b in bars] == ["succeeded", "failed", "failed", "compensated"]
     lefts = [float(b[1]) for b in bars]
     assert lefts == sorted(lefts)
-    assert lefts[0] == pytest.approx(10.0, abs=0.1)
-    assert float(bars[0][2]) == pytest.approx(10.0, abs=0.1)  # 1 s of a 10 s axis
+    # The axis runs from the first attempt (9 s ago; created 1 s before) to the end.
+    assert lefts[0] == 0
+    assert float(bars[0][2]) == pytest.approx(100 / 9, abs=0.1)  # 1 s of a 9 s axis
+    assert lefts[1] == pytest.approx(200 / 9, abs=0.1)
+    assert "(9.0s, after 1.0s in the queue)" in html
     assert html.count('class="seq-tick"') == 5
     # The plan with the current step marked.
     assert re.search(r'<li class="seq-plan-done">\s*<span class="seq-plan-name">Undo</span>', html)

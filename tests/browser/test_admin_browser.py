@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 LIST_SCREENSHOT = SCREENSHOTS / "admin-list.png"
 DETAIL_SCREENSHOT = SCREENSHOTS / "admin-detail.png"
+FAILED_SCREENSHOT = SCREENSHOTS / "admin-failed.png"
 
 
 def status_of(pk: int) -> str:
@@ -147,6 +148,7 @@ def test_a_failed_sequence_shows_its_error_and_traceback(page, live_server, admi
     details.locator("summary").click()
     assert "ValueError: broken step" in details.locator("pre").inner_text()
     assert "hunter2-secret" not in page.content()
+    page.screenshot(path=str(FAILED_SCREENSHOT), full_page=True)
     # Retry with edited data is offered, as a link to its form.
     page.get_by_role("link", name="Retry with edited data…").click()
     assert '"password": "********"' in page.locator("textarea").input_value()
