@@ -19,6 +19,7 @@ once. Jobs are looked up in Redis with pipelines, a batch at a time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,6 +46,10 @@ FIELDS = (
 # A queue longer than this is not read whole to check that a job is in it; its jobs
 # are then taken to be there when their status says "queued".
 SCAN_LIMIT = 100_000
+
+# Seconds a job may sit in RQ's intermediate list (taken by a worker, not started)
+# before the sweep calls it lost.
+INTERMEDIATE_GRACE = 5
 
 # Worker rows not seen for this long are deleted.
 FORGET_WORKERS_AFTER = timedelta(days=1)
@@ -352,16 +357,13 @@ class LiveJobs:
         return live
 
     def _listing(self, connection: Any, queue: Any) -> set[str] | None:
-        """The ids in ``queue`` (and its intermediate list), read once per sweep."""
+        """The ids waiting in ``queue``, read once per sweep (None: too many to read)."""
         if queue.key not in self._listed:
             with connection.pipeline(transaction=True) as pipe:
                 pipe.llen(queue.key)
                 pipe.lrange(queue.key, 0, SCAN_LIMIT - 1)
-                pipe.lrange(queue.intermediate_queue_key, 0, SCAN_LIMIT - 1)
-                length, ids, moving = pipe.execute()
-            self._listed[queue.key] = (
-                None if length > SCAN_LIMIT else {_text(i) for i in [*ids, *moving]}
-            )
+                length, ids = pipe.execute()
+            self._listed[queue.key] = None if length > SCAN_LIMIT else {_text(i) for i in ids}
         return self._listed[queue.key]
 
     def _queued(self, connection: Any, queued: list[tuple[SequenceRecord, Any, str]]) -> set[int]:
@@ -375,7 +377,9 @@ class LiveJobs:
                 suspects.append((record, queue, jid))
         if not suspects:
             return live
-        # Not in the list read earlier: queued since, or lost. Look once more, atomically.
+        # Not in the list read earlier: queued since, being dequeued, or lost. Look once
+        # more, atomically, in the queue and in RQ's intermediate list (a job a worker
+        # took but has not started).
         from redis.exceptions import ResponseError
 
         try:
@@ -387,13 +391,36 @@ class LiveJobs:
                 answers = pipe.execute()
         except ResponseError:  # Redis before 6.0.6 has no LPOS: assume the job is there
             return live | {record.pk for record, _, _ in suspects}
-        for index, (record, _, _) in enumerate(suspects):
-            in_list, moving, status = answers[3 * index : 3 * index + 3]
-            if in_list is not None or moving is not None:
-                live.add(record.pk)
-            elif status is not None and _text(status) != "queued":
-                live.add(record.pk)  # it moved on meanwhile (started, scheduled...)
-        return live
+        taken = []
+        for index, (record, _, jid) in enumerate(suspects):
+            in_list, in_intermediate, status = answers[3 * index : 3 * index + 3]
+            if in_list is not None or (status is not None and _text(status) != "queued"):
+                live.add(record.pk)  # there after all, or it moved on (started...)
+            elif status is not None and in_intermediate is not None:
+                taken.append((record, jid))
+        return live | self._not_stuck(connection, taken)
+
+    def _not_stuck(self, connection: Any, taken: list[tuple[SequenceRecord, str]]) -> set[int]:
+        """Of jobs a worker took but has not started, those taken too recently to judge.
+
+        A worker killed between taking a job and starting it leaves it there; RQ's own
+        cleanup of that list runs rarely. The first sweep to see a job there notes the
+        time; a later one finding it still there after INTERMEDIATE_GRACE calls it lost.
+        """
+        if not taken:
+            return set()
+        now = time.time()
+        with connection.pipeline(transaction=False) as pipe:
+            for _, jid in taken:
+                pipe.set(f"sequence:taken:{jid}", now, nx=True, ex=3600)
+                pipe.get(f"sequence:taken:{jid}")
+            answers = pipe.execute()
+        first_seen = answers[1::2]
+        return {
+            record.pk
+            for (record, _), seen in zip(taken, first_seen, strict=True)
+            if seen is None or now - float(seen) < INTERMEDIATE_GRACE
+        }
 
 
 def _text(value: Any) -> str:

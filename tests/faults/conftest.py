@@ -225,10 +225,34 @@ def settle(
         if all(status in done for status in now.values()):
             return now
         if time.monotonic() > deadline:
-            stuck = {k: v for k, v in now.items() if v not in done}
-            pytest.fail(f"{len(stuck)} sequences not settled after {timeout}s: {stuck!r:.500}")
+            stuck = [k for k, v in now.items() if v not in done]
+            pytest.fail(f"{len(stuck)} sequences not settled after {timeout}s:\n{describe(stuck)}")
         time.sleep(0.3)
 
 
 def pick(items: list[Any]) -> Any:
     return random.choice(items)
+
+
+def describe(seq_ids: Iterable[int], limit: int = 5) -> str:
+    """The rows and their RQ jobs, for a failure message."""
+    from sequence.dispatch import job_id
+
+    lines = []
+    queue = get_queue("default")
+    for record in SequenceRecord.objects.filter(pk__in=list(seq_ids))[:limit]:
+        jid = job_id(record.pk, record.step_index, record.epoch)
+        job = queue.connection.hgetall(queue.job_class.key_for(jid))
+        fields = {
+            k.decode(): v.decode(errors="replace")[:40]
+            for k, v in job.items()
+            if k.decode() in ("status", "worker_name", "origin", "enqueued_at")
+        }
+        position = queue.connection.lpos(queue.key, jid)
+        lines.append(
+            f"#{record.pk} {record.status} step {record.step_index} epoch {record.epoch} "
+            f"due {record.dispatch_due} claim {record.claim_token} by {record.claimed_by!r} "
+            f"lease {record.lease_until} updated {record.updated_at} recoveries "
+            f"{record.recoveries}; job {jid}: {fields} at {position}"
+        )
+    return "\n".join(lines)
