@@ -110,9 +110,19 @@ def enqueue_step(
 
 
 def dispatch(
-    sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    queue: str,
+    spec: StepSpec | None,
+    *,
+    confirm: bool = True,
 ) -> bool:
-    """Queue a due step and clear its outbox entry; False leaves it for the sweep."""
+    """Queue a due step and clear its outbox entry; False leaves it for the sweep.
+
+    With ``confirm=False`` the entry stays: the step's claim clears it, or the sweep
+    once it sees the job in RQ. The runner passes it to save a write per step.
+    """
     from sequence.models import SequenceRecord
 
     try:
@@ -124,6 +134,8 @@ def dispatch(
             sequence_id,
         )
         return False
+    if not confirm:
+        return True
     SequenceRecord.objects.filter(pk=sequence_id, epoch=epoch, dispatch_due__isnull=False).update(
         dispatch_due=None
     )
