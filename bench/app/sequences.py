@@ -1,0 +1,35 @@
+"""(c) The same chains as ``sequence`` sequences."""
+
+from __future__ import annotations
+
+from bench.app.jobs import gate
+from bench.app.timing import timed_work
+from sequence import Sequence, Step
+
+
+class Work(Step):
+    def perform(self) -> None:
+        timed_work(self.data, self.sequence.id, self.sequence.step_index)
+
+
+class Five(Sequence):
+    steps = [Work] * 5
+
+
+class Fifty(Sequence):
+    steps = [Work] * 50
+
+
+class Long(Sequence):
+    """For the scale test: many steps, so every sequence stays in flight."""
+
+    steps = [Work] * 40
+
+
+class Hold(Step):
+    def perform(self) -> None:
+        gate(self.data["key"])
+
+
+class Gate(Sequence):
+    steps = [Hold]

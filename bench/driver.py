@@ -1,0 +1,333 @@
+"""Runs the measurements on one database: ``python -m bench.driver PLAN.json OUT.json``.
+
+Started by ``python -m bench`` once per database, with DATABASE_URL or SEQUENCE_DB_NAME
+and REDIS_URL set. It starts its own worker processes and writes raw figures as JSON;
+``bench.report`` turns them into the table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+import django
+
+django.setup()
+
+from django.db import connection, transaction  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+
+from bench import procs  # noqa: E402
+from bench.app import jobs  # noqa: E402
+from bench.app.models import HandChain  # noqa: E402
+from bench.app.sequences import Fifty, Five, Gate, Long  # noqa: E402
+from bench.measure import Timings, check_complete, quantile  # noqa: E402
+from sequence.models import SequenceRecord, StepAttempt  # noqa: E402
+
+IMPLS = ("a", "b", "c")
+_runs = itertools.count(1)
+
+
+def say(message: str) -> None:
+    print(f"  [{connection.vendor}] {message}", flush=True)
+
+
+class Pool:
+    """``n`` worker processes of one kind on one queue."""
+
+    def __init__(self, kind: str, impl: str, n: int, out: Path) -> None:
+        self.kind, self.impl, self.n = kind, impl, n
+        self.queue = f"bench-{impl}"
+        self.log = out / f"worker-{connection.vendor}-{kind}-{impl}-{n}.log"
+        jobs_kind = "sequence" if impl == "c" else "plain"
+        self.procs = [
+            procs.spawn(
+                [procs.python(), "-m", "bench.worker", kind, jobs_kind, self.queue],
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                log=self.log,
+            )
+            for _ in range(n)
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def hold(self) -> str:
+        """Park every worker in a gate job; return the key that releases them."""
+        key = f"bench:gate:{next(_runs)}"
+        for _ in range(self.n):
+            if self.impl == "c":
+                Gate.start({"key": key}, queue=self.queue)
+            else:
+                jobs.queue(self.queue).enqueue(jobs.gate, key)
+        conn = jobs.queue(self.queue).connection
+        deadline = time.monotonic() + 60
+        while conn.llen(f"{key}:in") < self.n:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker {proc.pid} exited:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers did not reach the gate:\n{self.log_tail()}")
+            time.sleep(0.02)
+        return key
+
+    def release(self, key: str) -> None:
+        jobs.queue(self.queue).connection.rpush(key, *["go"] * self.n)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            procs.kill(proc)
+
+
+def seed(impl: str, run: str, chains: int, steps: int, queue: str) -> None:
+    """Queue the first step of ``chains`` chains of ``steps`` steps each."""
+    data = {"run": run, "count": 0}
+    if impl == "a":
+        q = jobs.queue(queue)
+        for chain in range(chains):
+            q.enqueue(jobs.bare_step, queue, chain, 0, steps, data)
+    elif impl == "b":
+        rows = HandChain.objects.bulk_create(
+            [HandChain(data=data, steps=steps) for _ in range(chains)]
+        )
+        q = jobs.queue(queue)
+        for row in rows:
+            q.enqueue(jobs.hand_step, queue, row.pk, 0)
+    else:
+        cls = {5: Five, 50: Fifty, 40: Long}[steps]
+        with transaction.atomic():
+            for _ in range(chains):
+                cls.start(data, queue=queue)
+
+
+def bulk_seed(run: str, chains: int, queue: str) -> None:
+    """Start ``chains`` Long sequences fast: rows in bulk, first steps in one pipeline.
+
+    The rows are what ``start()`` saves; each job is queued by ``enqueue_step`` itself,
+    with Redis writes gathered in a pipeline (the scale test needs 10,000 of them).
+    """
+    from functools import partial
+
+    from sequence.dispatch import enqueue_step, get_queue
+
+    rows = SequenceRecord.objects.bulk_create(
+        SequenceRecord(
+            name=Long.name,
+            data={"run": run, "count": 0},
+            plan=Long.plan_names(),
+            version=str(Long.version),
+            queue=queue,
+        )
+        for _ in range(chains)
+    )
+    q = get_queue(queue)
+    spec = Long.step_specs[0]
+    with q.connection.pipeline() as pipe:
+        q.enqueue_call = partial(type(q).enqueue_call, q, pipeline=pipe)  # type: ignore[method-assign]
+        try:
+            for row in rows:
+                enqueue_step(row.pk, 0, 0, queue, spec)
+        finally:
+            del q.enqueue_call
+        pipe.execute()
+
+
+def throughput(pool: Pool, timings: Timings, chains: int, steps: int) -> dict[str, Any]:
+    run = f"r{next(_runs)}"
+    key = pool.hold()
+    seed(pool.impl, run, chains, steps, pool.queue)
+    pool.release(key)
+    lines = timings.wait(run, chains * steps, timeout=240, pools=[pool])
+    check_complete(lines, chains, steps)
+    first = min(line[2] for line in lines)
+    last = max(line[3] for line in lines)
+    return {"steps": len(lines), "seconds": last - first, "rate": len(lines) / (last - first)}
+
+
+def latency(pool: Pool, timings: Timings, steps: int) -> dict[str, Any]:
+    run = f"r{next(_runs)}"
+    seed(pool.impl, run, 1, steps, pool.queue)
+    lines = sorted(timings.wait(run, steps, timeout=120, pools=[pool]), key=lambda x: x[1])
+    check_complete(lines, 1, steps)
+    handoffs = [lines[i + 1][2] - lines[i][3] for i in range(len(lines) - 1)]
+    return {
+        "median_ms": statistics.median(handoffs) * 1000,
+        "p95_ms": quantile(handoffs, 0.95) * 1000,
+    }
+
+
+def matrix(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any]) -> None:
+    reps = plan["reps"]
+    for kind, counts in plan["kinds"]:
+        chains = plan["kind_chains"][kind]
+        for n in counts:
+            say(f"{kind} worker x{n}: starting workers for (a), (b), (c)")
+            pools = {impl: Pool(kind, impl, n, out) for impl in IMPLS}
+            try:
+                for rep in range(reps):
+                    # Interleaved, so a slow moment of the machine hits every contender.
+                    for impl in IMPLS:
+                        row = throughput(pools[impl], timings, chains, plan["steps"])
+                        row.update(kind=kind, workers=n, impl=impl, rep=rep, chains=chains)
+                        result["throughput"].append(row)
+                        say(f"{kind} x{n} ({impl}) rep {rep + 1}/{reps}: {row['rate']:.0f} steps/s")
+                if n == 1 and kind in plan["latency_kinds"]:
+                    for rep in range(reps):
+                        for impl in IMPLS:
+                            row = latency(pools[impl], timings, plan["latency_steps"])
+                            row.update(kind=kind, impl=impl, rep=rep)
+                            result["latency"].append(row)
+                    say(f"{kind}: handoff latency measured")
+            finally:
+                for pool in pools.values():
+                    pool.stop()
+
+
+def reset_state() -> None:
+    """Empty the sequence tables and the bench's Redis database (no worker is running)."""
+    with connection.cursor() as cursor:
+        for model in (StepAttempt, SequenceRecord, HandChain):
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
+    jobs.queue("bench-c").connection.flushdb()
+
+
+def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any]) -> None:
+    """Per-step cost with many sequences in flight, and the worker's memory meanwhile."""
+    windows = plan["scale_windows"]
+    for in_flight, measured in plan["scale"]:
+        reset_state()
+        pool = Pool("recommended", "c", 1, out)
+        try:
+            run = f"r{next(_runs)}"
+            key = pool.hold()
+            started = time.monotonic()
+            bulk_seed(run, in_flight, pool.queue)
+            seeded = time.monotonic() - started
+            rows = SequenceRecord.objects.filter(status="pending").count()
+            rss_before = procs.rss_kib(pool.pids[0])
+            pool.release(key)
+            say(f"scale: {in_flight} in flight (seeded in {seeded:.1f}s); running {measured} steps")
+            lines = timings.wait(run, measured, timeout=600, pools=[pool])
+            rss_after = procs.rss_kib(pool.pids[0])
+        finally:
+            pool.stop()
+        starts = sorted(line[2] for line in lines)[:measured]
+        size = len(starts) // windows
+        costs = [
+            (starts[(w + 1) * size - 1] - starts[w * size]) / (size - 1) * 1000
+            for w in range(windows)
+        ]
+        result["scale"].append({
+            "in_flight": in_flight, "rows_pending": rows, "steps": measured,
+            "step_ms": costs, "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+            "seed_seconds": seeded,
+        })  # fmt: skip
+        say(f"scale {in_flight}: {statistics.median(costs):.2f} ms/step, "
+            f"RSS {rss_before // 1024} -> {rss_after // 1024} MiB")  # fmt: skip
+    reset_state()
+
+
+def profile_steps(
+    plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any]
+) -> None:
+    """Sample one recommended worker running (c) with py-spy; sort the samples by phase."""
+    from bench import profile
+
+    if not profile.available():
+        say("py-spy is not installed: no profile (pip install py-spy)")
+        return
+    reset_state()
+    pool = Pool("recommended", "c", 1, out)
+    try:
+        run = f"r{next(_runs)}"
+        key = pool.hold()
+        seed("c", run, plan["profile_chains"], plan["steps"], pool.queue)
+        pool.release(key)
+        began = time.time()
+        raw = profile.record(pool.pids[0], plan["profile_seconds"], out)
+        ended = time.time()
+    finally:
+        pool.stop()
+    timings.wait(run, 0, timeout=1)
+    steps = sum(1 for line in timings.lines.get(run, []) if began <= line[2] < ended)
+    result["profile"] = {**profile.classify(raw), "steps": steps, "seconds": ended - began}
+    say(f"profile: {steps} steps in {ended - began:.1f}s sampled")
+    reset_state()
+
+
+def queries(result: dict[str, Any]) -> None:
+    """Queries to start a sequence and to run each step, run in this process."""
+    from sequence.runner import run_step
+
+    q = jobs.queue("bench-q")
+    q.empty()
+    # As a view in autocommit mode starts one; then inside a transaction, where the
+    # first step must be queued only once the transaction commits.
+    with CaptureQueriesContext(connection) as started:
+        seq = Five.start({"run": "queries", "count": 0}, queue="bench-q")
+    enqueues = q.count
+    with transaction.atomic():
+        Five.start({"run": "queries", "count": 0}, queue="bench-q")
+        queued_before_commit = q.count - enqueues
+    queued_after_commit = q.count - enqueues
+    q.empty()
+    per_step = []
+    for index in range(5):
+        epoch = SequenceRecord.objects.get(pk=seq.id).epoch
+        with CaptureQueriesContext(connection) as step:
+            run_step(seq.id, index, epoch)
+        per_step.append(len(step.captured_queries))
+    assert SequenceRecord.objects.get(pk=seq.id).status == "completed"
+    result["queries"] = {
+        "start": len(started.captured_queries),
+        "start_enqueues": enqueues,
+        "start_queued_before_commit": queued_before_commit,
+        "start_queued_after_commit": queued_after_commit,
+        "start_sql": [q["sql"][:120] for q in started.captured_queries],
+        "per_step": per_step,
+        "step_sql": [q["sql"][:120] for q in step.captured_queries],
+    }
+    q.empty()
+
+
+def main() -> None:
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    out_file = Path(sys.argv[2])
+    out = out_file.parent
+    timings = Timings(out / f"timings-{connection.vendor}.log")
+    os.environ["BENCH_TIMING_FILE"] = str(timings.path)
+    result: dict[str, Any] = {
+        "vendor": connection.vendor,
+        "db_version": ".".join(map(str, connection.Database.sqlite_version_info))
+        if connection.vendor == "sqlite"
+        else str(connection.cursor().connection.info.server_version),
+        "throughput": [],
+        "latency": [],
+        "scale": [],
+    }
+    reset_state()
+    if plan.get("queries", True):
+        queries(result)
+    if plan.get("matrix", True):
+        matrix(plan, out, timings, result)
+    if plan.get("profile_seconds"):
+        profile_steps(plan, out, timings, result)
+    if plan.get("scale") and plan.get("scale_vendor") in (None, connection.vendor):
+        scale(plan, out, timings, result)
+    out_file.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

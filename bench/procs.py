@@ -1,0 +1,67 @@
+"""Processes the benchmark starts: each in its own session, each killed by pid at the end.
+
+Every pid is also appended to a file, so the top-level process can kill what a crashed
+driver left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pid_file() -> Path | None:
+    path = os.environ.get("BENCH_PID_FILE")
+    return Path(path) if path else None
+
+
+def spawn(
+    cmd: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in a new session, its output to ``log``; remember its pid."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(cmd), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    path = pid_file()
+    if path is not None:
+        with path.open("a") as f:
+            f.write(f"{proc.pid}\n")
+    return proc
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc``'s process group (a worker, its horse and its scheduler) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def kill_recorded(path: Path) -> None:
+    """Kill every process group recorded in ``path`` that is still there."""
+    if not path.exists():
+        return
+    for line in path.read_text().split():
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.killpg(int(line), signal.SIGKILL)
+
+
+def python() -> str:
+    return sys.executable
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -1,0 +1,440 @@
+"""Turns the measured figures into ``bench/RESULTS.md``. Every number comes from a run."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+NAMES = {
+    "a": "(a) bare RQ",
+    "b": "(b) hand-written Django",
+    "c": "(c) sequence",
+    "d": "(d) Celery chain",
+}
+KINDS = {
+    "recommended": "recommended (`manage.py sequence worker`)",
+    "simple": "RQ `SimpleWorker`",
+    "fork": "RQ `Worker` (forks per job)",
+}
+VENDORS = {"sqlite": "SQLite (file, WAL)", "postgresql": "PostgreSQL"}
+
+
+def med(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def cell(values: list[float], fmt: str = "{:.0f}") -> str:
+    """Median, with the spread (min-max) of the repetitions."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(med(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def ratio_cell(top: list[float], bottom: list[float]) -> str:
+    """Ratio of the medians, with the spread of the ratios of paired repetitions."""
+    if not top or not bottom:
+        return "-"
+    value = med(top) / med(bottom)
+    pairs = [t / b for t, b in zip(top, bottom, strict=False)]
+    if len(pairs) < 2:
+        return f"{value:.2f}x"
+    return f"**{value:.2f}x** ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
+def machine() -> list[str]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
+        memory = f"{mem_kib / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration):
+        memory = "unknown memory"
+    return [
+        f"{os.cpu_count()} cores ({cpu}), {memory}",
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+    ]
+
+
+def versions(results: dict[str, Any]) -> str:
+    found = []
+    for name in ("django", "rq", "django-rq", "redis", "psycopg", "celery", "django-rq-sequence"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{name} {metadata.version(name)}")
+    found.append(f"Redis server {results['redis_version']}")
+    for db in results["databases"]:
+        found.append(f"{VENDORS[db['vendor']].split(' ')[0]} {db['db_version']}")
+    return ", ".join(found)
+
+
+def rows(db: dict[str, Any], key: str, **match: Any) -> list[dict[str, Any]]:
+    return [r for r in db[key] if all(r.get(k) == v for k, v in match.items())]
+
+
+def rates(db: dict[str, Any], kind: str, workers: int, impl: str) -> list[float]:
+    found = rows(db, "throughput", kind=kind, workers=workers, impl=impl)
+    return [r["rate"] for r in sorted(found, key=lambda r: r["rep"])]
+
+
+def celery_rates(results: dict[str, Any], workers: int) -> list[float]:
+    if not results.get("celery"):
+        return []
+    return [r["rate"] for r in results["celery"]["throughput"] if r["workers"] == workers]
+
+
+class Targets:
+    """Collects each target's verdict for the summary at the top."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, str]] = []
+
+    def add(self, target: str, measured: str, ok: bool | None) -> None:
+        verdict = "not measured" if ok is None else ("met" if ok else "**NOT met**")
+        self.lines.append((target, measured, verdict))
+
+
+def throughput_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    plan = results["plan"]
+    out = [
+        "## Throughput under load",
+        "",
+        f"{plan['chains']} chains x {plan['steps']} steps queued at once, then the workers "
+        "released together; steps per second from the first step's start to the last "
+        "step's end. Worker: the recommended set-up for every contender (see below). "
+        "Cells: median (min-max) of the repetitions; ratios: ratio of medians "
+        "(min-max of the paired repetitions).",
+        "",
+        "| database | workers | (a) bare RQ | (b) hand-written Django | (c) sequence "
+        "| (c)/(b) | (c)/(a) | (d) Celery chain | (c)/(d) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for db in results["databases"]:
+        for workers in sorted({r["workers"] for r in rows(db, "throughput", kind="recommended")}):
+            a, b, c = (rates(db, "recommended", workers, impl) for impl in "abc")
+            d = celery_rates(results, workers)
+            out.append(
+                f"| {VENDORS[db['vendor']]} | {workers} | {cell(a)} | {cell(b)} | {cell(c)} "
+                f"| {ratio_cell(c, b)} | {ratio_cell(c, a)} | {cell(d)} | {ratio_cell(c, d)} |"
+            )
+            if b and c:
+                value = med(c) / med(b)
+                targets.add(
+                    f"Throughput (c) >= 0.85x (b), {VENDORS[db['vendor']]}, {workers} worker(s)",
+                    f"{value:.2f}x",
+                    value >= 0.85,
+                )
+            if d and c:
+                value = med(c) / med(d)
+                targets.add(
+                    f"Stretch: (c) beats Celery's chain, {VENDORS[db['vendor']]}, {workers} worker(s)",
+                    f"{value:.2f}x",
+                    value > 1,
+                )
+    if results.get("celery"):
+        out += ["", f"(d) {results['celery']['note']}"]
+    return out
+
+
+def worker_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    plan = results["plan"]
+    out = [
+        "## Worker classes",
+        "",
+        "One worker; chains of "
+        f"{plan['steps']} steps: {plan['kind_chains']['recommended']} on the recommended "
+        f"worker, {plan['kind_chains']['simple']} on `SimpleWorker`, "
+        f"{plan['kind_chains']['fork']} on the forking worker. The recommended set-up "
+        "is `manage.py sequence worker`: `SequenceWorker` (RQ's `SimpleWorker`, which runs "
+        "jobs in the worker process and so keeps its database connection, plus "
+        "`close_old_connections()` around each job), JSON payloads, the allow-listing job "
+        "class `SequenceJob`, RQ's scheduler for retry delays, and the recovery sweep. "
+        "For (a) and (b) the same worker class runs with RQ's plain job class.",
+        "",
+        "| database | worker class | (a) bare RQ | (b) hand-written Django | (c) sequence "
+        "| (c)/(b) | (c) vs (c) on the forking worker |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for db in results["databases"]:
+        fork_c = rates(db, "fork", 1, "c")
+        for kind in ("fork", "simple", "recommended"):
+            a, b, c = (rates(db, kind, 1, impl) for impl in "abc")
+            if not c:
+                continue
+            out.append(
+                f"| {VENDORS[db['vendor']]} | {KINDS[kind]} | {cell(a)} | {cell(b)} | {cell(c)} "
+                f"| {ratio_cell(c, b)} | {ratio_cell(c, fork_c)} |"
+            )
+        rec_c = rates(db, "recommended", 1, "c")
+        if rec_c and fork_c:
+            value = med(rec_c) / med(fork_c)
+            targets.add(
+                f"Recommended worker >= 2.5x RQ's forking worker, {VENDORS[db['vendor']]}",
+                f"{value:.2f}x",
+                value >= 2.5,
+            )
+    return out
+
+
+def latency_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    plan = results["plan"]
+    out = [
+        "## Handoff latency, unloaded",
+        "",
+        f"One chain of {plan['latency_steps']} steps on one idle recommended worker; the "
+        "handoff is the time from the end of step i's body to the start of step i+1's "
+        "body (commit, enqueue, dequeue, claim). Milliseconds; median (min-max) over "
+        "the repetitions of each run's median and 95th percentile.",
+        "",
+        "| database | contender | median ms | p95 ms | median vs (b) |",
+        "|---|---|---|---|---|",
+    ]
+    sources: list[tuple[str, Callable[[str], list[dict[str, Any]]]]] = []
+    for db in results["databases"]:
+        sources.append((VENDORS[db["vendor"]], lambda impl, db=db: rows(db, "latency", impl=impl)))
+    for label, get in sources:
+        base = [r["median_ms"] for r in get("b")]
+        for impl in "abc":
+            found = get(impl)
+            if not found:
+                continue
+            medians = [r["median_ms"] for r in found]
+            out.append(
+                f"| {label} | {NAMES[impl]} | {cell(medians, '{:.2f}')} "
+                f"| {cell([r['p95_ms'] for r in found], '{:.2f}')} "
+                f"| {ratio_cell(medians, base) if impl != 'b' else '1x'} |"
+            )
+            if impl == "c" and base:
+                value = med(medians) / med(base)
+                targets.add(
+                    f"Handoff median (c) <= 1.3x (b), {label}", f"{value:.2f}x", value <= 1.3
+                )
+    celery = results.get("celery")
+    if celery and celery.get("latency"):
+        found = celery["latency"]
+        out.append(
+            f"| Redis only | {NAMES['d']} | {cell([r['median_ms'] for r in found], '{:.2f}')} "
+            f"| {cell([r['p95_ms'] for r in found], '{:.2f}')} | - |"
+        )
+    return out
+
+
+def queries_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    out = [
+        "## Database queries",
+        "",
+        "Counted with Django's `CaptureQueriesContext` (which counts BEGIN and COMMIT), "
+        "running `sequence.runner.run_step` in the driver process on a 5-step sequence. "
+        "Pinned by `tests/test_queries.py`.",
+        "",
+        "| database | start a sequence | enqueues: autocommit / in a transaction before "
+        "commit / after commit | per step (steps 1-5) |",
+        "|---|---|---|---|",
+    ]
+    for db in results["databases"]:
+        q = db.get("queries")
+        if not q:
+            continue
+        enqueues = (
+            f"{q['start_enqueues']} / {q['start_queued_before_commit']} / "
+            f"{q['start_queued_after_commit']}"
+        )
+        out.append(
+            f"| {VENDORS[db['vendor']]} | {q['start']} | {enqueues} "
+            f"| {', '.join(map(str, q['per_step']))} |"
+        )
+        targets.add(
+            f"Queries per step constant and <= 5, {VENDORS[db['vendor']]}",
+            ", ".join(map(str, q["per_step"])),
+            max(q["per_step"]) <= 5 and len(set(q["per_step"])) == 1,
+        )
+        one_after_commit = (
+            q["start_enqueues"] == 1
+            and q["start_queued_before_commit"] == 0
+            and q["start_queued_after_commit"] == 1
+        )
+        targets.add(
+            f"Start <= 3 queries, one enqueue, after commit, {VENDORS[db['vendor']]}",
+            f"{q['start']} queries; enqueues {enqueues}",
+            q["start"] <= 3 and one_after_commit,
+        )
+    for db in results["databases"][:1]:
+        q = db.get("queries")
+        if q:
+            out += ["", f"The statements of one step on {VENDORS[db['vendor']]}:", ""]
+            out += [
+                f"{i}. `{' '.join(sql.split())[:100]}`" for i, sql in enumerate(q["step_sql"], 1)
+            ]
+    return out
+
+
+def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    plan = results["plan"]
+    if not any(db["scale"] for db in results["databases"]):
+        return []
+    out = [
+        "## Scale: sequences in flight",
+        "",
+        "One recommended worker; N sequences of 40 steps started, so all N stay in flight "
+        "while the measured steps run. Per-step cost: the time between consecutive step "
+        f"starts, over {plan['scale_windows']} consecutive windows of the measured steps "
+        "(median, min-max). Memory: the worker's resident set when it was parked at the "
+        "gate (after one step) and after the measured steps.",
+        "",
+        "| database | in flight | steps measured | ms per step | vs fewest in flight "
+        "| RSS before | RSS after | growth |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for db in results["databases"]:
+        runs = db["scale"]
+        if not runs:
+            continue
+        base = runs[0]["step_ms"]
+        for run in runs:
+            growth = (run["rss_after_kib"] - run["rss_before_kib"]) / 1024
+            out.append(
+                f"| {VENDORS[db['vendor']]} | {run['in_flight']:,} | {run['steps']:,} "
+                f"| {cell(run['step_ms'], '{:.2f}')} | {ratio_cell(run['step_ms'], base)} "
+                f"| {run['rss_before_kib'] / 1024:.1f} MiB | {run['rss_after_kib'] / 1024:.1f} MiB "
+                f"| {growth:+.1f} MiB |"
+            )
+        big = runs[-1]
+        value = med(big["step_ms"]) / med(base)
+        targets.add(
+            f"Per-step cost, {big['in_flight']:,} vs {runs[0]['in_flight']:,} in flight <= 1.2x, "
+            f"{VENDORS[db['vendor']]}",
+            f"{value:.2f}x",
+            value <= 1.2,
+        )
+        growth = (big["rss_after_kib"] - big["rss_before_kib"]) / 1024
+        targets.add(
+            f"Worker memory growth over {big['steps']:,} steps < 10 MB, {VENDORS[db['vendor']]}",
+            f"{growth:+.1f} MiB",
+            growth < 10,
+        )
+    return out
+
+
+def admin_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    if not results.get("admin"):
+        return []
+    out = [
+        "## Admin list page",
+        "",
+        "`GET /admin/sequence/sequencerecord/` as a superuser with Django's test `Client`, "
+        "in process, on a table of finished sequences; the first request is a warm-up.",
+        "",
+        "| database | rows | median ms | queries | note |",
+        "|---|---|---|---|---|",
+    ]
+    for run in results["admin"]:
+        label = VENDORS[run["vendor"]]
+        if run.get("skipped"):
+            out.append(f"| {label} | {run['rows']:,} | - | - | {run['skipped']} |")
+            targets.add(
+                f"Admin list of {run['rows']:,} rows median < 300 ms, {label}", run["skipped"], None
+            )
+            continue
+        out.append(
+            f"| {label} | {run['rows']:,} | {cell(run['ms'], '{:.0f}')} | {run['queries']} "
+            f"| filled in {run['fill_seconds']:.0f}s |"
+        )
+        value = med(run["ms"])
+        targets.add(
+            f"Admin list of {run['rows']:,} rows median < 300 ms, {label}",
+            f"{value:.0f} ms",
+            value < 300,
+        )
+    return out
+
+
+def profile_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    found = [db for db in results["databases"] if db.get("profile")]
+    if not found:
+        return []
+    from bench.profile import PHASES
+
+    order = [name for name, _ in PHASES] + ["other"]
+    out = [
+        "## Where a step's time goes",
+        "",
+        "py-spy samples (250 Hz) of one recommended worker running (c) under load, each "
+        "sample put in the phase of its innermost recognised frame; the wait columns "
+        "split each phase by the leaf frame (waiting on the database or Redis, or "
+        "running Python). Milliseconds per step = share x sampled time / steps run.",
+        "",
+    ]
+    for db in found:
+        prof = db["profile"]
+        total, steps, seconds = prof["samples"], prof["steps"], prof["seconds"]
+        per_step = seconds / steps * 1000 if steps else 0.0
+        out += [
+            f"**{VENDORS[db['vendor']]}**: {steps} steps in {seconds:.1f} s, "
+            f"{per_step:.2f} ms per step.",
+            "",
+            "| phase | share | ms per step | database | Redis | Python |",
+            "|---|---|---|---|---|---|",
+        ]
+        for phase in order:
+            n = prof["phases"].get(phase, 0)
+            if not n:
+                continue
+            parts = [prof["waits"].get(f"{phase}|{k}", 0) for k in ("database", "Redis", "Python")]
+            out.append(
+                f"| {phase} | {n / total:.0%} | {n / total * per_step:.2f} | "
+                + " | ".join(f"{p / total * per_step:.2f}" for p in parts)
+                + " |"
+            )
+        out.append("")
+    return out
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    targets = Targets()
+    body: list[str] = []
+    for section in (
+        throughput_section,
+        worker_section,
+        latency_section,
+        queries_section,
+        scale_section,
+        profile_section,
+        admin_section,
+    ):
+        part = section(results, targets)
+        if part:
+            body += [*part, ""]
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (which runs the command below); do not edit by hand. "
+        "How it measures: [docs/performance.md](../docs/performance.md).",
+        "",
+        f"- Command: `{results['command']}` ({results['elapsed']:.0f} s), {when}",
+        *(f"- Machine: {line}" for line in machine()),
+        f"- Versions: {versions(results)}",
+        f"- Repetitions: {results['plan']['reps']} per figure unless said otherwise",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        *(f"| {t} | {m} | {v} |" for t, m, v in targets.lines),
+        "",
+    ]
+    path.write_text("\n".join(head + body).rstrip() + "\n")
