@@ -89,6 +89,7 @@ pass-py311-django52-postgres: $(ENV_LTS)/.installed
 # Every pass, keeping on past a failing one; then the tally, and the private Redis (if
 # one was started) is stopped whatever happened.
 passes: envs
+	@scripts/browser_deps.sh
 	@rc=0; \
 	$(MAKE) -k -j$(TEST_JOBS) --output-sync=target $(addprefix pass-,$(PASSES)) || rc=$$?; \
 	$(PY) scripts/redis_url.py --name test --stop; \
