@@ -103,6 +103,13 @@ def _overdue(grace: float) -> QuerySet[SequenceRecord]:
     return SequenceRecord.objects.filter(dispatch_due__lt=_ago(grace))
 
 
+def overdue(grace: float) -> Case:
+    """An annotation: the row's outbox entry is older than ``grace`` (database clock)."""
+    return Case(
+        When(dispatch_due__lt=_ago(grace), then=True), default=False, output_field=BooleanField()
+    )
+
+
 def _maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
     return SequenceRecord.objects.filter(
         status__in=[Status.PENDING, Status.RETRYING],
@@ -141,17 +148,12 @@ def sweep(grace: float | None = None) -> SweepResult:
             recover(record, result, reason=reason)
     for batch in _batches(_overdue(grace), size):
         active = [r for r in batch if r.status in (Status.PENDING, Status.RETRYING)]
-        idle = [r for r in batch if r.status not in (Status.PENDING, Status.RETRYING)]
-        for record in idle:
-            # Paused, canceled, finished or claimed: nothing to queue.
-            if _clear_outbox(record):
-                result.confirmed.append(record.pk)
         live = jobs.live(active)
+        # Paused, canceled, finished or claimed (nothing to queue), or queued after all.
+        done = [r for r in batch if r.pk in live or r not in active]
+        result.confirmed.extend(_clear_outbox(done))
         for record in active:
-            if record.pk in live:
-                if _clear_outbox(record):
-                    result.confirmed.append(record.pk)
-            else:
+            if record.pk not in live:
                 recover(record, result, reason="its next step was never queued")
     for batch in _batches(_maybe_lost(grace), size):
         live = jobs.live(batch)
@@ -171,12 +173,15 @@ def _step(record: SequenceRecord) -> str:
     return str(plan[record.step_index]) if record.step_index < len(plan) else "?"
 
 
-def _clear_outbox(record: SequenceRecord) -> bool:
-    return bool(
-        SequenceRecord.objects.filter(
-            pk=record.pk, epoch=record.epoch, dispatch_due__isnull=False
-        ).update(dispatch_due=None)
-    )
+def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
+    """Confirm the outbox entries of ``records`` (each at the epoch read), in one statement."""
+    if not records:
+        return []
+    same = Q()
+    for record in records:
+        same |= Q(pk=record.pk, epoch=record.epoch)
+    SequenceRecord.objects.filter(same, dispatch_due__isnull=False).update(dispatch_due=None)
+    return [record.pk for record in records]
 
 
 def _same(record: SequenceRecord) -> QuerySet[SequenceRecord]:

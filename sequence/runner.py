@@ -293,8 +293,18 @@ def _requeued_by_hand(job: Any) -> bool:
 
 
 def _stale(sequence_id: int, step_index: int, epoch: int) -> None:
-    """A job the row no longer expects: queue a successor whose dispatch was lost, then end."""
-    record = SequenceRecord.objects.filter(pk=sequence_id).first()
+    """A job the row no longer expects: queue a successor whose dispatch was lost, then end.
+
+    Only an overdue outbox entry whose job RQ no longer holds is queued again here (the
+    sweep would do the same later); anything else would just add a duplicate.
+    """
+    from sequence.recovery import LiveJobs, overdue
+
+    record = (
+        SequenceRecord.objects.filter(pk=sequence_id)
+        .annotate(overdue=overdue(settings.DISPATCH_GRACE))
+        .first()
+    )
     if record is None:
         logger.warning("Sequence %s no longer exists; its step job ends.", sequence_id)
         return
@@ -303,9 +313,10 @@ def _stale(sequence_id: int, step_index: int, epoch: int) -> None:
         sequence_id, step_index, epoch, record.status, record.step_index, record.epoch,
     )  # fmt: skip
     if (
-        record.dispatch_due is not None
+        getattr(record, "overdue", False)
         and record.status in (Status.PENDING, Status.RETRYING)
         and record.epoch > epoch
+        and record.pk not in LiveJobs().live([record])
     ):
         dispatch(
             record.pk, record.step_index, record.epoch, record.queue,
