@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from django.db import connections
 
 from tests.conftest import OUTPUT
 
@@ -106,3 +107,6 @@ def page(chromium: Path, sync_playwright: Any, monkeypatch: pytest.MonkeyPatch) 
         finally:
             context.close()
             browser.close()
+            # While Playwright's event loop runs, Django keeps this context's database
+            # connections apart from the thread's: close them, or they outlive the test.
+            connections.close_all()
