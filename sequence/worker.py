@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from typing import Any
 
+import redis.exceptions
 from django.db import close_old_connections, connection
 from django.db.models.functions import Now
 from rq import SimpleWorker, Worker
@@ -213,7 +215,11 @@ def run_worker(
     if settings.TEST_POINTS:
         testing.install(settings.TEST_POINTS)
     log_deployment_warnings(queue_names)
-    worker = build_worker(queue_names, kind, **kwargs)
+    stop = threading.Event()
+    first = _build_when_possible(queue_names, kind, kwargs, 0, stop)
+    if first is None:
+        return
+    worker = first
     register(worker.name, queue_names)
     maintenance = Maintenance(
         worker.name,
@@ -223,10 +229,9 @@ def run_worker(
     )
     if maintenance.heartbeat or maintenance.sweep_interval:
         maintenance.start()
-    restarts = failures = 0
+    restarts = 0
     try:
         while True:
-            began = time.monotonic()
             try:
                 worker.work(burst=burst, with_scheduler=True)
             except Exception:
@@ -235,23 +240,19 @@ def run_worker(
                 return
             # RQ's loop ends on its own when Redis goes away mid-job: start a fresh one
             # (under a new name: RQ may still see the old one as alive).
-            failures = 1 if time.monotonic() - began > 60 else failures + 1
             restarts += 1
-            delay = min(5.0, 0.25 * 2**failures)
-            logger.warning("Worker %s: restarting RQ's work loop in %.1fs.", worker.name, delay)
-            time.sleep(delay)
-            options = dict(kwargs)
-            if options.get("name"):
-                options["name"] = f"{kwargs['name']}.{restarts}"
-            else:
-                options.pop("name", None)
-            previous, worker = worker, build_worker(queue_names, kind, **options)
+            previous = worker
+            rebuilt = _build_when_possible(queue_names, kind, kwargs, restarts, stop)
+            if rebuilt is None:
+                return
+            worker = rebuilt
             try:
                 unregister(previous.name)
                 register(worker.name, queue_names)
             except Exception:
                 logger.exception("Worker %s: could not record its restart.", worker.name)
             maintenance.worker_name = worker.name
+            maintenance.lock = worker.connection
     finally:
         maintenance.stopped.set()
         try:
@@ -259,3 +260,31 @@ def run_worker(
             unregister(worker.name)
         except Exception:
             logger.exception("Worker %s: could not record that it stopped.", worker.name)
+
+
+def _build_when_possible(
+    queue_names: list[str], kind: str, kwargs: dict[str, Any], restarts: int, stop: threading.Event
+) -> BaseWorker | None:
+    """Build the worker, waiting for Redis while it is unreachable; None if told to stop."""
+    options = dict(kwargs)
+    if restarts and options.get("name"):
+        options["name"] = f"{kwargs['name']}.{restarts}"
+    elif restarts:
+        options.pop("name", None)
+    delay = 0.25 if restarts else 0.0
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(delay):
+            try:
+                return build_worker(queue_names, kind, **options)
+            except redis.exceptions.ConnectionError as exc:
+                delay = min(5.0, max(0.25, delay * 2))
+                logger.warning(
+                    "Redis is unreachable (%s); starting the worker in %.1fs.", exc, delay
+                )
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -123,11 +123,22 @@ def fault_settings(settings: Any, journal_triggers: None) -> Iterator[None]:
     get_queue.cache_clear()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, request: Any) -> Iterator[Fleet]:
     pool = Fleet(tmp_path, env_for())
     yield pool
     pool.stop_all()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print("---- worker logs (last 4000 characters) ----")
+        print(pool.output()[-4000:])
 
 
 def _free_port() -> int:
