@@ -86,6 +86,15 @@ orphans: list[Claim] = []
 HARD_KILL_MARGIN = 60
 
 
+class _Timeout:
+    """Set by sequence's worker classes when RQ's job timeout fires in this process."""
+
+    fired = False
+
+
+job_timeout = _Timeout()
+
+
 @dataclass
 class Claim:
     """A step taken by this process: what the job runs on, and the token fencing it."""
@@ -96,6 +105,8 @@ class Claim:
     started_at: datetime
     deadline: float  # time.monotonic() after which the result may not be committed
     timeout: int
+    # time.time() at which RQ's timeout fires (it counts from RQ's job.started_at).
+    wall_deadline: float = float("inf")
     # True once the claim was committed, failed or released (or found not ours).
     settled: bool = False
 
@@ -146,6 +157,8 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     if claim is None:
         _stale(sequence_id, step_index, epoch)
         return
+    if timeout > 0 and job is not None and job.started_at is not None:
+        claim.wall_deadline = job.started_at.timestamp() + timeout
     try:
         _run_claimed(claim, retries_left)
     except Exception:
@@ -348,7 +361,7 @@ def _perform(spec: StepSpec, claim: Claim, handle: Sequence) -> dict[str, Any]:
 
 def _check_deadline(claim: Claim, name: str) -> None:
     # RQ's timeout raises inside the step; a step that swallowed it lands here.
-    if time.monotonic() > claim.deadline:
+    if job_timeout.fired or time.monotonic() > claim.deadline or time.time() >= claim.wall_deadline:
         raise StepDeadlineExceeded(
             f"Step {name!r} ran past its timeout of {claim.timeout}s; its result is not "
             "committed. Raise the step's timeout or make it faster."

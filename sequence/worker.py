@@ -22,6 +22,7 @@ from django.db import close_old_connections, connection
 from django.db.models.functions import Now
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import BaseWorker
 
 from sequence.conf import settings
@@ -33,15 +34,28 @@ logger = logging.getLogger("sequence")
 SWEEP_LOCK = "sequence:sweep-lock"
 
 
+class DeadlineDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's job timeout, which also tells the runner it fired (a step may swallow it)."""
+
+    def handle_death_penalty(self, signum: Any, frame: Any) -> None:
+        if self._exception is JobTimeoutException:
+            from sequence import runner
+
+            runner.job_timeout.fired = True
+        super().handle_death_penalty(signum, frame)  # type: ignore[no-untyped-call]
+
+
 class _SequenceWorkerMixin:
     """Database hygiene around every job, and the job's claim token from RQ's execution."""
 
     name: str
     execution: Any
+    death_penalty_class: type[BaseDeathPenalty] = DeadlineDeathPenalty
 
     def perform_job(self, job: Any, queue: Any) -> bool:
         from sequence import runner
 
+        runner.job_timeout.fired = False
         close_old_connections()
         execution = getattr(self, "execution", None)
         reset = runner.execution.set(
