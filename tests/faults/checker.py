@@ -68,6 +68,7 @@ def check(
     *,
     expect: dict[int, set[str]] | set[str] | None = None,
     faults: dict[str, Any] | None = None,
+    record: bool = True,
 ) -> Report:
     """Check every invariant for ``seq_ids``; ``expect`` maps ids to allowed final statuses."""
     ids = sorted(set(seq_ids))
@@ -201,7 +202,8 @@ def check(
                 f"#{seq_id}: ended {record.status} at step {record.step_index}, expected {sorted(allowed)}"
             )
     report.statuses = dict(statuses)
-    _write(report)
+    if record:
+        _write(report)
     return report
 
 
