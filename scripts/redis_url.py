@@ -3,6 +3,7 @@
     python scripts/redis_url.py [--db N] [--name NAME]   print the URL (database N)
     python scripts/redis_url.py --stop [--name NAME]     stop the server this started
     python scripts/redis_url.py --private ...            skip the shared servers
+                                                         (so does REDIS_PRIVATE=1)
 
 Tried in order: $REDIS_URL, then 127.0.0.1:6379, then a private server on a free
 loopback port: a ``redis-server`` or ``valkey-server`` on the PATH, else the server
@@ -200,7 +201,8 @@ def main() -> None:
     if args.stop:
         stop_private(state)
         return
-    print(with_db(find_url(state, args.private), args.db))
+    private = args.private or os.environ.get("REDIS_PRIVATE") == "1"
+    print(with_db(find_url(state, private), args.db))
 
 
 if __name__ == "__main__":

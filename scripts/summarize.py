@@ -1,6 +1,8 @@
 """Add up the JUnit reports of the pytest passes: one line per pass, then the total.
 
-    python scripts/summarize.py NAME...
+    python scripts/summarize.py [--total] NAME...
+
+With --total only the last line is printed: ``tests: N passed, N failed, N skipped``.
 
 A pass named but without a report (it crashed before pytest wrote one) counts as failed.
 """
@@ -27,22 +29,26 @@ def counts(report: Path) -> tuple[int, int, int]:
 
 
 def main() -> int:
+    args = sys.argv[1:]
+    quiet = "--total" in args
+    names = [a for a in args if a != "--total"]
+    say = (lambda line: None) if quiet else print
     total = [0, 0, 0]
     broken = False
-    print("== pytest passes")
-    for name in sys.argv[1:]:
+    say("== pytest passes")
+    for name in names:
         folder = OUTPUT / name
         if (folder / "skipped").exists():
-            print(f"   {name:<16} skipped (no PostgreSQL)")
+            say(f"   {name:<24} skipped (no PostgreSQL)")
             continue
         report = folder / "junit.xml"
         if not report.exists():
-            print(f"   {name:<16} NO REPORT (the run did not finish)")
+            say(f"   {name:<24} NO REPORT (the run did not finish)")
             broken = True
             continue
         passed, failed, skipped = counts(report)
         total = [total[0] + passed, total[1] + failed, total[2] + skipped]
-        print(f"   {name:<16} {passed} passed, {failed} failed, {skipped} skipped")
+        say(f"   {name:<24} {passed} passed, {failed} failed, {skipped} skipped")
     print(f"tests: {total[0]} passed, {total[1]} failed, {total[2]} skipped")
     return 1 if broken or total[1] else 0
 
