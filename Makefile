@@ -109,6 +109,7 @@ test:
 	$(MAKE) -k static || { rc=$$?; echo "== static checks FAILED (see above)"; }; \
 	$(MAKE) passes || rc=$$?; \
 	echo "== make test: $$([ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start ))s"; \
+	$(PY) scripts/summarize.py --total $(PASSES) || true; \
 	exit $$rc
 
 # -- running -----------------------------------------------------------------------
