@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
@@ -408,12 +409,7 @@ def _commit(claim: Claim, data: dict[str, Any]) -> str:
         )
         live = live.filter(claimed_at__gt=started_after)
     was = Status.RUNNING
-    if not live.filter(status=Status.RUNNING).update(
-        status=Status.COMPLETED if last else Status.PENDING,
-        dispatch_due=None if last else Now(),
-        finished_at=done,
-        **moved,
-    ):
+    if not _commit_running(claim, data, last=last):
         # Paused or canceled while the step ran: keep the result, start nothing.
         was = Status.PAUSED
         if not live.filter(status__in=[Status.PAUSED, Status.CANCELED]).update(
@@ -440,21 +436,78 @@ def _commit(claim: Claim, data: dict[str, Any]) -> str:
     return was
 
 
-def _attempt(claim: Claim, outcome: str, error: str = "", tb: str = "") -> None:
+def _commit_running(claim: Claim, data: dict[str, Any], *, last: bool) -> bool:
+    """The usual commit of a running step, as one hand-written statement.
+
+    The same conditions and changes as the ORM updates in ``_commit``; written out
+    because building them through the ORM cost about 1 ms of CPU per step (py-spy,
+    bench/), the largest share of sequence's own work in a step.
+    """
     record = claim.record
-    StepAttempt.objects.create(
-        sequence_id=record.pk,
-        step_index=record.step_index,
-        step=record.plan[record.step_index],
-        epoch=record.epoch,
-        attempt=record.attempt,
-        outcome=outcome,
-        started_at=claim.started_at,
-        finished_at=timezone.now(),
-        worker=claim.worker,
-        error=error,
-        traceback=tb,
-    )
+    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
+    now = _now_sql()
+    deadline, deadline_args = "", list[Any]()
+    if claim.timeout > 0:
+        if connection.vendor == "postgresql":
+            deadline = f" AND claimed_at > {now} - %s * INTERVAL '1 second'"
+            deadline_args = [claim.timeout]
+        else:
+            deadline = " AND claimed_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)"
+            deadline_args = [f"-{claim.timeout} seconds"]
+    sql = f"""
+        UPDATE {table}
+        SET status = %s, dispatch_due = {"NULL" if last else now},
+            finished_at = {now if last else "NULL"}, data = %s, step_index = %s, epoch = %s,
+            claim_token = NULL, claimed_by = '', claimed_at = NULL, lease_until = NULL,
+            attempt = 0, recoveries = 0, error = '', updated_at = {now}
+        WHERE id = %s AND epoch = %s AND claim_token = %s AND status = %s
+            AND lease_until > {now}{deadline}
+    """
+    params: list[Any] = [
+        Status.COMPLETED if last else Status.PENDING,
+        SequenceRecord._meta.get_field("data").get_db_prep_save(data, connection),
+        record.step_index + 1, record.epoch + 1,
+        record.pk, record.epoch, claim.token, Status.RUNNING, *deadline_args,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return bool(cursor.rowcount)
+
+
+@cache
+def _attempt_insert() -> tuple[str, list[Any]]:
+    fields = [f for f in StepAttempt._meta.concrete_fields if not f.primary_key]
+    table = connection.ops.quote_name(StepAttempt._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {table} ({columns}) VALUES ({values})", fields
+
+
+def _attempt(claim: Claim, outcome: str, error: str = "", tb: str = "") -> None:
+    """Record one attempt in the history (a plain INSERT: on every step's hot path)."""
+    record = claim.record
+    values = {
+        "sequence_id": record.pk,
+        "step_index": record.step_index,
+        "step": record.plan[record.step_index],
+        "epoch": record.epoch,
+        "attempt": record.attempt,
+        "outcome": outcome,
+        "started_at": claim.started_at,
+        "finished_at": timezone.now(),
+        "worker": claim.worker,
+        "error": error,
+        "traceback": tb,
+    }
+    sql, fields = _attempt_insert()
+    params = [
+        f.get_db_prep_save(
+            values[f.attname] if f.attname in values else f.get_default(), connection
+        )
+        for f in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _after_commit(
