@@ -35,12 +35,14 @@ PLANS: dict[str, dict[str, Any]] = {
         "chains": 200,
         "steps": 5,
         # Chains per worker class: the slower classes run fewer (rates are rates).
-        "kind_chains": {"recommended": 200, "simple": 40, "fork": 20},
+        "kind_chains": {"recommended": 200, "simple": 30, "fork": 12},
         "kinds": [["recommended", [1, 2]], ["simple", [1]], ["fork", [1]]],
         "latency_kinds": ["recommended"],
         "latency_steps": 50,
         # (in flight, steps measured), on one database (SQLite unless --scale-on).
-        "scale": [[100, 1000], [10000, 10000]],
+        # 11,000 at 10,000 in flight: memory is compared over the 10,000 after warm-up.
+        "scale": [[100, 1000], [10000, 11000]],
+        "scale_warm": 1000,
         "scale_windows": 5,
         "profile_seconds": 8,
         "profile_chains": 400,
@@ -133,7 +135,17 @@ def main() -> None:
     parser.add_argument(
         "--output", default=str(HERE / "RESULTS.md"), help="Where to write the table."
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Write the table again from the last run's bench/out/results.json.",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        from bench.report import write
+
+        write(json.loads((OUT / "results.json").read_text()), Path(args.output))
+        return
     plan = dict(PLANS["quick" if args.quick else "full"])
     if args.no_scale:
         plan["scale"] = []

@@ -83,6 +83,10 @@ class Pool:
             time.sleep(0.02)
         return key
 
+    def cpu(self) -> float:
+        """CPU seconds the workers (and their horses) used so far."""
+        return sum(procs.cpu_seconds(pid) for pid in self.pids)
+
     def release(self, key: str) -> None:
         jobs.queue(self.queue).connection.rpush(key, *["go"] * self.n)
 
@@ -148,12 +152,17 @@ def throughput(pool: Pool, timings: Timings, chains: int, steps: int) -> dict[st
     run = f"r{next(_runs)}"
     key = pool.hold()
     seed(pool.impl, run, chains, steps, pool.queue)
+    cpu_before = pool.cpu()
     pool.release(key)
     lines = timings.wait(run, chains * steps, timeout=240, pools=[pool])
+    cpu = pool.cpu() - cpu_before
     check_complete(lines, chains, steps)
     first = min(line[2] for line in lines)
     last = max(line[3] for line in lines)
-    return {"steps": len(lines), "seconds": last - first, "rate": len(lines) / (last - first)}
+    return {
+        "steps": len(lines), "seconds": last - first, "rate": len(lines) / (last - first),
+        "cpu_ms": cpu / len(lines) * 1000,
+    }  # fmt: skip
 
 
 def latency(pool: Pool, timings: Timings, steps: int) -> dict[str, Any]:
@@ -219,6 +228,10 @@ def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, A
             rss_before = procs.rss_kib(pool.pids[0])
             pool.release(key)
             say(f"scale: {in_flight} in flight (seeded in {seeded:.1f}s); running {measured} steps")
+            # Memory once warm (caches filled) too, to tell growth that stops from a leak.
+            warm = min(plan.get("scale_warm", 1000), measured // 2)
+            timings.wait(run, warm, timeout=600, pools=[pool])
+            rss_warm = procs.rss_kib(pool.pids[0])
             lines = timings.wait(run, measured, timeout=600, pools=[pool])
             rss_after = procs.rss_kib(pool.pids[0])
         finally:
@@ -232,6 +245,7 @@ def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, A
         result["scale"].append({
             "in_flight": in_flight, "rows_pending": rows, "steps": measured,
             "step_ms": costs, "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+            "rss_warm_kib": rss_warm, "warm_steps": warm,
             "seed_seconds": seeded,
         })  # fmt: skip
         say(f"scale {in_flight}: {statistics.median(costs):.2f} ms/step, "

@@ -91,6 +91,11 @@ def rates(db: dict[str, Any], kind: str, workers: int, impl: str) -> list[float]
     return [r["rate"] for r in sorted(found, key=lambda r: r["rep"])]
 
 
+def cpu(db: dict[str, Any], kind: str, workers: int, impl: str) -> list[float]:
+    found = rows(db, "throughput", kind=kind, workers=workers, impl=impl)
+    return [r["cpu_ms"] for r in sorted(found, key=lambda r: r["rep"]) if "cpu_ms" in r]
+
+
 def celery_rates(results: dict[str, Any], workers: int) -> list[float]:
     if not results.get("celery"):
         return []
@@ -147,6 +152,25 @@ def throughput_section(results: dict[str, Any], targets: Targets) -> list[str]:
                 )
     if results.get("celery"):
         out += ["", f"(d) {results['celery']['note']}"]
+    out += [
+        "",
+        "Worker CPU per step in the same runs (ms; user + system time of the worker "
+        "processes over the run, divided by the steps): it does not count waiting, so "
+        "it moves less than the rates when other programs share the machine.",
+        "",
+        "| database | workers | (a) bare RQ | (b) hand-written Django | (c) sequence "
+        "| (b)/(c), as a rate ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for db in results["databases"]:
+        for workers in sorted({r["workers"] for r in rows(db, "throughput", kind="recommended")}):
+            a, b, c = (cpu(db, "recommended", workers, impl) for impl in "abc")
+            if not c:
+                continue
+            out.append(
+                f"| {VENDORS[db['vendor']]} | {workers} | {cell(a, '{:.2f}')} "
+                f"| {cell(b, '{:.2f}')} | {cell(c, '{:.2f}')} | {ratio_cell(b, c)} |"
+            )
     return out
 
 
@@ -293,11 +317,11 @@ def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
         "while the measured steps run. Per-step cost: the time between consecutive step "
         f"starts, over {plan['scale_windows']} consecutive windows of the measured steps "
         "(median, min-max). Memory: the worker's resident set when it was parked at the "
-        "gate (after one step) and after the measured steps.",
+        "gate (after one step), once warm, and after the measured steps.",
         "",
         "| database | in flight | steps measured | ms per step | vs fewest in flight "
-        "| RSS before | RSS after | growth |",
-        "|---|---|---|---|---|---|---|---|",
+        "| RSS before | RSS warm | RSS after | growth | growth once warm |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for db in results["databases"]:
         runs = db["scale"]
@@ -306,11 +330,16 @@ def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
         base = runs[0]["step_ms"]
         for run in runs:
             growth = (run["rss_after_kib"] - run["rss_before_kib"]) / 1024
+            warm = run.get("rss_warm_kib")
+            warm_cells = (
+                f"{warm / 1024:.1f} MiB (after {run['warm_steps']:,} steps)",
+                f"{(run['rss_after_kib'] - warm) / 1024:+.1f} MiB",
+            ) if warm else ("-", "-")  # fmt: skip
             out.append(
                 f"| {VENDORS[db['vendor']]} | {run['in_flight']:,} | {run['steps']:,} "
                 f"| {cell(run['step_ms'], '{:.2f}')} | {ratio_cell(run['step_ms'], base)} "
-                f"| {run['rss_before_kib'] / 1024:.1f} MiB | {run['rss_after_kib'] / 1024:.1f} MiB "
-                f"| {growth:+.1f} MiB |"
+                f"| {run['rss_before_kib'] / 1024:.1f} MiB | {warm_cells[0]} "
+                f"| {run['rss_after_kib'] / 1024:.1f} MiB | {growth:+.1f} MiB | {warm_cells[1]} |"
             )
         big = runs[-1]
         value = med(big["step_ms"]) / med(base)
@@ -326,6 +355,15 @@ def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
             f"{growth:+.1f} MiB",
             growth < 10,
         )
+        if big.get("rss_warm_kib"):
+            warm_growth = (big["rss_after_kib"] - big["rss_warm_kib"]) / 1024
+            steps = big["steps"] - big["warm_steps"]
+            targets.add(
+                f"Worker memory growth over {steps:,} steps once warm "
+                f"(after {big['warm_steps']:,}) < 10 MB, {VENDORS[db['vendor']]}",
+                f"{warm_growth:+.1f} MiB",
+                warm_growth < 10,
+            )
     return out
 
 
@@ -403,6 +441,52 @@ def profile_section(results: dict[str, Any], targets: Targets) -> list[str]:
     return out
 
 
+README_START = "<!-- bench:headline:start -->"
+README_END = "<!-- bench:headline:end -->"
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """The few ratios the README quotes, from the same figures as the table."""
+    lines = [
+        "| database | steps/s, 1 worker | steps/s, 2 workers | handoff latency "
+        "| `sequence worker` vs RQ's forking worker |",
+        "|---|---|---|---|---|",
+    ]
+    for db in results["databases"]:
+        cells = []
+        for workers in (1, 2):
+            b, c = rates(db, "recommended", workers, "b"), rates(db, "recommended", workers, "c")
+            cells.append(f"{med(c) / med(b):.2f}x" if b and c else "-")
+        lat_b = [r["median_ms"] for r in rows(db, "latency", impl="b")]
+        lat_c = [r["median_ms"] for r in rows(db, "latency", impl="c")]
+        cells.append(f"{med(lat_c) / med(lat_b):.2f}x" if lat_b and lat_c else "-")
+        fork, rec = rates(db, "fork", 1, "c"), rates(db, "recommended", 1, "c")
+        cells.append(f"{med(rec) / med(fork):.1f}x" if fork and rec else "-")
+        lines.append(f"| {VENDORS[db['vendor']]} | {' | '.join(cells)} |")
+    return lines
+
+
+def update_readme(results: dict[str, Any], readme: Path) -> None:
+    """Refresh the headline block of the README, if it has one."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    before, rest = text.split(README_START, 1)
+    _, after = rest.split(README_END, 1)
+    block = [
+        README_START,
+        "`sequence` as a multiple of the hand-written chain, on the same worker class and "
+        "database in one run ([bench/RESULTS.md](bench/RESULTS.md) has the spreads, the "
+        "targets and the machine):",
+        "",
+        *headline(results),
+        README_END,
+    ]
+    readme.write_text(before + "\n".join(block) + after)
+
+
 def write(results: dict[str, Any], path: Path) -> None:
     targets = Targets()
     body: list[str] = []
@@ -438,3 +522,5 @@ def write(results: dict[str, Any], path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(head + body).rstrip() + "\n")
+    if path.resolve() == (Path(__file__).resolve().parent / "RESULTS.md"):
+        update_readme(results, path.resolve().parent.parent / "README.md")
