@@ -177,9 +177,12 @@ def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
     """Confirm the outbox entries of ``records`` (each at the epoch read), in one statement."""
     if not records:
         return []
-    same = Q()
+    by_epoch: dict[int, list[int]] = {}
     for record in records:
-        same |= Q(pk=record.pk, epoch=record.epoch)
+        by_epoch.setdefault(record.epoch, []).append(record.pk)
+    same = Q()
+    for epoch, pks in by_epoch.items():
+        same |= Q(epoch=epoch, pk__in=pks)
     SequenceRecord.objects.filter(same, dispatch_due__isnull=False).update(dispatch_due=None)
     return [record.pk for record in records]
 
@@ -308,21 +311,29 @@ class LiveJobs:
 
     def __init__(self) -> None:
         self._listed: dict[str, set[str] | None] = {}
+        # (id, epoch) of rows already found live in this sweep: not looked up twice.
+        self._seen_live: set[tuple[int, int]] = set()
 
     def live(self, records: Iterable[SequenceRecord]) -> set[int]:
         from sequence.runner import spec_for
 
         groups: dict[tuple[Any, ...], list[tuple[SequenceRecord, Any, str]]] = {}
+        known: set[int] = set()
         for record in records:
+            if (record.pk, record.epoch) in self._seen_live:
+                known.add(record.pk)
+                continue
             spec = spec_for(record.name, record.plan, record.step_index)
             queue = get_queue((spec and spec.cls.queue) or record.queue)
             kwargs = queue.connection.connection_pool.connection_kwargs
             where = tuple(kwargs.get(k) for k in ("host", "port", "db", "path", "username"))
             jid = job_id(record.pk, record.step_index, record.epoch)
             groups.setdefault(where, []).append((record, queue, jid))
-        live: set[int] = set()
+        live = known
         for items in groups.values():
-            live |= self._check(items)
+            found = self._check(items)
+            self._seen_live.update((r.pk, r.epoch) for r, _, _ in items if r.pk in found)
+            live |= found
         return live
 
     def _check(self, items: list[tuple[SequenceRecord, Any, str]]) -> set[int]:
