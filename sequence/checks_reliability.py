@@ -61,7 +61,7 @@ def check_liveness(**kwargs: Any) -> list[CheckMessage]:
 
 
 def _connections(queue_names: list[str] | None) -> dict[tuple[Any, ...], Any]:
-    from redis import Redis
+    from redis import ConnectionPool, Redis
 
     from sequence.checks import _queue_names
     from sequence.dispatch import get_queue
@@ -69,14 +69,18 @@ def _connections(queue_names: list[str] | None) -> dict[tuple[Any, ...], Any]:
     found: dict[tuple[Any, ...], Any] = {}
     for name in sorted(set(queue_names or []) | _queue_names()):
         try:
-            kwargs = dict(get_queue(name).connection.connection_pool.connection_kwargs)
+            pool = get_queue(name).connection.connection_pool
         except Exception:
             continue  # a queue missing from RQ_QUEUES is sequence.E002's business
+        kwargs = dict(pool.connection_kwargs)
         where = tuple(kwargs.get(k) for k in ("host", "port", "path", "db"))
         if where not in found:
-            kwargs.update(socket_connect_timeout=2, socket_timeout=2)
-            kwargs.pop("retry", None)
-            found[where] = (name, Redis(**kwargs))
+            # A client of its own with short timeouts: a check must not hang on Redis.
+            kwargs.update(socket_connect_timeout=2, socket_timeout=2, retry=None)
+            client = Redis(
+                connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+            found[where] = (name, client)
     return found
 
 

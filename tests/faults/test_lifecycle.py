@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sequence import InvalidTransition, Sequence
+from sequence import InvalidTransition, Sequence, testing
 from sequence.models import SequenceRecord
 from sequence.states import Status
 from testproject.testapp.faults import BeatingChain, FaultChain, FixableChain
@@ -72,3 +72,29 @@ def test_pause_resume_cancel_and_retry_race_steps_in_flight(fleet):
         faults={**{f"{k}_applied": v for k, v in asked.items()}, "heartbeats_fenced": fenced},
     )  # fmt: skip
     assert_ok(report)
+
+
+def test_pausing_a_heartbeating_step_stops_it_and_resume_runs_it_again():
+    """In one process: the step's first heartbeat finds its sequence paused."""
+    seq = BeatingChain.start({"beats": 2})
+    testing.deliver(seq.id, 0, 0, worker="w1")
+    paused = []
+
+    def pause_once(context):
+        if not paused:
+            paused.append(Sequence.get(context["sequence"]))
+            paused[0].pause()
+
+    with testing.armed("heartbeat", pause_once, sequence=seq.id):
+        testing.deliver(seq.id, 1, 1, worker="w2")
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.status, record.step_index, record.claim_token) == ("paused", 1, None)
+    assert BodyRun.objects.filter(seq_id=seq.id, step="Beating", note="fenced").count() == 1
+    Sequence.get(seq.id).resume()
+    record.refresh_from_db()
+    while record.status != Status.COMPLETED:
+        testing.deliver(record.pk, record.step_index, record.epoch, worker="w3")
+        record.refresh_from_db()
+    runs = BodyRun.objects.filter(seq_id=seq.id, step="Beating").exclude(note="fenced")
+    assert runs.count() == 2  # stopped once, run again after resume
+    assert_ok(check("12 heartbeat after pause stops the step", [seq.id], faults={"pauses": 1}))
