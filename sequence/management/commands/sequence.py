@@ -40,7 +40,7 @@ class Command(BaseCommand):
             help="Sweep every SECONDS instead of once.",
         )  # fmt: skip
         recover.add_argument(
-            "--grace", type=int, default=None,
+            "--grace", type=float, default=None,
             help="Seconds a dispatch may stay unconfirmed (default: SEQUENCE_DISPATCH_GRACE).",
         )  # fmt: skip
         recover.add_argument(
@@ -76,19 +76,32 @@ class Command(BaseCommand):
         run_worker(queues or [settings.QUEUE], kind=worker_class, burst=burst, name=name)
 
     def handle_recover(
-        self, loop: float | None, grace: int | None, as_json: bool = False, **_: Any
+        self, loop: float | None, grace: float | None, as_json: bool = False, **_: Any
     ) -> None:
         import time
+
+        from django.db import close_old_connections
 
         from sequence.recovery import sweep
 
         while True:
-            result = sweep(grace)
-            if as_json:
-                found = {"redispatched": result.redispatched, "failed": result.failed}
-                self.stdout.write(json.dumps(found))
+            close_old_connections()
+            try:
+                result = sweep(grace)
+            except Exception as exc:
+                if not loop:
+                    raise
+                # Looping, as a service: the database or Redis is away; try again.
+                self.stderr.write(f"Recovery sweep failed: {exc!r}; trying again in {loop}s.")
             else:
-                self.stdout.write(f"Recovery sweep: {result}.")
+                if as_json:
+                    found = {
+                        "redispatched": result.redispatched, "failed": result.failed,
+                        "released": result.released, "confirmed": result.confirmed,
+                    }  # fmt: skip
+                    self.stdout.write(json.dumps(found))
+                else:
+                    self.stdout.write(f"Recovery sweep: {result}.")
             if not loop:
                 return
             time.sleep(loop)
