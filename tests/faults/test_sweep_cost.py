@@ -27,7 +27,8 @@ def _commands(redis) -> int:
     return int(redis.info("stats")["total_commands_processed"])
 
 
-def test_a_sweep_over_ten_thousand_sequences_is_batched_and_pipelined(settings):
+def test_a_sweep_over_ten_thousand_sequences_is_batched_and_pipelined(settings, private_redis):
+    private_redis()  # its own server: the command count below is the sweep's alone
     settings.SEQUENCE_SWEEP_BATCH = BATCH
     plan = FaultChain.plan_names()
     SequenceRecord.objects.bulk_create(
