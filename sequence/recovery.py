@@ -160,9 +160,7 @@ def sweep(grace: float | None = None) -> SweepResult:
         for record in batch:
             if record.pk not in live:
                 recover(record, result, reason="RQ holds no job for its step")
-    WorkerBeat.objects.filter(
-        last_seen__lt=_ago(FORGET_WORKERS_AFTER.total_seconds()), stopped_at__isnull=False
-    ).delete()
+    WorkerBeat.objects.filter(last_seen__lt=_ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
     if result.redispatched or result.failed or result.released:
         logger.warning("Recovery sweep: %s", result)
     return result

@@ -153,11 +153,21 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     timeout = int((job and job.timeout) or settings.TIMEOUT)
 
     claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
-    if claim is None and job is not None and _requeued_by_hand(job):
-        claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True)
     if claim is None:
-        _stale(sequence_id, step_index, epoch)
-        return
+        record = _current(sequence_id)
+        if (
+            record is not None
+            and (record.status, record.step_index, record.epoch)
+            == (Status.FAILED, step_index, epoch)
+            and job is not None
+            and _requeued_by_hand(job)
+        ):
+            claim = _claim(
+                sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
+            )
+        if claim is None:
+            _stale(record, sequence_id, step_index, epoch)
+            return
     if timeout > 0 and job is not None and job.started_at is not None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
     try:
@@ -306,19 +316,25 @@ def _requeued_by_hand(job: Any) -> bool:
     return bool(enqueued > result.created_at)
 
 
-def _stale(sequence_id: int, step_index: int, epoch: int) -> None:
+def _current(sequence_id: int) -> SequenceRecord | None:
+    """The row as it is now, with whether its outbox entry is overdue."""
+    from sequence.recovery import overdue
+
+    return (
+        SequenceRecord.objects.filter(pk=sequence_id)
+        .annotate(overdue=overdue(settings.DISPATCH_GRACE))
+        .first()
+    )
+
+
+def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epoch: int) -> None:
     """A job the row no longer expects: queue a successor whose dispatch was lost, then end.
 
     Only an overdue outbox entry whose job RQ no longer holds is queued again here (the
     sweep would do the same later); anything else would just add a duplicate.
     """
-    from sequence.recovery import LiveJobs, overdue
+    from sequence.recovery import LiveJobs
 
-    record = (
-        SequenceRecord.objects.filter(pk=sequence_id)
-        .annotate(overdue=overdue(settings.DISPATCH_GRACE))
-        .first()
-    )
     if record is None:
         logger.warning("Sequence %s no longer exists; its step job ends.", sequence_id)
         return

@@ -120,11 +120,18 @@ def build_worker(queue_names: list[str], kind: str = "simple", **kwargs: Any) ->
 
 
 def register(name: str, queue_names: list[str]) -> None:
-    """Record a worker as alive; claims an earlier process of that name held are taken back."""
+    """Record a worker as alive; claims an earlier process of that name held are taken back.
+
+    Without beats (SEQUENCE_WORKER_HEARTBEAT = 0) no row is kept: a row that never beats
+    would soon make the worker look dead.
+    """
     from sequence.models import WorkerBeat
     from sequence.recovery import recover_worker
 
     recover_worker(name, reason=f"worker {name} restarted while it held the step")
+    if not settings.WORKER_HEARTBEAT:
+        WorkerBeat.objects.filter(name=name).delete()
+        return
     WorkerBeat.objects.update_or_create(
         name=name,
         defaults={
