@@ -10,7 +10,7 @@ import pytest
 
 from sequence import testing
 from sequence.dispatch import enqueue_step, get_queue, job_id
-from sequence.models import SequenceRecord
+from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
 from testproject.testapp.faults import FaultChain
 from testproject.testapp.models import BodyRun, Effect
@@ -22,18 +22,19 @@ from .conftest import settle
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
 
-def test_crash_after_commit_before_enqueue_is_recovered_by_the_sweep_alone(fleet, tmp_path):
+@pytest.mark.parametrize("kind", ["simple", "fork"])
+def test_crash_after_commit_before_enqueue_is_recovered_by_the_sweep_alone(fleet, tmp_path, kind):
     crash = tmp_path / "crash"
     points = {"after_commit": {"do": "crash", "step": 1, "once": str(crash), "times": 3}}
     no_sweep = {"SEQUENCE_RECOVER_INTERVAL": "0", "SEQUENCE_TEST_POINTS": json.dumps(points)}
     seqs = [FaultChain.start({}) for _ in range(3)]
     ids = [s.id for s in seqs]
-    proc = fleet.start(env=no_sweep)[0]
+    proc = fleet.start(env=no_sweep, kind=kind)[0]
 
     def all_stuck_after_step_1():
         nonlocal proc
         if proc.poll() is not None:  # it crashed at the test point: start another
-            proc = fleet.start(env=no_sweep)[0]
+            proc = fleet.start(env=no_sweep, kind=kind)[0]
         rows = SequenceRecord.objects.filter(pk__in=ids)
         return all(r.step_index == 2 and r.status == Status.PENDING for r in rows)
 
@@ -46,13 +47,15 @@ def test_crash_after_commit_before_enqueue_is_recovered_by_the_sweep_alone(fleet
     assert all(queue.fetch_job(job_id(r.pk, 2, r.epoch)) is None for r in rows)
     assert Effect.objects.filter(seq_id__in=ids).count() == 3  # step 1 ran and committed once
 
+    # A forking worker saw its horse die after the commit: that changed nothing.
+    assert not StepAttempt.objects.filter(sequence_id__in=ids, outcome="lost").exists()
     if proc.poll() is not None:
-        fleet.start(env=no_sweep)
+        fleet.start(env=no_sweep, kind=kind)
     result = testing.sweep(grace=1)
     assert sorted(result.redispatched) == sorted(ids)
     settle(ids, sweep=False, timeout=30)
     report = check(
-        "3 crash after commit, before enqueue", ids,
+        f"3 crash after commit, before enqueue ({kind} workers)", ids,
         faults={"crashes_after_commit": 3, "sweeps": 1},
     )  # fmt: skip
     assert_ok(report)
