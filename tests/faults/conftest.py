@@ -33,7 +33,7 @@ from . import journal
 # Worker settings for fault tests: fast beats, fast takeover, frequent sweeps.
 FAULT_SETTINGS: dict[str, Any] = {
     "WORKER_HEARTBEAT": 0.25,
-    "WORKER_DEAD_AFTER": 1.5,
+    "WORKER_DEAD_AFTER": 3,
     "RECOVER_INTERVAL": 0.5,
     "DISPATCH_GRACE": 1,
     "TIMEOUT": 20,

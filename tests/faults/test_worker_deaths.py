@@ -125,7 +125,7 @@ def test_an_abandoned_job_callback_recovers_only_a_dead_claim(fleet):
         victim, survivor = survivor, victim
     fleet.kill_all_of(victim)
     victim.wait(timeout=10)
-    time.sleep(2)  # the dead worker's beats lapse; the survivor's keep going
+    time.sleep(4)  # the dead worker's beats lapse; the survivor's keep going
     before = SequenceRecord.objects.get(pk=healthy.id)
     # What RQ's maintenance does once the jobs' heartbeats lapse: both look abandoned.
     registry = StartedJobRegistry(queue=get_queue("default"))
