@@ -68,7 +68,7 @@ def check(
     *,
     expect: dict[int, set[str]] | set[str] | None = None,
     faults: dict[str, Any] | None = None,
-    record: bool = True,
+    write: bool = True,
 ) -> Report:
     """Check every invariant for ``seq_ids``; ``expect`` maps ids to allowed final statuses."""
     ids = sorted(set(seq_ids))
@@ -202,7 +202,7 @@ def check(
                 f"#{seq_id}: ended {record.status} at step {record.step_index}, expected {sorted(allowed)}"
             )
     report.statuses = dict(statuses)
-    if record:
+    if write:
         _write(report)
     return report
 

@@ -132,7 +132,7 @@ class Interleavings(RuleBasedStateMachine):
     def invariants_hold(self) -> None:
         if self.ids:
             every = set(Status.values)
-            assert_ok(check("14 hypothesis", self.ids, expect=every, record=False))
+            assert_ok(check("14 hypothesis", self.ids, expect=every, write=False))
 
     def teardown(self) -> None:
         # The faults stop: resume what is paused, sweep, deliver what is queued.
@@ -146,7 +146,7 @@ class Interleavings(RuleBasedStateMachine):
             if not testing.sweep(grace=0) and self.queue.count == 0:
                 break
         final = {Status.COMPLETED, Status.CANCELED, Status.FAILED}
-        assert_ok(check("14 hypothesis", self.ids, expect=final, record=False))
+        assert_ok(check("14 hypothesis", self.ids, expect=final, write=False))
         for record in SequenceRecord.objects.filter(pk__in=self.ids, status="failed"):
             assert record.error.startswith("worker died during step"), record.error
 
