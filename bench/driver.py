@@ -226,6 +226,7 @@ def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, A
             seeded = time.monotonic() - started
             rows = SequenceRecord.objects.filter(status="pending").count()
             rss_before = procs.rss_kib(pool.pids[0])
+            cpu_before = pool.cpu()
             pool.release(key)
             say(f"scale: {in_flight} in flight (seeded in {seeded:.1f}s); running {measured} steps")
             # Memory once warm (caches filled) too, to tell growth that stops from a leak.
@@ -234,6 +235,7 @@ def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, A
             rss_warm = procs.rss_kib(pool.pids[0])
             lines = timings.wait(run, measured, timeout=600, pools=[pool])
             rss_after = procs.rss_kib(pool.pids[0])
+            cpu_ms = (pool.cpu() - cpu_before) / len(lines) * 1000
         finally:
             pool.stop()
         starts = sorted(line[2] for line in lines)[:measured]
@@ -245,7 +247,7 @@ def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, A
         result["scale"].append({
             "in_flight": in_flight, "rows_pending": rows, "steps": measured,
             "step_ms": costs, "rss_before_kib": rss_before, "rss_after_kib": rss_after,
-            "rss_warm_kib": rss_warm, "warm_steps": warm,
+            "rss_warm_kib": rss_warm, "warm_steps": warm, "cpu_ms": cpu_ms,
             "seed_seconds": seeded,
         })  # fmt: skip
         say(f"scale {in_flight}: {statistics.median(costs):.2f} ms/step, "

@@ -320,8 +320,9 @@ def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
         "gate (after one step), once warm, and after the measured steps.",
         "",
         "| database | in flight | steps measured | ms per step | vs fewest in flight "
-        "| RSS before | RSS warm | RSS after | growth | growth once warm |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| worker CPU ms per step | RSS before | RSS warm | RSS after | growth "
+        "| growth once warm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for db in results["databases"]:
         runs = db["scale"]
@@ -335,10 +336,11 @@ def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
                 f"{warm / 1024:.1f} MiB (after {run['warm_steps']:,} steps)",
                 f"{(run['rss_after_kib'] - warm) / 1024:+.1f} MiB",
             ) if warm else ("-", "-")  # fmt: skip
+            cpu_cell = f"{run['cpu_ms']:.2f}" if "cpu_ms" in run else "-"
             out.append(
                 f"| {VENDORS[db['vendor']]} | {run['in_flight']:,} | {run['steps']:,} "
                 f"| {cell(run['step_ms'], '{:.2f}')} | {ratio_cell(run['step_ms'], base)} "
-                f"| {run['rss_before_kib'] / 1024:.1f} MiB | {warm_cells[0]} "
+                f"| {cpu_cell} | {run['rss_before_kib'] / 1024:.1f} MiB | {warm_cells[0]} "
                 f"| {run['rss_after_kib'] / 1024:.1f} MiB | {growth:+.1f} MiB | {warm_cells[1]} |"
             )
         big = runs[-1]
