@@ -7,7 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import close_old_connections
+from django.db import connection
 
 from sequence import schedules
 from sequence.models import SequenceRecord
@@ -52,8 +52,10 @@ def test_many_schedulers_start_one_sequence_per_tick():
 
     def scheduler() -> None:
         barrier.wait()
-        schedules.run_due(now)
-        close_old_connections()
+        try:
+            schedules.run_due(now)
+        finally:
+            connection.close()  # this thread's own connection
 
     threads = [threading.Thread(target=scheduler) for _ in range(4)]
     for thread in threads:
