@@ -4,8 +4,9 @@ A job carries only ``(sequence id, step index, epoch)``. The row is the truth: a
 whose step or epoch no longer matches the row is stale and ends quietly, so RQ may
 deliver a job any number of times and a step is still recorded once.
 
-A step costs four statements: the claim, the commit, the attempt's history row (in the
-commit's transaction) and the clearing of the outbox after the next job is queued.
+A step costs three statements: the claim, the commit and the attempt's history row (in
+the commit's transaction). The next job is queued after the commit; its outbox entry is
+cleared by that job's claim, or by the sweep once it sees the job in RQ.
 """
 
 from __future__ import annotations
@@ -82,9 +83,6 @@ execution: ContextVar[Execution | None] = ContextVar("sequence_execution", defau
 # Claims this process could not release because the database was unreachable; the
 # worker's maintenance thread retries them (sequence.worker).
 orphans: list[Claim] = []
-
-# RQ hard-kills a forked work-horse this many seconds after its job timeout.
-HARD_KILL_MARGIN = 60
 
 
 class _Timeout:
