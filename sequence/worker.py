@@ -257,7 +257,8 @@ def run_worker(
                 worker.work(burst=burst, with_scheduler=True)
             except Exception:
                 logger.exception("Worker %s stopped on an error.", worker.name)
-            if burst or worker._stop_requested:
+            # An idle worker told to stop leaves RQ's loop without setting _stop_requested.
+            if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
                 return
             # RQ's loop ends on its own when Redis goes away mid-job: start a fresh one
             # (under a new name: RQ may still see the old one as alive).
