@@ -648,9 +648,12 @@ def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None
     """Fail the sequence at once, without retries: its plan cannot run here."""
     logger.error("Sequence %s: %s", claim.record.pk, error)
     with transaction.atomic():
-        if not claim.mine().update(
+        # A sequence canceled since the claim stays canceled; it only gives the claim back.
+        failable = claim.mine().filter(status__in=[Status.RUNNING, Status.PAUSED])
+        if not failable.update(
             status=Status.FAILED, error=error, finished_at=Now(), updated_at=Now(), **_RELEASED
         ):
+            claim.mine().update(updated_at=Now(), **_RELEASED)
             claim.settled = True
             return
         _attempt(claim, Outcome.FAILED, error)

@@ -38,17 +38,24 @@ def _table() -> Transitions:
         "resume": {Z: frozenset({R, P})},
         "cancel": {P: frozenset({X}), R: frozenset({X}), T: frozenset({X}), Z: frozenset({X})},
         "retry": {F: frozenset({P})},
-        # A job takes its step; from running only when the holder's lease ran out, from
-        # failed only when the failed RQ job was requeued by hand.
-        "claim": {P: frozenset({R}), T: frozenset({R}), F: frozenset({R}), R: frozenset({R})},
+        # A job takes its step; from failed only when the failed RQ job was requeued by
+        # hand. A running step is never claimed again: only the sweep takes it over.
+        "claim": {P: frozenset({R}), T: frozenset({R}), F: frozenset({R})},
         # A step's result is saved. Paused or canceled meanwhile: the result is kept and
         # nothing further starts (a paused sequence whose last step commits is completed).
         "commit": {R: frozenset({P, C}), Z: frozenset({Z, C}), X: frozenset({X})},
         # An attempt raised: retrying if RQ has retries left, failed otherwise.
         "fail": {R: frozenset({T, F}), Z: frozenset({Z, F}), X: frozenset({X})},
         # The sweep: a lost claim is retried (or failed past SEQUENCE_MAX_RECOVERIES); a lost
-        # dispatch is queued again under a new epoch.
-        "recover": {R: frozenset({T, F}), P: frozenset({P}), T: frozenset({T})},
+        # dispatch is queued again under a new epoch; a paused or canceled sequence whose
+        # worker died only gets its claim released.
+        "recover": {
+            R: frozenset({T, F}),
+            P: frozenset({P}),
+            T: frozenset({T}),
+            Z: frozenset({Z}),
+            X: frozenset({X}),
+        },
     }
 
 
