@@ -50,9 +50,14 @@ def due(now: datetime | None = None, window: int | None = None) -> list[Tick]:
 
 
 def run_due(now: datetime | None = None) -> list[Sequence]:
-    """Start the sequence of every due tick not started yet; return the handles."""
+    """Start the sequence of every due tick not started yet; return the new handles."""
+    from sequence.models import SequenceRecord
+
     started = []
     for tick in due(now):
+        seen = SequenceRecord.objects.filter(name=tick.sequence.name, key=tick.key)
+        if seen.exists():
+            continue
         try:
             started.append(tick.sequence.start(tick.schedule.make_data(), key=tick.key))
         except Exception:

@@ -26,6 +26,7 @@ from rq.timeouts import BaseDeathPenalty, JobTimeoutException, UnixSignalDeathPe
 from rq.worker import BaseWorker
 
 from sequence.conf import settings
+from sequence.definitions import registered
 from sequence.dispatch import SequenceJob, get_queue
 
 logger = logging.getLogger("sequence")
@@ -170,7 +171,7 @@ def unregister(name: str) -> None:
 
 
 class Maintenance(threading.Thread):
-    """Beside the worker: liveness beats, releasing orphaned claims, and the sweep.
+    """Beside the worker: liveness beats, releasing orphaned claims, schedules and the sweep.
 
     Beats go every SEQUENCE_WORKER_HEARTBEAT seconds (0: none). The sweep runs every
     SEQUENCE_RECOVER_INTERVAL seconds (0: never) in one worker of the fleet, which takes
@@ -184,6 +185,9 @@ class Maintenance(threading.Thread):
         self.sweep_interval = sweep_interval
         self.lock = lock
         self.stopped = threading.Event()
+        # Starting a tick twice returns the first sequence (its start key), so every
+        # worker may look for due ticks without a lock.
+        self.schedules = any(cls.schedules for cls in registered().values())
 
     def run(self) -> None:
         from sequence import runner
@@ -197,6 +201,8 @@ class Maintenance(threading.Thread):
                     self._guard("liveness beat", beat, self.worker_name)
                 if runner.orphans:
                     self._guard("releasing orphaned claims", runner.release_orphans)
+                if self.schedules:
+                    self._guard("cron schedules", _schedules)
                 if self.sweep_interval and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_interval
                     if self._my_turn():
@@ -218,6 +224,12 @@ class Maintenance(threading.Thread):
             return bool(self.lock.set(SWEEP_LOCK, self.worker_name, nx=True, px=ttl))
         except Exception:
             return True
+
+
+def _schedules() -> None:
+    from sequence.schedules import run_due
+
+    run_due()
 
 
 def _sweep() -> None:
@@ -248,7 +260,7 @@ def run_worker(
         sweep_interval=0 if burst else float(settings.RECOVER_INTERVAL or 0),
         lock=worker.connection,
     )
-    if maintenance.heartbeat or maintenance.sweep_interval:
+    if maintenance.heartbeat or maintenance.sweep_interval or maintenance.schedules:
         maintenance.start()
     restarts = 0
     try:

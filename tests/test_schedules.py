@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
+from django.utils import timezone
 
-from sequence import schedules
+from sequence import Schedule, Sequence, schedules
 from sequence.models import SequenceRecord
+from testproject.testapp.sequences import A
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 UTC = ZoneInfo("UTC")
+
+
+# Declared here, not in the test app, so worker processes never run these schedules.
+class Nightly(Sequence):
+    name = "testapp.Nightly"
+    steps = [A]
+    schedules = [
+        Schedule("at_nine", cron="0 9 * * *", data=lambda: {"source": "cron"}),
+        Schedule("hourly", cron="0 * * * *", data={"source": "hourly"}),
+    ]
+
+
+class EveryMinute(Sequence):
+    name = "tests.EveryMinute"
+    steps = [A]
+    schedules = [Schedule("minutely", cron="* * * * *")]
 
 
 def nightly_keys() -> list[str]:
@@ -25,7 +44,7 @@ def nightly_keys() -> list[str]:
 
 def test_a_due_tick_starts_its_sequence_with_the_schedules_data():
     started = schedules.run_due(datetime(2026, 11, 21, 9, 0, 30, tzinfo=UTC))
-    assert sorted(s.data["source"] for s in started) == ["cron", "hourly"]
+    assert sorted(s.data.get("source", "") for s in started) == ["", "cron", "hourly"]
     assert nightly_keys() == [
         "schedule:at_nine:2026-11-21T09:00+00:00",
         "schedule:hourly:2026-11-21T09:00+00:00",
@@ -36,14 +55,18 @@ def test_ticks_follow_the_time_zone_setting(settings):
     settings.TIME_ZONE = "Europe/Paris"
     # 08:01 UTC is 09:01 in Paris in November: the 9 o'clock tick is due.
     now = datetime(2026, 11, 21, 8, 1, tzinfo=UTC)
-    assert [t.schedule.name for t in schedules.due(now)] == ["at_nine", "hourly"]
+    assert names(schedules.due(now)) == ["at_nine", "hourly", "minutely"]
     settings.TIME_ZONE = "UTC"
-    assert [t.schedule.name for t in schedules.due(now)] == ["hourly"]
+    assert names(schedules.due(now)) == ["hourly", "minutely"]
+
+
+def names(ticks):
+    return sorted(t.schedule.name for t in ticks)
 
 
 def test_a_tick_older_than_the_window_is_not_started():
-    now = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
-    assert schedules.due(now, window=300) == []
+    now = datetime(2026, 11, 21, 9, 30, 30, tzinfo=UTC)
+    assert names(schedules.due(now, window=300)) == ["minutely"]
 
 
 def test_many_schedulers_start_one_sequence_per_tick():
@@ -64,3 +87,13 @@ def test_many_schedulers_start_one_sequence_per_tick():
         thread.join()
     schedules.run_due(now)
     assert len(nightly_keys()) == 2
+
+
+def test_the_schedule_command_starts_each_due_tick_once(capsys):
+    minute = timezone.now().replace(second=0, microsecond=0)
+    call_command("sequence", "schedule")
+    call_command("sequence", "schedule")
+    ticks = 1 if timezone.now() - minute < timedelta(minutes=1) else 2  # crossed a minute
+    out = capsys.readouterr().out
+    assert out.count("Started tests.EveryMinute #") == ticks
+    assert SequenceRecord.objects.filter(name="tests.EveryMinute").count() == ticks

@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sequence import Retry, Schedule, Sequence, Step
+from sequence import Retry, Sequence, Step
 from testproject.testapp.models import Ledger
 
 
@@ -167,11 +167,3 @@ if pydantic is not None:
     class Checkout(Sequence):
         steps = [A]
         schema = Order
-
-
-class Nightly(Sequence):
-    steps = [A]
-    schedules = [
-        Schedule("at_nine", cron="0 9 * * *", data=lambda: {"source": "cron"}),
-        Schedule("hourly", cron="0 * * * *", data={"source": "hourly"}),
-    ]

@@ -47,6 +47,11 @@ class Command(BaseCommand):
             "--json", action="store_true", dest="as_json", help="Print JSON for programs."
         )
 
+        schedule = sub.add_parser("schedule", help="Start the sequences whose cron tick is due.")
+        schedule.add_argument(
+            "--loop", type=float, metavar="SECONDS", help="Look every SECONDS instead of once."
+        )
+
         cli.add_parsers(sub)
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
@@ -102,6 +107,21 @@ class Command(BaseCommand):
                     self.stdout.write(json.dumps(found))
                 else:
                     self.stdout.write(f"Recovery sweep: {result}.")
+            if not loop:
+                return
+            time.sleep(loop)
+
+    def handle_schedule(self, loop: float | None, **_: Any) -> None:
+        import time
+
+        from django.db import close_old_connections
+
+        from sequence.schedules import run_due
+
+        while True:
+            close_old_connections()
+            for handle in run_due():
+                self.stdout.write(f"Started {handle.name} #{handle.id}.")
             if not loop:
                 return
             time.sleep(loop)
