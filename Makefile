@@ -117,9 +117,11 @@ test:
 
 # -- running -----------------------------------------------------------------------
 
+# The benchmark starts its own Redis and workers; Celery and py-spy add the reference
+# column and the profile.
 bench: env
-	@rc=0; REDIS_URL=$$($(PY) scripts/redis_url.py --name bench --db 2) $(PY) -m bench || rc=$$?; \
-	$(PY) scripts/redis_url.py --name bench --stop; exit $$rc
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	$(PY) -m bench
 
 # A fresh SQLite database and Redis database 1 (flushed; nothing else is touched).
 DEMO_DB := $(CURDIR)/var/demo.sqlite3
