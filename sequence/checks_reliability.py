@@ -100,7 +100,7 @@ def check_redis_policy(queue_names: list[str] | None = None, **kwargs: Any) -> l
             )
             continue
         finally:
-            client.close()
+            client.connection_pool.disconnect()  # the pool is this check's own
         if policy not in (None, "noeviction"):
             messages.append(
                 Warning(

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import redis.exceptions
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 from django.db.models.functions import Now
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
@@ -79,6 +79,12 @@ class SequenceWorker(_SequenceWorkerMixin, SimpleWorker):
 
 class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
     """Forks a work-horse per job, as RQ's default worker does: slower, isolates each step."""
+
+    def fork_work_horse(self, job: Any, queue: Any) -> None:
+        # A database connection must not cross a fork: the horse would share the
+        # parent's socket or SQLite handle. Each side opens its own when it needs one.
+        connections.close_all()
+        super().fork_work_horse(job, queue)
 
     def handle_work_horse_killed(self, job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
         """Take the dead horse's step back at once, fenced by the horse's claim token."""
