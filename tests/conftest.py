@@ -30,6 +30,7 @@ def redis_db() -> Iterator[object]:
     conn.flushdb()
     yield conn
     conn.flushdb()
+    conn.connection_pool.disconnect()  # django_rq built this client and pool for us
 
 
 class Workers:

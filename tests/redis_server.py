@@ -8,6 +8,7 @@ flush each other's queues. Set TEST_REDIS_URL to use an existing server instead.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 
 import pytest
 
@@ -85,5 +87,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL") or start()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # Clients cached for the whole run (the queues' connections) are only finalized
+    # now; their sockets closing at exit is not a leak of any test's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     stop()
