@@ -23,14 +23,16 @@ import pytest
 _server: subprocess.Popen[bytes] | None = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _binary() -> str | None:
+def binary() -> str | None:
+    """A Redis (or Valkey) server binary: Debian's, or one shipped in a wheel."""
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name) or (
             f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
@@ -45,29 +47,34 @@ def _binary() -> str | None:
         return None
 
 
-def start() -> str:
-    """Start a server on a free loopback port; return its URL (database 1)."""
-    global _server
-    binary = _binary()
-    if binary is None:
-        pytest.exit(
-            "No redis-server found; run the suite with `make test`, or set TEST_REDIS_URL.", 2
-        )
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="sequence-redis-")
-    _server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--maxmemory-policy", "noeviction"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
+def listening(port: int, timeout: float = 10) -> bool:
+    """Wait until something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return True
         except OSError:
-            time.sleep(0.05)
-    else:
+            time.sleep(0.02)
+    return False
+
+
+def start() -> str:
+    """Start a server on a free loopback port; return its URL (database 1)."""
+    global _server
+    server = binary()
+    if server is None:
+        pytest.exit(
+            "No redis-server found; run the suite with `make test`, or set TEST_REDIS_URL.", 2
+        )
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="sequence-redis-")
+    _server = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    if not listening(port):
         stop()
         pytest.exit(f"Redis did not start on port {port}.", 2)
     return f"redis://127.0.0.1:{port}/1"

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +26,7 @@ from sequence.models import SequenceRecord
 from sequence.states import Status
 
 from ..conftest import Workers
+from ..redis_server import binary, free_port, listening
 from . import journal
 
 # Worker settings for fault tests: fast beats, fast takeover, frequent sweeps.
@@ -147,13 +146,6 @@ def fleet(tmp_path: Path, request: Any) -> Iterator[Fleet]:
         print(pool.output()[-4000:])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """A redis-server of the test's own, on a free loopback port, killed by pid."""
 
@@ -161,7 +153,7 @@ class RedisServer:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -169,23 +161,19 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        server = binary()
+        if server is None:
+            pytest.fail("no redis-server binary (see tests/redis_server.py)")
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else [
             "--appendonly", "no"
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--dir", str(self.workdir), "--maxmemory-policy", "noeviction", *persistence],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        if not listening(self.port):
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def kill(self) -> None:
         if self.proc is not None:
