@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Case, ExpressionWrapper, F, Value, When
 from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
@@ -150,7 +150,14 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     # The job was queued with the step's timeout: the lease must outlast it.
     timeout = int((job and job.timeout) or settings.TIMEOUT)
 
-    claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
+    try:
+        claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
+    except (OperationalError, InterfaceError):
+        # The step did not start: RQ's retry of this job must not count as an attempt.
+        if job is not None and job.retries_left:
+            job.retries_left += 1
+        connection.close()
+        raise
     if claim is None:
         record = _current(sequence_id)
         if (
@@ -246,7 +253,12 @@ def _claim(
 
     A claim takes a queued or retrying step (with ``failed``, a failed one whose RQ job
     was requeued by hand). Never a running one: a step whose worker died is taken back
-    by the sweep, under a new epoch, so that recoveries are counted.
+    by the sweep, under a new epoch, so that recoveries are counted. The one exception
+    is this job's own claim (same token), whose acknowledgement a lost connection ate.
+
+    A connection lost before the claim is tried once more on a fresh connection. If
+    the database stays out of reach, the error goes to RQ, which retries the job; it
+    gets back the retry it spends, since the step never started.
     """
     seconds = lease_seconds(timeout)
     table = connection.ops.quote_name(SequenceRecord._meta.db_table)
@@ -254,24 +266,42 @@ def _claim(
     lease_arg: int | str
     if connection.vendor == "postgresql":
         lease, lease_arg = f"{now} + %s * INTERVAL '1 second'", seconds
+        # The claim's commit does not wait for the WAL flush: a claim lost in a crash
+        # of PostgreSQL only makes the step claimable again, and the step's own commit
+        # (synchronous, later in the same WAL) makes the claim durable before it.
+        relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
     else:
         lease, lease_arg = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)", f"+{seconds} seconds"
+        relaxed = ""
     statuses = [Status.FAILED] if failed else [Status.PENDING, Status.RETRYING]
     placeholders = ", ".join(["%s"] * len(statuses))
     sql = f"""
         UPDATE {table}
         SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
-            lease_until = {lease}, attempt = attempt + 1, dispatch_due = NULL, updated_at = {now}
-        WHERE id = %s AND epoch = %s AND step_index = %s AND status IN ({placeholders})
+            lease_until = {lease}, dispatch_due = NULL, updated_at = {now},
+            attempt = attempt + CASE WHEN claim_token = %s THEN 0 ELSE 1 END
+        {relaxed}
+        WHERE id = %s AND epoch = %s AND step_index = %s
+            AND (status IN ({placeholders}) OR (status = %s AND claim_token = %s))
         RETURNING name, data, plan, version, queue, attempt
     """
     params: list[Any] = [
-        Status.RUNNING, token, worker[:200], lease_arg,
-        sequence_id, epoch, step_index, *statuses,
+        Status.RUNNING, token, worker[:200], lease_arg, token,
+        sequence_id, epoch, step_index, *statuses, Status.RUNNING, token,
     ]  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = None
+    for last_try in (False, True):
+        try:
+            _point("before_claim", sequence=sequence_id, step=step_index, epoch=epoch)
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+            break
+        except (OperationalError, InterfaceError):
+            if last_try or connection.in_atomic_block:
+                raise
+            logger.warning("Sequence %s: the claim lost its connection; once more.", sequence_id)
+            connection.close()
     if row is None:
         return None
     name, data, plan, version, queue, attempt = row

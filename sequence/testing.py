@@ -30,6 +30,7 @@ from typing import Any
 
 POINTS = (
     # runner.run_step, in the order a step passes them
+    "before_claim",  # the job is about to claim its step (each try, if the first lost its connection)
     "after_claim",  # the claim is committed; the step has not started
     "before_commit",  # the step ran; its result is not committed (atomic: inside the transaction)
     "commit_ack",  # the commit is durable; the worker has not yet seen it succeed

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+from django.db import OperationalError, connection
 from rq.registry import FailedJobRegistry
 
 from sequence import SequenceCanceled, SequenceFailed, SequenceTimeout
 from sequence.dispatch import get_queue, job_id
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
+from sequence.testing import SimulatedCrash, armed, deliver
+from sequence.worker import build_worker
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import BadOutputSequence, Compensating, ThreeSteps
 
@@ -132,3 +136,69 @@ def test_the_final_failure_lands_in_rqs_failed_registry(workers):
     with pytest.raises(SequenceFailed):
         seq.wait(30)
     wait_for(lambda: FailedJobRegistry(queue=get_queue("default")).count == 1)
+
+
+def _lose_connection(context: object) -> None:
+    """Cut this process's database connection the way an outage or a restart would."""
+    if connection.vendor == "postgresql":
+        connection.ensure_connection()
+        backend = connection.connection.info.backend_pid
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
+            dbname=settings["NAME"], autocommit=True,
+        ) as other:  # fmt: skip
+            # With a timeout, it returns once the backend is gone.
+            other.execute("SELECT pg_terminate_backend(%s, 5000)", [backend])
+        # As if it died just after Django's health check, which would replace it.
+        connection.health_check_done = True
+    else:
+        raise OperationalError("disk I/O error (simulated lost connection)")
+
+
+def test_a_connection_lost_at_the_claim_is_claimed_on_a_fresh_one(tmp_path):
+    seq = ThreeSteps.start({})
+    get_queue("default").empty()
+    connection.ensure_connection()
+    with armed("before_claim", _lose_connection, sequence=seq.id, once=str(tmp_path / "lost")):
+        deliver(seq.id, 0, 0)
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.step_index, record.status) == (1, Status.PENDING)
+    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
+    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+    assert ledger(seq.id) == ["A"]
+
+
+def test_a_claim_that_cannot_reach_the_database_does_not_spend_a_retry():
+    seq = ThreeSteps.start({})
+    queue = get_queue("default")
+    job = queue.fetch_job(job_id(seq.id, 0, 0))
+    retries = job.retries_left
+    assert retries
+    worker = build_worker(["default"])
+    # Every try fails, the fresh connection's too: the job fails back to RQ.
+    with armed("before_claim", _lose_connection, sequence=seq.id):
+        worker.work(burst=True)
+    job.refresh()
+    assert job.retries_left == retries  # RQ's retry is given back: the step never started
+    assert job.get_status() in ("scheduled", "queued")
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.status, record.step_index, record.attempt) == (Status.PENDING, 0, 0)
+    assert not StepAttempt.objects.filter(sequence_id=seq.id).exists()
+    assert ledger(seq.id) == []
+
+
+def test_a_claim_whose_acknowledgement_was_lost_is_taken_again_by_the_same_job():
+    seq = ThreeSteps.start({})
+    get_queue("default").empty()
+    # The claim commits, but the job never learns it (here: it "dies" right after).
+    with armed("after_claim", "raise", sequence=seq.id), pytest.raises(SimulatedCrash):
+        deliver(seq.id, 0, 0, token="execution-1")
+    assert SequenceRecord.objects.get(pk=seq.id).status == Status.RUNNING
+    deliver(seq.id, 0, 0, token="execution-2")  # another job: the step is not its to take
+    assert SequenceRecord.objects.get(pk=seq.id).status == Status.RUNNING
+    deliver(seq.id, 0, 0, token="execution-1")  # the same execution, on a fresh connection
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.step_index, record.status) == (1, Status.PENDING)
+    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
+    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]

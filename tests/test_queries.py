@@ -90,3 +90,13 @@ def test_finished_step_jobs_leave_no_keys_in_redis(redis_db):
         for key in redis_db.scan_iter(pattern)
     ]
     assert leftovers == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's commit setting")
+def test_the_relaxed_claim_leaves_the_session_synchronous():
+    seq = Arithmetic.start({"n": 4})
+    get_queue("default").empty()
+    run_step(seq.id, 0, SequenceRecord.objects.get(pk=seq.id).epoch)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("on",)
