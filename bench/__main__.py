@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench import procs
-from bench.redis_server import RedisServer
+from scripts.redis_server import RedisServerError, Server
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -162,7 +162,10 @@ def main() -> None:
     plan_file.write_text(json.dumps(plan))
     results: dict[str, Any] = {"plan": plan, "databases": [], "celery": None, "admin": []}
 
-    redis = RedisServer()
+    try:  # the bench's own Redis: no persistence, stopped by its pid at the end
+        redis = Server(install=True)
+    except RedisServerError as exc:
+        raise SystemExit(f"bench: {exc}") from None
     say(f"Redis {redis.version} on port {redis.port}")
     env = dict(os.environ)
     env.update(
