@@ -210,12 +210,11 @@ def _run_claimed(claim: Claim, retries_left: int) -> None:
                 data = _perform(spec, claim, handle)
                 _point("before_commit", claim)
                 moved = _commit(claim, data)
+            _point("commit_ack", claim)
         else:
             data = _perform(spec, claim, handle)
             _point("before_commit", claim)
-            with transaction.atomic():
-                moved = _commit(claim, data)
-        _point("commit_ack", claim)
+            moved = _commit_result(claim, data)
     except StepFenced as exc:
         logger.warning("Sequence %s step %s: %s", record.pk, step_index, exc)
         _release(claim, f"{type(exc).__name__}: {exc}")
@@ -478,6 +477,47 @@ def _commit(claim: Claim, data: dict[str, Any]) -> str:
     _attempt(claim, Outcome.SUCCEEDED)
     claim.settled = True
     return was
+
+
+def _commit_result(claim: Claim, data: dict[str, Any]) -> str:
+    """Commit the result of a step that ran outside the commit's transaction.
+
+    Its result is in hand, so a connection lost on the way does not fail the attempt:
+    the commit is tried once more on a fresh connection. Being conditional on the
+    claim, it cannot apply twice; if the first one did apply (only its acknowledgement
+    was lost), the step's history row says so and the job carries on from there.
+    """
+    try:
+        with transaction.atomic():
+            moved = _commit(claim, data)
+        _point("commit_ack", claim)
+        return moved
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        logger.warning(
+            "Sequence %s step %s: the commit lost its connection; once more.",
+            claim.record.pk, claim.record.step_index,
+        )  # fmt: skip
+        connection.close()
+    try:
+        with transaction.atomic():
+            return _commit(claim, data)
+    except StepFenced:
+        record = claim.record
+        done = StepAttempt.objects.filter(
+            sequence_id=record.pk, step_index=record.step_index, epoch=record.epoch,
+            attempt=record.attempt, outcome=Outcome.SUCCEEDED,
+        )  # fmt: skip
+        if not done.exists():
+            raise
+        claim.settled = True
+        row = SequenceRecord.objects.filter(pk=record.pk).values_list("status", "epoch").first()
+        # Moved on to the next step: the commit saw the step running. Otherwise it found
+        # the sequence paused or canceled, and nothing is to be queued.
+        if row in ((Status.PENDING, record.epoch + 1), (Status.COMPLETED, record.epoch + 1)):
+            return Status.RUNNING
+        return Status.PAUSED
 
 
 def _commit_running(claim: Claim, data: dict[str, Any], *, last: bool) -> bool:

@@ -202,3 +202,31 @@ def test_a_claim_whose_acknowledgement_was_lost_is_taken_again_by_the_same_job()
     assert (record.step_index, record.status) == (1, Status.PENDING)
     attempts = StepAttempt.objects.filter(sequence_id=seq.id)
     assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+
+
+def test_a_commit_whose_acknowledgement_was_lost_carries_on_without_the_sweep():
+    seq = ThreeSteps.start({})
+    queue = get_queue("default")
+    queue.empty()
+    # The commit is durable, but the worker sees its connection fail.
+    with armed("commit_ack", "error", sequence=seq.id, step=0):
+        deliver(seq.id, 0, 0)
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.step_index, record.status) == (1, Status.PENDING)
+    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
+    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+    assert queue.get_job_ids() == [job_id(seq.id, 1, 1)]  # queued now, not by a later sweep
+    assert ledger(seq.id) == ["A"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates a PostgreSQL backend")
+def test_a_finished_step_whose_connection_died_commits_on_a_fresh_one(tmp_path):
+    seq = ThreeSteps.start({})
+    get_queue("default").empty()
+    with armed("before_commit", _lose_connection, sequence=seq.id, once=str(tmp_path / "x")):
+        deliver(seq.id, 0, 0)
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.step_index, record.status) == (1, Status.PENDING)
+    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
+    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+    assert ledger(seq.id) == ["A"]  # the body ran once
