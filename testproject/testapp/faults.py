@@ -80,6 +80,23 @@ class FaultChain(Sequence):
     steps = [Work, AtomicWork, Pay, Finish]
 
 
+def _patient(step: type[Step]) -> type[Step]:
+    """The same step (same name) with more retries than a fault test can take away."""
+    return type(
+        step.__name__, (step,), {"retry": Retry(max=30, interval=0), "__module__": __name__}
+    )
+
+
+class OutageChain(Sequence):
+    """FaultChain's steps, with retries that outlast fault 10's rounds of terminations.
+
+    Every round fails at most one attempt of each running step, so with more retries
+    than rounds the only correct end is completed, whatever the timing.
+    """
+
+    steps = [_patient(step) for step in FaultChain.steps]
+
+
 class Poison(Step):
     """Kills the process that runs it, every time."""
 

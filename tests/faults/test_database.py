@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from testproject.testapp.faults import FaultChain
+from testproject.testapp.faults import FaultChain, OutageChain
 from testproject.testapp.models import BodyRun, Effect
 
 from .checker import assert_ok, check
@@ -25,7 +25,7 @@ TERMINATE_OTHERS = """
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates PostgreSQL backends")
 def test_postgresql_connections_terminated_mid_step(fleet):
-    ids = [FaultChain.start({"sleep": [0.1, 0.3]}).id for _ in range(20)]
+    ids = [OutageChain.start({"sleep": [0.1, 0.3]}).id for _ in range(20)]
     fleet.start(2)
     fleet.start(kind="fork")
     terminated = rounds = 0
