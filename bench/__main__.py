@@ -3,7 +3,8 @@
 Starts its own Redis, uses a SQLite file (WAL) and, when reachable, PostgreSQL, runs
 one driver process per database (``bench.driver``), then Celery's chain for reference
 (when Celery is installed) and the admin list page on a million rows, and writes
-``bench/RESULTS.md`` from what it measured.
+``bench/RESULTS.md`` from what it measured. Prints how long each phase of its own run
+took, and the total, as it goes.
 
 Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
 names a PostgreSQL server where the bench may create and drop its own databases.
@@ -12,22 +13,27 @@ names a PostgreSQL server where the bench may create and drop its own databases.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench import procs
+from bench.measure import Phases
 from scripts.redis_server import RedisServerError, Server
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/postgres"
+PG_NAMES = ("bench_sequence", "bench_sequence_admin")
 
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
@@ -73,8 +79,8 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def postgres_urls(only: set[str]) -> tuple[str, str] | None:
-    """Create the bench's two PostgreSQL databases; None if PostgreSQL is unreachable."""
+def postgres_server(only: set[str]) -> Any | None:
+    """An autocommit connection to the PostgreSQL server; None if it is unreachable."""
     if "postgresql" not in only:
         return None
     base = os.environ.get("BENCH_DATABASE_URL", DEFAULT_PG)
@@ -82,7 +88,7 @@ def postgres_urls(only: set[str]) -> tuple[str, str] | None:
         import psycopg
 
         parts = urlsplit(base)
-        conn = psycopg.connect(
+        return psycopg.connect(
             host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
             user=parts.username or "postgres", password=parts.password or None,
             dbname=parts.path.lstrip("/") or "postgres", autocommit=True, connect_timeout=3,
@@ -90,13 +96,11 @@ def postgres_urls(only: set[str]) -> tuple[str, str] | None:
     except Exception as exc:
         say(f"PostgreSQL not reachable at {base} ({exc}); measuring SQLite only.")
         return None
-    urls = []
-    with conn:
-        for name in ("bench_sequence", "bench_sequence_admin"):
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
-            urls.append(urlunsplit(parts._replace(path=f"/{name}")))
-    return urls[0], urls[1]
+
+
+def pg_url(name: str) -> str:
+    parts = urlsplit(os.environ.get("BENCH_DATABASE_URL", DEFAULT_PG))
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def db_env(base: dict[str, str], vendor: str, target: str) -> dict[str, str]:
@@ -112,17 +116,73 @@ def db_env(base: dict[str, str], vendor: str, target: str) -> dict[str, str]:
 
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> None:
     """Run a bench process in its own session; kill its group if it overruns."""
-    proc = subprocess.Popen(cmd, cwd=procs.ROOT, env=env, start_new_session=True)
+    run_together([(cmd, env)], timeout)
+
+
+def run_together(jobs: Sequence[tuple[list[str], dict[str, str]]], timeout: float) -> None:
+    """Run set-up processes side by side (never measurements); fail if any fails."""
+    started = [
+        (cmd, subprocess.Popen(cmd, cwd=procs.ROOT, env=env, start_new_session=True))
+        for cmd, env in jobs
+    ]
+    deadline = time.monotonic() + timeout
     try:
-        if proc.wait(timeout=timeout) != 0:
-            raise SystemExit(f"{shlex.join(cmd)} failed with exit code {proc.returncode}")
+        for cmd, proc in started:
+            try:
+                code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"{shlex.join(cmd)} did not finish in {timeout:.0f}s") from None
+            if code != 0:
+                raise SystemExit(f"{shlex.join(cmd)} failed with exit code {code}")
     finally:
-        procs.kill(proc)
+        for _, proc in started:
+            procs.kill(proc)
 
 
-def main() -> None:
+def setup_databases(env: dict[str, str], only: set[str], admin: bool) -> list[tuple[str, str, str]]:
+    """Create and migrate the bench's databases: (vendor, bench target, admin target).
+
+    The migrations run once per database server, side by side; the admin database
+    (which the admin test fills with a million rows) is a copy of the freshly migrated
+    bench database: SQLite's backup API, PostgreSQL's CREATE DATABASE ... TEMPLATE.
+    """
+    targets: list[tuple[str, str, str]] = []
+    if "sqlite" in only:
+        targets.append(("sqlite", str(OUT / "bench.sqlite3"), str(OUT / "admin.sqlite3")))
+    server = postgres_server(only)
+    if server is not None:
+        targets.append(("postgresql", pg_url(PG_NAMES[0]), pg_url(PG_NAMES[1])))
+    with contextlib.ExitStack() as stack:
+        if server is not None:
+            stack.enter_context(server)
+            for name in PG_NAMES:
+                server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            server.execute(f"CREATE DATABASE {PG_NAMES[0]}")
+        migrate = [sys.executable, "-m", "django", "migrate", "-v0"]
+        run_together([(migrate, db_env(env, vendor, target)) for vendor, target, _ in targets], 300)
+        if not admin:
+            return targets
+        for vendor, target, admin_target in targets:
+            if vendor == "postgresql":
+                assert server is not None
+                server.execute(f"CREATE DATABASE {PG_NAMES[1]} TEMPLATE {PG_NAMES[0]}")
+                continue
+            src = stack.enter_context(contextlib.closing(sqlite3.connect(target)))
+            dst = stack.enter_context(contextlib.closing(sqlite3.connect(admin_target)))
+            src.backup(dst)
+    return targets
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="Small sizes, one repetition.")
+    parser.add_argument(
+        "--plan",
+        choices=sorted(PLANS),
+        default="full",
+        help="Sizes and repetitions (default full; quick is a smoke test: small sizes, "
+        "one repetition, and it writes bench/out/RESULTS.md unless --output says otherwise).",
+    )
+    parser.add_argument("--quick", action="store_true", help="Same as --plan quick.")
     parser.add_argument(
         "--only", default="sqlite,postgresql", help="Databases, comma-separated (default both)."
     )
@@ -133,7 +193,9 @@ def main() -> None:
         "--scale-on", default="sqlite", help="The database of the scale test (default sqlite)."
     )
     parser.add_argument(
-        "--output", default=str(HERE / "RESULTS.md"), help="Where to write the table."
+        "--output",
+        help="Where to write the table (default bench/RESULTS.md for the full plan, which "
+        "also refreshes the README's headline; bench/out/RESULTS.md for another plan).",
     )
     parser.add_argument(
         "--report-only",
@@ -141,17 +203,53 @@ def main() -> None:
         help="Write the table again from the last run's bench/out/results.json.",
     )
     args = parser.parse_args()
-    if args.report_only:
-        from bench.report import write
+    if args.quick:
+        args.plan = "quick"
+    if args.output is None:
+        args.output = str(HERE / "RESULTS.md" if args.plan == "full" else OUT / "RESULTS.md")
+    return args
 
-        write(json.loads((OUT / "results.json").read_text()), Path(args.output))
+
+def write_table(results: dict[str, Any], output: Path) -> None:
+    """Write the table, or exit non-zero saying why not (the figures stay in results.json)."""
+    from bench.report import write
+
+    try:
+        write(results, output)
+        if "## Targets" not in output.read_text():
+            raise RuntimeError("the written file has no Targets section")
+    except Exception as exc:
+        raise SystemExit(
+            f"bench: FAILED to write {output}: {exc!r}. The figures are kept in "
+            f"{OUT / 'results.json'}; `python -m bench --report-only` writes the table again."
+        ) from exc
+
+
+def summary(phases: Phases, drivers: dict[str, list[list[Any]]], total: float) -> None:
+    say("== where the bench's time went")
+    for name, seconds in phases.done:
+        say(f"{seconds:7.1f}s  {name}")
+        vendor = name.split(":")[0]
+        if name.endswith(": driver") and vendor in drivers:
+            for sub, sub_seconds in drivers[vendor]:
+                say(f"{sub_seconds:7.1f}s    {sub}")
+    say(f"{total:7.1f}s  total")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.report_only:
+        write_table(json.loads((OUT / "results.json").read_text()), Path(args.output))
+        say(f"Wrote {args.output}")
         return
-    plan = dict(PLANS["quick" if args.quick else "full"])
+    plan = dict(PLANS[args.plan])
     if args.no_scale:
         plan["scale"] = []
     plan["scale_vendor"] = args.scale_on
     only = set(args.only.split(","))
     started = time.monotonic()
+    phases = Phases("")
+    drivers: dict[str, list[list[Any]]] = {}
 
     OUT.mkdir(exist_ok=True)
     for old in OUT.iterdir():
@@ -161,71 +259,89 @@ def main() -> None:
     plan_file = OUT / "plan.json"
     plan_file.write_text(json.dumps(plan))
     results: dict[str, Any] = {"plan": plan, "databases": [], "celery": None, "admin": []}
-
-    try:  # the bench's own Redis: no persistence, stopped by its pid at the end
-        redis = Server(install=True)
-    except RedisServerError as exc:
-        raise SystemExit(f"bench: {exc}") from None
-    say(f"Redis {redis.version} on port {redis.port}")
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="bench.settings",
-        REDIS_URL=redis.url(0),
-        BENCH_PID_FILE=str(pid_file),
-        PYTHONPATH=str(procs.ROOT),
-        SEQUENCE_VAR_DIR=str(OUT),
-    )
+    redis: Server | None = None
+    ok = False
     try:
-        targets: list[tuple[str, str, str]] = []
-        if "sqlite" in only:
-            targets.append(("sqlite", str(OUT / "bench.sqlite3"), str(OUT / "admin.sqlite3")))
-        pg = postgres_urls(only)
-        if pg is not None:
-            targets.append(("postgresql", *pg))
-        for vendor, target, admin_target in targets:
-            say(f"== {vendor}: migrating")
-            denv = db_env(env, vendor, target)
-            run([sys.executable, "-m", "django", "migrate", "-v0"], denv, 300)
-            out_file = OUT / f"driver-{vendor}.json"
-            run([sys.executable, "-m", "bench.driver", str(plan_file), str(out_file)], denv, 1200)
-            results["databases"].append(json.loads(out_file.read_text()))
-            if not args.no_admin:
-                say(f"== {vendor}: admin list page on {plan['admin_rows']:,} rows")
-                aenv = db_env(env, vendor, admin_target)
-                run([sys.executable, "-m", "django", "migrate", "-v0"], aenv, 300)
-                out_file = OUT / f"admin-{vendor}.json"
+        with phases("setup: Redis, databases, migrations"):
+            try:  # the bench's own Redis: no persistence, stopped by its pid at the end
+                redis = Server(install=True)
+            except RedisServerError as exc:
+                raise SystemExit(f"bench: {exc}") from None
+            redis_version = redis.version
+            say(f"Redis {redis_version} on port {redis.port}")
+            env = dict(os.environ)
+            env.update(
+                DJANGO_SETTINGS_MODULE="bench.settings",
+                REDIS_URL=redis.url(0),
+                BENCH_PID_FILE=str(pid_file),
+                PYTHONPATH=str(procs.ROOT),
+                SEQUENCE_VAR_DIR=str(OUT),
+            )
+            targets = setup_databases(env, only, admin=not args.no_admin)
+        for vendor, target, _ in targets:
+            with phases(f"{vendor}: driver"):
+                out_file = OUT / f"driver-{vendor}.json"
+                denv = db_env(env, vendor, target)
                 run(
-                    [sys.executable, "-m", "bench.admin_page", str(plan_file), str(out_file)],
-                    aenv,
-                    900,
+                    [sys.executable, "-m", "bench.driver", str(plan_file), str(out_file)],
+                    denv,
+                    1200,
                 )
-                results["admin"].append(json.loads(out_file.read_text()))
+                results["databases"].append(json.loads(out_file.read_text()))
+                drivers[vendor] = results["databases"][-1].get("phases", [])
         if plan["celery"] and not args.no_celery:
             try:
                 import celery  # noqa: F401
             except ImportError:
                 say("== Celery is not installed: skipping (d); pip install celery to include it")
             else:
-                say("== Celery chain (d)")
-                out_file = OUT / "celery.json"
-                cenv = dict(env, REDIS_URL=redis.url(2))
-                run(
-                    [sys.executable, "-m", "bench.celery_chain", str(plan_file), str(out_file)],
-                    cenv,
-                    600,
-                )
-                results["celery"] = json.loads(out_file.read_text())
+                with phases("celery: chain (d)"):
+                    out_file = OUT / "celery.json"
+                    cenv = dict(env, REDIS_URL=redis.url(2))
+                    run(
+                        [sys.executable, "-m", "bench.celery_chain", str(plan_file), str(out_file)],
+                        cenv,
+                        600,
+                    )
+                    results["celery"] = json.loads(out_file.read_text())
+        if not args.no_admin and targets:
+            admin = [sys.executable, "-m", "bench.admin_page"]
+            files = {vendor: OUT / f"admin-{vendor}.json" for vendor, _, _ in targets}
+            with phases(f"admin: fill {plan['admin_rows']:,} rows per database, side by side"):
+                run_together(
+                    [
+                        ([*admin, "fill", str(plan_file), str(files[vendor])],
+                         db_env(env, vendor, admin_target))
+                        for vendor, _, admin_target in targets
+                    ],
+                    900,
+                )  # fmt: skip
+            for vendor, _, admin_target in targets:
+                with phases(f"admin: list page on {vendor}"):
+                    run(
+                        [*admin, "measure", str(plan_file), str(files[vendor])],
+                        db_env(env, vendor, admin_target),
+                        300,
+                    )
+                    results["admin"].append(json.loads(files[vendor].read_text()))
+        ok = True
     finally:
         procs.kill_recorded(pid_file)
-        redis.stop()
-    results["elapsed"] = time.monotonic() - started
-    results["redis_version"] = redis.version
+        if redis is not None:
+            redis.stop()
+        elapsed = time.monotonic() - started
+        if not ok:
+            summary(phases, drivers, elapsed)
+            say(f"== bench FAILED after {elapsed:.0f}s; nothing written")
+    results["elapsed"] = elapsed
+    results["phases"] = phases.done
+    results["driver_phases"] = drivers
+    results["redis_version"] = redis_version
     results["command"] = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    from bench.report import write
-
-    write(results, Path(args.output))
-    say(f"Wrote {args.output} in {results['elapsed']:.0f}s")
+    write_table(results, Path(args.output))
+    summary(phases, drivers, time.monotonic() - started)
+    say(f"== bench: wrote {args.output} in {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from bench import procs  # noqa: E402
 from bench.app import jobs  # noqa: E402
 from bench.app.models import HandChain  # noqa: E402
 from bench.app.sequences import Fifty, Five, Gate, Long  # noqa: E402
-from bench.measure import Timings, check_complete, quantile  # noqa: E402
+from bench.measure import Phases, Timings, check_complete, quantile  # noqa: E402
+from sequence import Sequence  # noqa: E402
 from sequence.models import SequenceRecord, StepAttempt  # noqa: E402
 
 IMPLS = ("a", "b", "c")
@@ -96,31 +97,35 @@ class Pool:
 
 
 def seed(impl: str, run: str, chains: int, steps: int, queue: str) -> None:
-    """Queue the first step of ``chains`` chains of ``steps`` steps each."""
+    """Queue the first step of ``chains`` chains of ``steps`` steps each.
+
+    Done while the workers are parked at the gate, so it is not measured; the jobs are
+    queued in one Redis pipeline for every contender, and (c)'s rows in bulk.
+    """
     data = {"run": run, "count": 0}
-    if impl == "a":
-        q = jobs.queue(queue)
-        for chain in range(chains):
-            q.enqueue(jobs.bare_step, queue, chain, 0, steps, data)
-    elif impl == "b":
-        rows = HandChain.objects.bulk_create(
-            [HandChain(data=data, steps=steps) for _ in range(chains)]
-        )
-        q = jobs.queue(queue)
-        for row in rows:
-            q.enqueue(jobs.hand_step, queue, row.pk, 0)
-    else:
-        cls = {5: Five, 50: Fifty, 40: Long}[steps]
-        with transaction.atomic():
-            for _ in range(chains):
-                cls.start(data, queue=queue)
+    if impl == "c":
+        bulk_seed({5: Five, 50: Fifty, 40: Long}[steps], data, chains, queue)
+        return
+    q = jobs.queue(queue)
+    with q.connection.pipeline() as pipe:
+        if impl == "a":
+            for chain in range(chains):
+                q.enqueue(jobs.bare_step, queue, chain, 0, steps, data, pipeline=pipe)
+        else:
+            rows = HandChain.objects.bulk_create(
+                [HandChain(data=data, steps=steps) for _ in range(chains)]
+            )
+            for row in rows:
+                q.enqueue(jobs.hand_step, queue, row.pk, 0, pipeline=pipe)
+        pipe.execute()
 
 
-def bulk_seed(run: str, chains: int, queue: str) -> None:
-    """Start ``chains`` Long sequences fast: rows in bulk, first steps in one pipeline.
+def bulk_seed(cls: type[Sequence], data: dict[str, Any], chains: int, queue: str) -> None:
+    """Start ``chains`` sequences of ``cls`` fast: rows in bulk, first steps in one pipeline.
 
-    The rows are what ``start()`` saves; each job is queued by ``enqueue_step`` itself,
-    with Redis writes gathered in a pipeline (the scale test needs 10,000 of them).
+    The rows are what ``start()`` saves (the outbox entry already confirmed, as
+    ``start()`` leaves it once the first step is queued); each job is queued by
+    ``enqueue_step`` itself, with its Redis writes gathered in a pipeline.
     """
     from functools import partial
 
@@ -128,16 +133,16 @@ def bulk_seed(run: str, chains: int, queue: str) -> None:
 
     rows = SequenceRecord.objects.bulk_create(
         SequenceRecord(
-            name=Long.name,
-            data={"run": run, "count": 0},
-            plan=Long.plan_names(),
-            version=str(Long.version),
+            name=cls.name,
+            data=dict(data),
+            plan=cls.plan_names(),
+            version=str(cls.version),
             queue=queue,
         )
         for _ in range(chains)
     )
     q = get_queue(queue)
-    spec = Long.step_specs[0]
+    spec = cls.step_specs[0]
     with q.connection.pipeline() as pipe:
         q.enqueue_call = partial(type(q).enqueue_call, q, pipeline=pipe)  # type: ignore[method-assign]
         try:
@@ -148,10 +153,19 @@ def bulk_seed(run: str, chains: int, queue: str) -> None:
         pipe.execute()
 
 
-def throughput(pool: Pool, timings: Timings, chains: int, steps: int) -> dict[str, Any]:
+def throughput(
+    pool: Pool, timings: Timings, chains: int, steps: int, key: str | None = None
+) -> dict[str, Any]:
+    """One run: park the workers, queue the chains, release them, time the steps.
+
+    ``key`` is a gate the workers are already parked at (see ``matrix``).
+    """
+    began = time.monotonic()
     run = f"r{next(_runs)}"
-    key = pool.hold()
+    key = key or pool.hold()
+    seeding = time.monotonic()
     seed(pool.impl, run, chains, steps, pool.queue)
+    seeded = time.monotonic() - seeding
     cpu_before = pool.cpu()
     pool.release(key)
     lines = timings.wait(run, chains * steps, timeout=240, pools=[pool])
@@ -162,6 +176,7 @@ def throughput(pool: Pool, timings: Timings, chains: int, steps: int) -> dict[st
     return {
         "steps": len(lines), "seconds": last - first, "rate": len(lines) / (last - first),
         "cpu_ms": cpu / len(lines) * 1000,
+        "seed_seconds": seeded, "wall_seconds": time.monotonic() - began,
     }  # fmt: skip
 
 
@@ -177,28 +192,39 @@ def latency(pool: Pool, timings: Timings, steps: int) -> dict[str, Any]:
     }
 
 
-def matrix(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any]) -> None:
+def matrix(
+    plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any], phases: Phases
+) -> None:
     reps = plan["reps"]
     for kind, counts in plan["kinds"]:
         chains = plan["kind_chains"][kind]
         for n in counts:
-            say(f"{kind} worker x{n}: starting workers for (a), (b), (c)")
-            pools = {impl: Pool(kind, impl, n, out) for impl in IMPLS}
+            pools: dict[str, Pool] = {}
             try:
-                for rep in range(reps):
-                    # Interleaved, so a slow moment of the machine hits every contender.
-                    for impl in IMPLS:
-                        row = throughput(pools[impl], timings, chains, plan["steps"])
-                        row.update(kind=kind, workers=n, impl=impl, rep=rep, chains=chains)
-                        result["throughput"].append(row)
-                        say(f"{kind} x{n} ({impl}) rep {rep + 1}/{reps}: {row['rate']:.0f} steps/s")
-                if n == 1 and kind in plan["latency_kinds"]:
+                with phases(f"{kind} x{n}: start workers"):
+                    pools.update((impl, Pool(kind, impl, n, out)) for impl in IMPLS)
+                    # Parked at the first run's gate once up, so the runs time no start-up.
+                    gates = {impl: pools[impl].hold() for impl in IMPLS}
+                with phases(f"{kind} x{n}: throughput, {reps} reps of {chains} chains"):
                     for rep in range(reps):
+                        # Interleaved, so a slow moment of the machine hits every contender.
                         for impl in IMPLS:
-                            row = latency(pools[impl], timings, plan["latency_steps"])
-                            row.update(kind=kind, impl=impl, rep=rep)
-                            result["latency"].append(row)
-                    say(f"{kind}: handoff latency measured")
+                            row = throughput(
+                                pools[impl], timings, chains, plan["steps"], gates.pop(impl, None)
+                            )
+                            row.update(kind=kind, workers=n, impl=impl, rep=rep, chains=chains)
+                            result["throughput"].append(row)
+                            say(
+                                f"{kind} x{n} ({impl}) rep {rep + 1}/{reps}: "
+                                f"{row['rate']:.0f} steps/s"
+                            )
+                if n == 1 and kind in plan["latency_kinds"]:
+                    with phases(f"{kind} x1: handoff latency, {reps} reps"):
+                        for rep in range(reps):
+                            for impl in IMPLS:
+                                row = latency(pools[impl], timings, plan["latency_steps"])
+                                row.update(kind=kind, impl=impl, rep=rep)
+                                result["latency"].append(row)
             finally:
                 for pool in pools.values():
                     pool.stop()
@@ -212,30 +238,33 @@ def reset_state() -> None:
     jobs.queue("bench-c").connection.flushdb()
 
 
-def scale(plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any]) -> None:
+def scale(
+    plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any], phases: Phases
+) -> None:
     """Per-step cost with many sequences in flight, and the worker's memory meanwhile."""
     windows = plan["scale_windows"]
     for in_flight, measured in plan["scale"]:
         reset_state()
         pool = Pool("recommended", "c", 1, out)
         try:
-            run = f"r{next(_runs)}"
-            key = pool.hold()
-            started = time.monotonic()
-            bulk_seed(run, in_flight, pool.queue)
-            seeded = time.monotonic() - started
-            rows = SequenceRecord.objects.filter(status="pending").count()
-            rss_before = procs.rss_kib(pool.pids[0])
-            cpu_before = pool.cpu()
-            pool.release(key)
-            say(f"scale: {in_flight} in flight (seeded in {seeded:.1f}s); running {measured} steps")
-            # Memory once warm (caches filled) too, to tell growth that stops from a leak.
-            warm = min(plan.get("scale_warm", 1000), measured // 2)
-            timings.wait(run, warm, timeout=600, pools=[pool])
-            rss_warm = procs.rss_kib(pool.pids[0])
-            lines = timings.wait(run, measured, timeout=600, pools=[pool])
-            rss_after = procs.rss_kib(pool.pids[0])
-            cpu_ms = (pool.cpu() - cpu_before) / len(lines) * 1000
+            with phases(f"scale {in_flight:,}: start worker, seed"):
+                run = f"r{next(_runs)}"
+                key = pool.hold()
+                started = time.monotonic()
+                bulk_seed(Long, {"run": run, "count": 0}, in_flight, pool.queue)
+                seeded = time.monotonic() - started
+                rows = SequenceRecord.objects.filter(status="pending").count()
+            with phases(f"scale {in_flight:,}: {measured:,} steps"):
+                rss_before = procs.rss_kib(pool.pids[0])
+                cpu_before = pool.cpu()
+                pool.release(key)
+                # Memory once warm (caches filled) too, to tell growth that stops from a leak.
+                warm = min(plan.get("scale_warm", 1000), measured // 2)
+                timings.wait(run, warm, timeout=600, pools=[pool])
+                rss_warm = procs.rss_kib(pool.pids[0])
+                lines = timings.wait(run, measured, timeout=600, pools=[pool])
+                rss_after = procs.rss_kib(pool.pids[0])
+                cpu_ms = (pool.cpu() - cpu_before) / len(lines) * 1000
         finally:
             pool.stop()
         starts = sorted(line[2] for line in lines)[:measured]
@@ -324,6 +353,7 @@ def main() -> None:
     out = out_file.parent
     timings = Timings(out / f"timings-{connection.vendor}.log")
     os.environ["BENCH_TIMING_FILE"] = str(timings.path)
+    phases = Phases(f"  [{connection.vendor}] ")
     result: dict[str, Any] = {
         "vendor": connection.vendor,
         "db_version": ".".join(map(str, connection.Database.sqlite_version_info))
@@ -332,16 +362,19 @@ def main() -> None:
         "throughput": [],
         "latency": [],
         "scale": [],
+        "phases": phases.done,
     }
     reset_state()
     if plan.get("queries", True):
-        queries(result)
+        with phases("queries"):
+            queries(result)
     if plan.get("matrix", True):
-        matrix(plan, out, timings, result)
+        matrix(plan, out, timings, result, phases)
     if plan.get("profile_seconds"):
-        profile_steps(plan, out, timings, result)
+        with phases("profile"):
+            profile_steps(plan, out, timings, result)
     if plan.get("scale") and plan.get("scale_vendor") in (None, connection.vendor):
-        scale(plan, out, timings, result)
+        scale(plan, out, timings, result, phases)
     out_file.write_text(json.dumps(result, indent=1))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +48,7 @@ class Timings:
                 raise TimeoutError(
                     f"run {run}: {len(got)} of {count} steps after {timeout}s\n{logs}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -60,3 +62,25 @@ def check_complete(lines: list[Any], chains: int, steps: int) -> None:
         raise RuntimeError(
             f"expected {chains}x{steps} distinct steps, saw {len(seen)}/{len(lines)}"
         )
+
+
+class Phases:
+    """The wall-clock time of each phase of the bench's own run, printed as each ends.
+
+    Not a measurement of anything compared: it shows where a run of the bench spends
+    its time, so that the bench itself can be kept short.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.done: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - started
+            self.done.append((name, took))
+            print(f"{self.prefix}({name}: {took:.1f}s)", flush=True)

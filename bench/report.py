@@ -376,7 +376,10 @@ def admin_section(results: dict[str, Any], targets: Targets) -> list[str]:
         "## Admin list page",
         "",
         "`GET /admin/sequence/sequencerecord/` as a superuser with Django's test `Client`, "
-        "in process, on a table of finished sequences; the first request is a warm-up.",
+        "in process, on a table of finished sequences; the first request is a warm-up. The "
+        "tables are filled with one `INSERT ... SELECT` each, both databases side by side "
+        "(so a fill time includes the other's competition), then each page is measured "
+        "alone.",
         "",
         "| database | rows | median ms | queries | note |",
         "|---|---|---|---|---|",
@@ -443,6 +446,31 @@ def profile_section(results: dict[str, Any], targets: Targets) -> list[str]:
     return out
 
 
+def run_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    """Where the bench's own run spent its time (not a measurement of anything compared)."""
+    if not results.get("phases"):
+        return []
+    out = [
+        "## The run itself",
+        "",
+        "Wall-clock seconds of each phase of this run of the bench (set-up included), as "
+        "printed by `python -m bench`; the driver's phases are nested under it.",
+        "",
+        "| phase | seconds |",
+        "|---|---|",
+    ]
+    drivers = results.get("driver_phases", {})
+    for name, seconds in results["phases"]:
+        out.append(f"| {name} | {seconds:.0f} |")
+        vendor = name.split(":")[0]
+        if name.endswith(": driver"):
+            out += [
+                f"| - {sub} | {sub_seconds:.0f} |" for sub, sub_seconds in drivers.get(vendor, [])
+            ]
+    out.append(f"| **total** | **{results['elapsed']:.0f}** |")
+    return out
+
+
 README_START = "<!-- bench:headline:start -->"
 README_END = "<!-- bench:headline:end -->"
 
@@ -500,6 +528,7 @@ def write(results: dict[str, Any], path: Path) -> None:
         scale_section,
         profile_section,
         admin_section,
+        run_section,
     ):
         part = section(results, targets)
         if part:
