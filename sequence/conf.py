@@ -13,6 +13,11 @@ DEFAULTS: dict[str, Any] = {
     "RETRY": {"max": 3, "interval": [1, 10, 60]},
     # Seconds a step may run; it becomes the RQ job timeout.
     "TIMEOUT": 300,
+    # Steps ``sequence worker`` may run right after a commit in the same RQ job, without
+    # a round trip through Redis (0: every step is its own job). Bounded by the time below.
+    "INLINE_STEPS": 0,
+    # Seconds into a job after which no further step starts inline.
+    "INLINE_SECONDS": 1.0,
     # Seconds a claim outlives the step's timeout; RQ hard-kills a horse at timeout + 60.
     "LEASE_MARGIN": 90,
     # Largest data, in bytes of JSON, a sequence may hold.
@@ -50,6 +55,8 @@ class Settings:
     QUEUE: str
     RETRY: Any
     TIMEOUT: int
+    INLINE_STEPS: int
+    INLINE_SECONDS: float
     LEASE_MARGIN: int
     MAX_DATA_BYTES: int
     DISPATCH_GRACE: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
@@ -92,21 +93,48 @@ def get_queue(name: str) -> Queue:
 
 
 def enqueue_step(
-    sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    queue: str,
+    spec: StepSpec | None,
+    *,
+    retry: Retry | None = None,
+    delay: int = 0,
 ) -> None:
     """Queue one step job. Safe to repeat: the job id names the step and epoch."""
     cls = spec.cls if spec is not None else None
+    if retry is None:
+        retry = Retry.coerce(cls.retry if cls and cls.retry is not None else settings.RETRY)
+    rq_queue = get_queue((cls and cls.queue) or queue)
+    options: dict[str, Any] = {
+        "args": (sequence_id, step_index, epoch),
+        "job_id": job_id(sequence_id, step_index, epoch),
+        "retry": retry.to_rq(),
+        "result_ttl": settings.RESULT_TTL,
+        "description": f"sequence {sequence_id} step {step_index}",
+        "on_failure": Callback(FAILURE_CALLBACK),
+    }
+    timeout = (cls and cls.timeout) or settings.TIMEOUT
+    if delay:
+        rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
+    else:
+        rq_queue.enqueue_call(ENTRY_POINT, timeout=timeout, **options)
+
+
+def enqueue_retry(
+    sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None
+) -> None:
+    """Queue the retries of a step whose first attempt ran inline and failed.
+
+    The job gets what RQ would have left after that attempt: the first interval as its
+    delay, and the remaining retries with the remaining intervals.
+    """
+    cls = spec.cls if spec is not None else None
     retry = Retry.coerce(cls.retry if cls and cls.retry is not None else settings.RETRY)
-    get_queue((cls and cls.queue) or queue).enqueue_call(
-        ENTRY_POINT,
-        args=(sequence_id, step_index, epoch),
-        job_id=job_id(sequence_id, step_index, epoch),
-        timeout=(cls and cls.timeout) or settings.TIMEOUT,
-        retry=retry.to_rq(),
-        result_ttl=settings.RESULT_TTL,
-        description=f"sequence {sequence_id} step {step_index}",
-        on_failure=Callback(FAILURE_CALLBACK),
-    )
+    intervals = list(retry.interval)  # type: ignore[arg-type]
+    rest = Retry(max=retry.max - 1, interval=intervals[1:] or intervals)
+    enqueue_step(sequence_id, step_index, epoch, queue, spec, retry=rest, delay=intervals[0])
 
 
 def dispatch(

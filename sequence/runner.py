@@ -33,8 +33,8 @@ from django.utils import timezone
 
 from sequence import hooks, signals
 from sequence.conf import settings
-from sequence.definitions import Sequence, StepSpec, get_sequence_class
-from sequence.dispatch import dispatch
+from sequence.definitions import Retry, Sequence, StepSpec, get_sequence_class
+from sequence.dispatch import dispatch, enqueue_retry
 from sequence.exceptions import (
     InvalidData,
     StepDeadlineExceeded,
@@ -76,6 +76,16 @@ class Execution:
 
     worker: str
     token: str | None = None
+    # Lent by SequenceWorker: what lets the runner run the next steps in the same job.
+    inline: Inline | None = None
+
+
+@dataclass(frozen=True)
+class Inline:
+    """How a worker lets a job run the next steps of its sequence (``INLINE_STEPS``)."""
+
+    rearm: Callable[[int], object]  # restart RQ's job timeout for the next step
+    stopping: Callable[[], bool]  # the worker was asked to stop
 
 
 execution: ContextVar[Execution | None] = ContextVar("sequence_execution", default=None)
@@ -108,6 +118,8 @@ class Claim:
     wall_deadline: float = float("inf")
     # True once the claim was committed, failed or released (or found not ours).
     settled: bool = False
+    # True once a failed attempt was recorded with a retry to come.
+    retrying: bool = False
 
     @property
     def lease_seconds(self) -> int:
@@ -175,8 +187,15 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
             return
     if timeout > 0 and job is not None and job.started_at is not None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
+    may_inline = _inline_policy(context, job, timeout, entered)
+    follow = _run_guarded(claim, retries_left, may_inline)
+    while follow is not None and context is not None and context.inline is not None:
+        follow = _run_inline(follow, worker, token, context.inline, may_inline)
+
+
+def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
     try:
-        _run_claimed(claim, retries_left)
+        return _run_claimed(claim, retries_left, may_inline)
     except Exception:
         # Whatever went wrong (the database went away while the failure was being
         # recorded, say), the claim must not stay held by a live worker.
@@ -185,14 +204,82 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
         raise
 
 
-def _run_claimed(claim: Claim, retries_left: int) -> None:
+# The next step, due and not queued, that this job runs itself:
+# (sequence id, step index, epoch, the sequence's queue, the step).
+Follow = tuple[int, int, int, str, StepSpec]
+MayInline = Callable[[StepSpec], bool]
+
+
+def _inline_policy(context: Execution | None, job: Any, timeout: int, entered: float) -> MayInline:
+    """Whether the job may run a due step itself rather than queue it (``INLINE_STEPS``).
+
+    Only in a worker that lends the means (``SequenceWorker``), for steps of the job's
+    own queue whose timeout fits the job's (RQ's registries count on it), while the
+    worker is not stopping, up to INLINE_STEPS steps and INLINE_SECONDS into the job.
+    """
+    limit = settings.INLINE_STEPS
+    if not limit or context is None or context.inline is None or job is None:
+        return lambda spec: False
+    inline, used = context.inline, [0]
+
+    def may(spec: StepSpec) -> bool:
+        if (
+            used[0] >= limit
+            or time.monotonic() - entered >= settings.INLINE_SECONDS
+            or (spec.cls.queue or job.origin) != job.origin
+            or (spec.cls.timeout or settings.TIMEOUT) > timeout
+            or inline.stopping()
+        ):
+            return False
+        used[0] += 1
+        return True
+
+    return may
+
+
+def _run_inline(
+    follow: Follow, worker: str, token: str, inline: Inline, may_inline: MayInline
+) -> Follow | None:
+    """Run a due step in this job, as its own job would: claim, run, commit.
+
+    Its failure does not reach RQ (the job it would fail is the previous step's): it is
+    recorded as any other, and its retries are queued as the job RQ would have left.
+    """
+    sequence_id, index, epoch, queue, spec = follow
+    timeout = spec.cls.timeout or settings.TIMEOUT
+    job_timeout.fired = False
+    inline.rearm(timeout)
+    entered = time.monotonic()
+    try:
+        claim = _claim(sequence_id, index, epoch, worker, token, timeout, entered)
+    except Exception:
+        logger.exception("Sequence %s: could not claim step %s inline; queueing it.", *follow[:2])
+        dispatch(sequence_id, index, epoch, queue, spec, confirm=False)
+        return None
+    if claim is None:
+        return None  # paused, canceled or taken meanwhile: nothing of ours is due
+    claim.wall_deadline = time.time() + timeout
+    retry = spec.cls.retry if spec.cls.retry is not None else settings.RETRY
+    try:
+        return _run_guarded(claim, Retry.coerce(retry).max, may_inline)
+    except Exception:
+        logger.warning(
+            "Sequence %s step %s failed inline%s.", sequence_id, index,
+            "; its retry is queued" if claim.retrying else "", exc_info=True,
+        )  # fmt: skip
+        if claim.retrying:
+            enqueue_retry(sequence_id, index, epoch, queue, spec)
+        return None
+
+
+def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
     record = claim.record
     step_index = record.step_index
     try:
         spec_cls = get_sequence_class(record.name)
     except UnknownSequence as exc:
         _fail_for_good(claim, None, str(exc))
-        return
+        return None
     spec = spec_cls.step_named(record.plan[step_index])
     if spec is None:
         _fail_for_good(
@@ -201,7 +288,7 @@ def _run_claimed(claim: Claim, retries_left: int) -> None:
             f"Step {record.plan[step_index]!r} of {record.name} (version {record.version!r}) "
             "no longer exists; restore it or retry with a plan that has it.",
         )
-        return
+        return None
     handle = spec_cls._from_record(record)
     _point("after_claim", claim)
     try:
@@ -218,16 +305,16 @@ def _run_claimed(claim: Claim, retries_left: int) -> None:
     except StepFenced as exc:
         logger.warning("Sequence %s step %s: %s", record.pk, step_index, exc)
         _release(claim, f"{type(exc).__name__}: {exc}")
-        return
+        return None
     except Exception as exc:
         if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
             # A lost connection: record the failure on a fresh one.
             connection.close()
         if _record_failure(claim, spec_cls, spec, exc, will_retry=retries_left > 0):
             raise
-        return
+        return None
     _point("after_commit", claim)
-    _after_commit(claim, spec_cls, spec, moved, data)
+    return _after_commit(claim, spec_cls, spec, moved, data, may_inline)
 
 
 def _now_sql() -> str:
@@ -595,13 +682,23 @@ def _attempt(claim: Claim, outcome: str, error: str = "", tb: str = "") -> None:
 
 
 def _after_commit(
-    claim: Claim, cls: type[Sequence], spec: StepSpec, was: str, data: dict[str, Any]
-) -> None:
+    claim: Claim,
+    cls: type[Sequence],
+    spec: StepSpec,
+    was: str,
+    data: dict[str, Any],
+    may_inline: MayInline,
+) -> Follow | None:
+    """Queue the next step (or hand it back to run here), then hooks and signals."""
     record = claim.record
     next_index = record.step_index + 1
     last = next_index >= len(record.plan)
-    if was == Status.RUNNING and not last:
-        next_spec = cls.step_named(record.plan[next_index])
+    follow: Follow | None = None
+    next_spec = None if last else cls.step_named(record.plan[next_index])
+    if was == Status.RUNNING and next_spec is not None and may_inline(next_spec):
+        # Not queued: this job claims it next; the outbox entry covers a crash meanwhile.
+        follow = (record.pk, next_index, record.epoch + 1, record.queue, next_spec)
+    elif was == Status.RUNNING and not last:
         # Unconfirmed: the next claim clears the outbox entry (one write less per step).
         dispatch(record.pk, next_index, record.epoch + 1, record.queue, next_spec, confirm=False)
         _point(
@@ -619,6 +716,7 @@ def _after_commit(
     if last and was in (Status.RUNNING, Status.PAUSED):
         hooks.call(handle.on_complete)
         hooks.send(signals.sequence_completed, cls, sequence=handle)
+    return follow
 
 
 _RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_until": None}
@@ -634,7 +732,7 @@ def _record_failure(
     with transaction.atomic():
         failed = False
         if will_retry:
-            changed = (
+            changed = claim.retrying = bool(
                 claim.mine()
                 .filter(status=Status.RUNNING)
                 .update(status=Status.RETRYING, updated_at=Now(), **fields)

@@ -60,13 +60,21 @@ class _SequenceWorkerMixin:
         close_old_connections()
         execution = getattr(self, "execution", None)
         reset = runner.execution.set(
-            runner.Execution(worker=self.name, token=execution.id if execution else None)
+            runner.Execution(
+                worker=self.name,
+                token=execution.id if execution else None,
+                inline=self._inline() if settings.INLINE_STEPS else None,
+            )
         )
         try:
             return super().perform_job(job, queue)  # type: ignore[misc, no-any-return]
         finally:
             runner.execution.reset(reset)
             close_old_connections()
+
+    def _inline(self) -> Any:
+        """What lets a job run the next steps itself; None where they must be jobs."""
+        return None
 
 
 # The old name, kept for code that mixed it in.
@@ -75,6 +83,12 @@ _DatabaseHygiene = _SequenceWorkerMixin
 
 class SequenceWorker(_SequenceWorkerMixin, SimpleWorker):
     """Runs step jobs in the worker process, keeping its database connection between jobs."""
+
+    def _inline(self) -> Any:
+        from sequence import runner
+
+        # A step run inline gets its own full timeout: RQ's alarm is set again for it.
+        return runner.Inline(rearm=signal.alarm, stopping=lambda: self._stop_requested)
 
 
 class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):

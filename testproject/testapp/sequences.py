@@ -167,3 +167,16 @@ if pydantic is not None:
     class Checkout(Sequence):
         steps = [A]
         schema = Order
+
+
+class Nap(Step):
+    """Sleeps data["nap"] seconds, within a one-second timeout."""
+
+    timeout = 1
+
+    def perform(self) -> None:
+        time.sleep(float(self.data["nap"]))
+
+
+class Napping(Sequence):
+    steps = [Nap, Nap]
