@@ -1,6 +1,6 @@
 """System checks for the settings that the reliability guarantees depend on.
 
-``sequence.E101`` and ``sequence.E102`` run with every command; the Redis check
+``sequence.E101`` to ``sequence.E103`` run with every command; the Redis check
 (``sequence.W101``) talks to Redis, so it runs with ``manage.py check --deploy``, and
 ``sequence worker`` logs its findings when it starts.
 """
@@ -24,6 +24,7 @@ HARD_KILL_MARGIN = 60
 def register() -> None:
     add_check(check_lease)
     add_check(check_liveness)
+    add_check(check_inline)
     add_check(check_redis_policy, deploy=True)
 
 
@@ -56,6 +57,31 @@ def check_liveness(**kwargs: Any) -> list[CheckMessage]:
             "lose its step to the sweep.",
             hint="Make SEQUENCE_WORKER_DEAD_AFTER at least three times SEQUENCE_WORKER_HEARTBEAT.",
             id="sequence.E102",
+        )
+    ]
+
+
+# Inline steps extend a job this long at most beyond its last step; RQ's heartbeat of a
+# job run in the worker process covers its first 90 s (timeout capped at 30, plus 60).
+MAX_INLINE_SECONDS = 30
+
+
+def check_inline(**kwargs: Any) -> list[CheckMessage]:
+    """Inline steps need a count and a short time budget."""
+    steps, seconds = settings.INLINE_STEPS, settings.INLINE_SECONDS
+    if (
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0
+        and isinstance(seconds, int | float) and 0 <= seconds <= MAX_INLINE_SECONDS
+    ):  # fmt: skip
+        return []
+    return [
+        Error(
+            f"SEQUENCE_INLINE_STEPS ({steps!r}) must be a whole number of steps, 0 or more, "
+            f"and SEQUENCE_INLINE_SECONDS ({seconds!r}) a number of seconds from 0 to "
+            f"{MAX_INLINE_SECONDS}: a job that runs steps inline for longer outlives what "
+            "RQ expects of it.",
+            hint="Keep SEQUENCE_INLINE_SECONDS short (default 1); raise INLINE_STEPS instead.",
+            id="sequence.E103",
         )
     ]
 

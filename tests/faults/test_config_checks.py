@@ -32,6 +32,16 @@ def test_a_worker_taken_for_dead_after_one_missed_beat_is_an_error(settings):
     assert checks.check_liveness() == []
 
 
+def test_inline_steps_need_a_count_and_a_short_time_budget(settings):
+    assert checks.check_inline() == []  # off by default
+    settings.SEQUENCE_INLINE_STEPS, settings.SEQUENCE_INLINE_SECONDS = 8, 2
+    assert checks.check_inline() == []
+    settings.SEQUENCE_INLINE_SECONDS = 120
+    assert ids(checks.check_inline()) == ["sequence.E103"]
+    settings.SEQUENCE_INLINE_STEPS, settings.SEQUENCE_INLINE_SECONDS = -1, 1
+    assert ids(checks.check_inline()) == ["sequence.E103"]
+
+
 def test_the_redis_check_is_a_deploy_check():
     registered = django_checks.registry.registry.get_checks(include_deployment_checks=True)
     assert checks.check_redis_policy in registered
