@@ -198,7 +198,8 @@ _RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_u
 
 def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None:
     """Move one stuck row on, if it is still as read: re-dispatch, release or fail it."""
-    from sequence.runner import _point, spec_for
+    from sequence.claims import point as _point
+    from sequence.runner import spec_for
 
     lost_claim = record.claim_token is not None
     step = _step(record)

@@ -7,11 +7,13 @@ deliver a job any number of times and a step is still recorded once.
 A step costs three statements: the claim, the commit and the attempt's history row (in
 the commit's transaction). The next job is queued after the commit; its outbox entry is
 cleared by that job's claim, or by the sweep once it sees the job in RQ.
+
+This module decides what happens when; the statements themselves (the claim, the
+heartbeat, the commit, the history row, the release) are in ``sequence.claims``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -21,49 +23,30 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Case, ExpressionWrapper, F, Value, When
-from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from sequence import hooks, signals
+from sequence import claims, hooks, signals
+from sequence.claims import RELEASED, Claim
+
+# Kept importable from here: sequence.testing arms test_points, sequence.worker
+# releases the orphans.
+from sequence.claims import orphans as orphans
+from sequence.claims import release_orphans as release_orphans
+from sequence.claims import test_points as test_points
 from sequence.conf import settings
 from sequence.definitions import Retry, Sequence, StepSpec, get_sequence_class
 from sequence.dispatch import dispatch, enqueue_retry
-from sequence.exceptions import (
-    InvalidData,
-    StepDeadlineExceeded,
-    StepFenced,
-    UnknownSequence,
-)
+from sequence.exceptions import InvalidData, StepDeadlineExceeded, StepFenced, UnknownSequence
 from sequence.masking import mask_text
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Outcome, Status
 from sequence.validation import check_data
 
 logger = logging.getLogger("sequence")
-
-# Test points: named places in the protocol where tests crash or stall a worker.
-# Empty in production; see sequence.testing.
-test_points: dict[str, Callable[[Mapping[str, Any]], None]] = {}
-
-
-def _point(name: str, claim: Claim | None = None, **context: Any) -> None:
-    if test_points:
-        action = test_points.get(name)
-        if action is not None:
-            if claim is not None:
-                record = claim.record
-                context = {
-                    "sequence": record.pk, "step": record.step_index, "epoch": record.epoch,
-                    "attempt": record.attempt, "worker": claim.worker, **context,
-                }  # fmt: skip
-            action(context)
 
 
 @dataclass(frozen=True)
@@ -90,10 +73,6 @@ class Inline:
 
 execution: ContextVar[Execution | None] = ContextVar("sequence_execution", default=None)
 
-# Claims this process could not release because the database was unreachable; the
-# worker's maintenance thread retries them (sequence.worker).
-orphans: list[Claim] = []
-
 
 class _Timeout:
     """Set by sequence's worker classes when RQ's job timeout fires in this process."""
@@ -102,38 +81,6 @@ class _Timeout:
 
 
 job_timeout = _Timeout()
-
-
-@dataclass
-class Claim:
-    """A step taken by this process: what the job runs on, and the token fencing it."""
-
-    record: SequenceRecord
-    token: str
-    worker: str
-    started_at: datetime
-    deadline: float  # time.monotonic() after which the result may not be committed
-    timeout: int
-    # time.time() at which RQ's timeout fires (it counts from RQ's job.started_at).
-    wall_deadline: float = float("inf")
-    # True once the claim was committed, failed or released (or found not ours).
-    settled: bool = False
-    # True once a failed attempt was recorded with a retry to come.
-    retrying: bool = False
-
-    @property
-    def lease_seconds(self) -> int:
-        return lease_seconds(self.timeout)
-
-    def mine(self) -> Any:
-        """The row as long as this claim holds it."""
-        r = self.record
-        return SequenceRecord.objects.filter(pk=r.pk, epoch=r.epoch, claim_token=self.token)
-
-
-def lease_seconds(timeout: int) -> int:
-    """How long a claim on a step with this timeout holds (database clock)."""
-    return (timeout if timeout > 0 else settings.TIMEOUT) + settings.LEASE_MARGIN
 
 
 def spec_for(name: str, plan: list[str], index: int) -> StepSpec | None:
@@ -163,7 +110,7 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     timeout = int((job and job.timeout) or settings.TIMEOUT)
 
     try:
-        claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
+        claim = claims.take(sequence_id, step_index, epoch, worker, token, timeout, entered)
     except (OperationalError, InterfaceError):
         # The step did not start: RQ's retry of this job must not count as an attempt.
         if job is not None and job.retries_left:
@@ -177,9 +124,9 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
             and (record.status, record.step_index, record.epoch)
             == (Status.FAILED, step_index, epoch)
             and job is not None
-            and _requeued_by_hand(job)
+            and claims.requeued_by_hand(job)
         ):
-            claim = _claim(
+            claim = claims.take(
                 sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
             )
         if claim is None:
@@ -200,7 +147,7 @@ def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         # Whatever went wrong (the database went away while the failure was being
         # recorded, say), the claim must not stay held by a live worker.
         if not claim.settled:
-            _release_or_remember(claim)
+            claims.release_or_remember(claim)
         raise
 
 
@@ -251,7 +198,7 @@ def _run_inline(
     inline.rearm(timeout)
     entered = time.monotonic()
     try:
-        claim = _claim(sequence_id, index, epoch, worker, token, timeout, entered)
+        claim = claims.take(sequence_id, index, epoch, worker, token, timeout, entered)
     except Exception:
         logger.exception("Sequence %s: could not claim step %s inline; queueing it.", *follow[:2])
         dispatch(sequence_id, index, epoch, queue, spec, confirm=False)
@@ -290,21 +237,21 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         )
         return None
     handle = spec_cls._from_record(record)
-    _point("after_claim", claim)
+    claims.point("after_claim", claim)
     try:
         if spec.cls.atomic:
             with transaction.atomic():
                 data = _perform(spec, claim, handle)
-                _point("before_commit", claim)
-                moved = _commit(claim, data)
-            _point("commit_ack", claim)
+                claims.point("before_commit", claim)
+                moved = claims.commit(claim, data)
+            claims.point("commit_ack", claim)
         else:
             data = _perform(spec, claim, handle)
-            _point("before_commit", claim)
-            moved = _commit_result(claim, data)
+            claims.point("before_commit", claim)
+            moved = claims.commit_result(claim, data)
     except StepFenced as exc:
         logger.warning("Sequence %s step %s: %s", record.pk, step_index, exc)
-        _release(claim, f"{type(exc).__name__}: {exc}")
+        claims.release(claim, f"{type(exc).__name__}: {exc}")
         return None
     except Exception as exc:
         if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
@@ -313,121 +260,8 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         if _record_failure(claim, spec_cls, spec, exc, will_retry=retries_left > 0):
             raise
         return None
-    _point("after_commit", claim)
+    claims.point("after_commit", claim)
     return _after_commit(claim, spec_cls, spec, moved, data, may_inline)
-
-
-def _now_sql() -> str:
-    if connection.vendor == "postgresql":
-        # Not CURRENT_TIMESTAMP: that is the transaction's start, not the statement's.
-        return "STATEMENT_TIMESTAMP()"
-    return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
-
-
-def _claim(
-    sequence_id: int,
-    step_index: int,
-    epoch: int,
-    worker: str,
-    token: str,
-    timeout: int,
-    entered: float,
-    *,
-    failed: bool = False,
-) -> Claim | None:
-    """Take the step if the row still expects it; None if the job is stale.
-
-    A claim takes a queued or retrying step (with ``failed``, a failed one whose RQ job
-    was requeued by hand). Never a running one: a step whose worker died is taken back
-    by the sweep, under a new epoch, so that recoveries are counted. The one exception
-    is this job's own claim (same token), whose acknowledgement a lost connection ate.
-
-    A connection lost before the claim is tried once more on a fresh connection. If
-    the database stays out of reach, the error goes to RQ, which retries the job; it
-    gets back the retry it spends, since the step never started.
-    """
-    seconds = lease_seconds(timeout)
-    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
-    now = _now_sql()
-    lease_arg: int | str
-    if connection.vendor == "postgresql":
-        lease, lease_arg = f"{now} + %s * INTERVAL '1 second'", seconds
-        # The claim's commit does not wait for the WAL flush: a claim lost in a crash
-        # of PostgreSQL only makes the step claimable again, and the step's own commit
-        # (synchronous, later in the same WAL) makes the claim durable before it.
-        relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
-    else:
-        lease, lease_arg = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)", f"+{seconds} seconds"
-        relaxed = ""
-    statuses = [Status.FAILED] if failed else [Status.PENDING, Status.RETRYING]
-    placeholders = ", ".join(["%s"] * len(statuses))
-    sql = f"""
-        UPDATE {table}
-        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
-            lease_until = {lease}, dispatch_due = NULL, updated_at = {now},
-            attempt = attempt + CASE WHEN claim_token = %s THEN 0 ELSE 1 END
-        {relaxed}
-        WHERE id = %s AND epoch = %s AND step_index = %s
-            AND (status IN ({placeholders}) OR (status = %s AND claim_token = %s))
-        RETURNING name, data, plan, version, queue, attempt
-    """
-    params: list[Any] = [
-        Status.RUNNING, token, worker[:200], lease_arg, token,
-        sequence_id, epoch, step_index, *statuses, Status.RUNNING, token,
-    ]  # fmt: skip
-    row = None
-    for last_try in (False, True):
-        try:
-            _point("before_claim", sequence=sequence_id, step=step_index, epoch=epoch)
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-            break
-        except (OperationalError, InterfaceError):
-            if last_try or connection.in_atomic_block:
-                raise
-            logger.warning("Sequence %s: the claim lost its connection; once more.", sequence_id)
-            connection.close()
-    if row is None:
-        return None
-    name, data, plan, version, queue, attempt = row
-    record = SequenceRecord(
-        pk=sequence_id,
-        name=name,
-        status=Status.RUNNING,
-        data=json.loads(data) if isinstance(data, str) else data,
-        plan=json.loads(plan) if isinstance(plan, str) else plan,
-        version=version,
-        queue=queue,
-        step_index=step_index,
-        epoch=epoch,
-        attempt=attempt,
-        claim_token=token,
-        claimed_by=worker[:200],
-    )
-    deadline = entered + timeout if timeout > 0 else float("inf")
-    return Claim(record, token, worker, timezone.now(), deadline, timeout)
-
-
-def _requeued_by_hand(job: Any) -> bool:
-    """Whether this job was queued again after it failed for good (``rq requeue``).
-
-    A failed sequence's step runs again only then: a duplicate of the failed job that
-    was already queued when it failed must not run the step once more.
-    """
-    from rq.results import Result
-
-    try:
-        result = job.latest_result()
-    except Exception:
-        logger.exception("Could not read the results of job %s", job.id)
-        return False
-    if result is None or result.type != Result.Type.FAILED or job.enqueued_at is None:
-        return False
-    enqueued: datetime = job.enqueued_at
-    if enqueued.tzinfo is None:
-        enqueued = enqueued.replace(tzinfo=result.created_at.tzinfo)
-    return bool(enqueued > result.created_at)
 
 
 def _current(sequence_id: int) -> SequenceRecord | None:
@@ -475,7 +309,7 @@ def _perform(spec: StepSpec, claim: Claim, handle: Sequence) -> dict[str, Any]:
         sequence=handle,
         attempt=record.attempt,
         idempotency_key=f"{record.pk}:{record.step_index}:{spec.name}",
-        heartbeat=lambda: _heartbeat(claim),
+        heartbeat=lambda: claims.heartbeat(claim),
     )
     result = step.perform()
     if result is not None:
@@ -499,188 +333,6 @@ def _check_deadline(claim: Claim, name: str) -> None:
         )
 
 
-def _heartbeat(claim: Claim) -> None:
-    _point("heartbeat", claim)
-    lease = ExpressionWrapper(
-        Now() + timedelta(seconds=claim.lease_seconds), output_field=DateTimeOutput()
-    )
-    if not claim.mine().filter(status=Status.RUNNING).update(lease_until=lease):
-        raise StepFenced(
-            f"Sequence {claim.record.pk} was paused, canceled or taken over; stop this step."
-        )
-
-
-def _commit(claim: Claim, data: dict[str, Any]) -> str:
-    """Save the data and move to the next step; return the status it moved from.
-
-    Conditional on the claim (epoch and token), on its lease and on the step's deadline,
-    all read from the database's clock when the statement runs.
-    """
-    record = claim.record
-    last = record.step_index + 1 >= len(record.plan)
-    done = Now() if last else None
-    moved = {
-        "data": data,
-        "step_index": record.step_index + 1,
-        "epoch": record.epoch + 1,
-        "claim_token": None,
-        "claimed_by": "",
-        "claimed_at": None,
-        "lease_until": None,
-        "attempt": 0,
-        "recoveries": 0,
-        "error": "",
-        "updated_at": Now(),
-    }
-    live = claim.mine().filter(lease_until__gt=Now())
-    if claim.timeout > 0:
-        started_after = ExpressionWrapper(
-            Now() - timedelta(seconds=claim.timeout), output_field=DateTimeOutput()
-        )
-        live = live.filter(claimed_at__gt=started_after)
-    was = Status.RUNNING
-    if not _commit_running(claim, data, last=last):
-        # Paused or canceled while the step ran: keep the result, start nothing.
-        was = Status.PAUSED
-        if not live.filter(status__in=[Status.PAUSED, Status.CANCELED]).update(
-            status=Case(
-                When(status=Status.PAUSED, then=Value(Status.COMPLETED if last else Status.PAUSED)),
-                default=F("status"),
-            ),
-            dispatch_due=None,
-            finished_at=Case(When(status=Status.PAUSED, then=done), default=F("finished_at")),
-            **moved,
-        ):
-            if claim.mine().exists():
-                # Still ours, so the lease or the deadline ran out: a failed attempt.
-                raise StepDeadlineExceeded(
-                    f"step {record.step_index} reached the database after its deadline "
-                    f"(timeout {claim.timeout}s); its result is not committed."
-                )
-            raise StepFenced(
-                f"step {record.step_index} lost its claim (taken over, or the sequence was "
-                "retried or recovered); its result is discarded."
-            )
-    _attempt(claim, Outcome.SUCCEEDED)
-    claim.settled = True
-    return was
-
-
-def _commit_result(claim: Claim, data: dict[str, Any]) -> str:
-    """Commit the result of a step that ran outside the commit's transaction.
-
-    Its result is in hand, so a connection lost on the way does not fail the attempt:
-    the commit is tried once more on a fresh connection. Being conditional on the
-    claim, it cannot apply twice; if the first one did apply (only its acknowledgement
-    was lost), the step's history row says so and the job carries on from there.
-    """
-    try:
-        with transaction.atomic():
-            moved = _commit(claim, data)
-        _point("commit_ack", claim)
-        return moved
-    except (OperationalError, InterfaceError):
-        if connection.in_atomic_block:
-            raise
-        logger.warning(
-            "Sequence %s step %s: the commit lost its connection; once more.",
-            claim.record.pk, claim.record.step_index,
-        )  # fmt: skip
-        connection.close()
-    try:
-        with transaction.atomic():
-            return _commit(claim, data)
-    except StepFenced:
-        record = claim.record
-        done = StepAttempt.objects.filter(
-            sequence_id=record.pk, step_index=record.step_index, epoch=record.epoch,
-            attempt=record.attempt, outcome=Outcome.SUCCEEDED,
-        )  # fmt: skip
-        if not done.exists():
-            raise
-        claim.settled = True
-        row = SequenceRecord.objects.filter(pk=record.pk).values_list("status", "epoch").first()
-        # Moved on to the next step: the commit saw the step running. Otherwise it found
-        # the sequence paused or canceled, and nothing is to be queued.
-        if row in ((Status.PENDING, record.epoch + 1), (Status.COMPLETED, record.epoch + 1)):
-            return Status.RUNNING
-        return Status.PAUSED
-
-
-def _commit_running(claim: Claim, data: dict[str, Any], *, last: bool) -> bool:
-    """The usual commit of a running step, as one hand-written statement.
-
-    The same conditions and changes as the ORM updates in ``_commit``; written out
-    because building them through the ORM cost about 1 ms of CPU per step (py-spy,
-    bench/), the largest share of sequence's own work in a step.
-    """
-    record = claim.record
-    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
-    now = _now_sql()
-    deadline, deadline_args = "", list[Any]()
-    if claim.timeout > 0:
-        if connection.vendor == "postgresql":
-            deadline = f" AND claimed_at > {now} - %s * INTERVAL '1 second'"
-            deadline_args = [claim.timeout]
-        else:
-            deadline = " AND claimed_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)"
-            deadline_args = [f"-{claim.timeout} seconds"]
-    sql = f"""
-        UPDATE {table}
-        SET status = %s, dispatch_due = {"NULL" if last else now},
-            finished_at = {now if last else "NULL"}, data = %s, step_index = %s, epoch = %s,
-            claim_token = NULL, claimed_by = '', claimed_at = NULL, lease_until = NULL,
-            attempt = 0, recoveries = 0, error = '', updated_at = {now}
-        WHERE id = %s AND epoch = %s AND claim_token = %s AND status = %s
-            AND lease_until > {now}{deadline}
-    """
-    params: list[Any] = [
-        Status.COMPLETED if last else Status.PENDING,
-        SequenceRecord._meta.get_field("data").get_db_prep_save(data, connection),
-        record.step_index + 1, record.epoch + 1,
-        record.pk, record.epoch, claim.token, Status.RUNNING, *deadline_args,
-    ]  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return bool(cursor.rowcount)
-
-
-@cache
-def _attempt_insert() -> tuple[str, list[Any]]:
-    fields = [f for f in StepAttempt._meta.concrete_fields if not f.primary_key]
-    table = connection.ops.quote_name(StepAttempt._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
-    values = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {table} ({columns}) VALUES ({values})", fields
-
-
-def _attempt(claim: Claim, outcome: str, error: str = "", tb: str = "") -> None:
-    """Record one attempt in the history (a plain INSERT: on every step's hot path)."""
-    record = claim.record
-    values = {
-        "sequence_id": record.pk,
-        "step_index": record.step_index,
-        "step": record.plan[record.step_index],
-        "epoch": record.epoch,
-        "attempt": record.attempt,
-        "outcome": outcome,
-        "started_at": claim.started_at,
-        "finished_at": timezone.now(),
-        "worker": claim.worker,
-        "error": error,
-        "traceback": tb,
-    }
-    sql, fields = _attempt_insert()
-    params = [
-        f.get_db_prep_save(
-            values[f.attname] if f.attname in values else f.get_default(), connection
-        )
-        for f in fields
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
 def _after_commit(
     claim: Claim,
     cls: type[Sequence],
@@ -701,7 +353,7 @@ def _after_commit(
     elif was == Status.RUNNING and not last:
         # Unconfirmed: the next claim clears the outbox entry (one write less per step).
         dispatch(record.pk, next_index, record.epoch + 1, record.queue, next_spec, confirm=False)
-        _point(
+        claims.point(
             "after_dispatch", claim, step=next_index, epoch=record.epoch + 1,
             queue=record.queue, spec=next_spec,
         )  # fmt: skip
@@ -719,16 +371,13 @@ def _after_commit(
     return follow
 
 
-_RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_until": None}
-
-
 def _record_failure(
     claim: Claim, cls: type[Sequence], spec: StepSpec, exc: Exception, *, will_retry: bool
 ) -> bool:
     """Record a failed attempt; True if RQ should see the exception (and maybe retry)."""
     error = mask_text(f"{type(exc).__name__}: {exc}", claim.record.data)
     tb = mask_text(traceback.format_exc(), claim.record.data)
-    fields = {**_RELEASED, "error": error}
+    fields = {**RELEASED, "error": error}
     with transaction.atomic():
         failed = False
         if will_retry:
@@ -752,7 +401,7 @@ def _record_failure(
             )  # fmt: skip
             claim.settled = True
             return False
-        _attempt(claim, Outcome.FAILED, error, tb)
+        claims.record_attempt(claim, Outcome.FAILED, error, tb)
     claim.settled = True
     record = claim.record
     record.error = error
@@ -767,51 +416,6 @@ def _record_failure(
     return True
 
 
-def _release(claim: Claim, error: str) -> None:
-    """Give up a claim without a result: the step runs again when the sequence may run.
-
-    Used when the step stopped because its heartbeat was fenced (the sequence was paused
-    or canceled) or when the runner could not finish the job. Paused or canceled: the
-    claim is dropped and the status kept (resume queues the step again). Running: the
-    step is queued again under a new epoch. Not ours any more: nothing to do.
-    """
-    record = claim.record
-    with transaction.atomic():
-        if claim.mine().filter(status=Status.RUNNING).update(
-            status=Status.RETRYING, epoch=F("epoch") + 1, dispatch_due=Now(),
-            updated_at=Now(), error=error, **_RELEASED,
-        ):  # fmt: skip
-            spec = spec_for(record.name, record.plan, record.step_index)
-            args = (record.pk, record.step_index, record.epoch + 1, record.queue, spec)
-            transaction.on_commit(lambda: dispatch(*args), robust=True)
-        elif not claim.mine().update(updated_at=Now(), **_RELEASED):
-            claim.settled = True
-            return
-        _attempt(claim, Outcome.FAILED, error)
-    claim.settled = True
-
-
-def _release_or_remember(claim: Claim) -> None:
-    try:
-        if not connection.in_atomic_block:
-            connection.close_if_unusable_or_obsolete()
-        _release(claim, "the worker could not finish the job; the step runs again")
-    except Exception:
-        logger.exception(
-            "Sequence %s: could not release the claim on step %s; retrying in the background.",
-            claim.record.pk, claim.record.step_index,
-        )  # fmt: skip
-        orphans.append(claim)
-
-
-def release_orphans() -> None:
-    """Release the claims this process could not release earlier (database back)."""
-    while orphans:
-        claim = orphans[0]
-        _release(claim, "the worker could not finish the job; the step runs again")
-        orphans.pop(0)
-
-
 def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None:
     """Fail the sequence at once, without retries: its plan cannot run here."""
     logger.error("Sequence %s: %s", claim.record.pk, error)
@@ -819,12 +423,12 @@ def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None
         # A sequence canceled since the claim stays canceled; it only gives the claim back.
         failable = claim.mine().filter(status__in=[Status.RUNNING, Status.PAUSED])
         if not failable.update(
-            status=Status.FAILED, error=error, finished_at=Now(), updated_at=Now(), **_RELEASED
+            status=Status.FAILED, error=error, finished_at=Now(), updated_at=Now(), **RELEASED
         ):
-            claim.mine().update(updated_at=Now(), **_RELEASED)
+            claim.mine().update(updated_at=Now(), **RELEASED)
             claim.settled = True
             return
-        _attempt(claim, Outcome.FAILED, error)
+        claims.record_attempt(claim, Outcome.FAILED, error)
     claim.settled = True
     if cls is not None:
         claim.record.status, claim.record.error = Status.FAILED, error

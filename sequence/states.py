@@ -24,7 +24,7 @@ ACTIVE = frozenset({Status.PENDING, Status.RUNNING, Status.RETRYING})
 # two changes racing each other cannot both apply to the same row.
 #
 # Asked for by people and code (sequence.transitions): pause, resume, cancel, retry.
-# Made by running a step (sequence.runner, sequence.recovery): the rest.
+# Made by running a step (sequence.runner, sequence.claims, sequence.recovery): the rest.
 Transitions = dict[str, dict[Status, frozenset[Status]]]
 
 
