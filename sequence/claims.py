@@ -228,54 +228,58 @@ def commit(claim: Claim, data: dict[str, Any]) -> str:
     Conditional on the claim (epoch and token), on its lease and on the step's deadline,
     all read from the database's clock when the statement runs.
     """
+    was = Status.RUNNING
+    if not _commit_running(claim, data, last=claim.record.step_index + 1 >= len(claim.record.plan)):
+        was = Status.PAUSED
+        _commit_held(claim, data)
+    record_attempt(claim, Outcome.SUCCEEDED)
+    claim.settled = True
+    return was
+
+
+def _commit_held(claim: Claim, data: dict[str, Any]) -> None:
+    """The commit of a step whose sequence was paused or canceled while it ran.
+
+    Keeps the result and starts nothing (a paused last step completes the sequence).
+    Raises if the claim is no longer good: its deadline passed, or it was taken.
+    """
     record = claim.record
     last = record.step_index + 1 >= len(record.plan)
-    done = Now() if last else None
-    moved = {
-        "data": data,
-        "step_index": record.step_index + 1,
-        "epoch": record.epoch + 1,
-        "claim_token": None,
-        "claimed_by": "",
-        "claimed_at": None,
-        "lease_until": None,
-        "attempt": 0,
-        "recoveries": 0,
-        "error": "",
-        "updated_at": Now(),
-    }
     live = claim.mine().filter(lease_until__gt=Now())
     if claim.timeout > 0:
         started_after = ExpressionWrapper(
             Now() - timedelta(seconds=claim.timeout), output_field=DateTimeOutput()
         )
         live = live.filter(claimed_at__gt=started_after)
-    was = Status.RUNNING
-    if not _commit_running(claim, data, last=last):
-        # Paused or canceled while the step ran: keep the result, start nothing.
-        was = Status.PAUSED
-        if not live.filter(status__in=[Status.PAUSED, Status.CANCELED]).update(
-            status=Case(
-                When(status=Status.PAUSED, then=Value(Status.COMPLETED if last else Status.PAUSED)),
-                default=F("status"),
-            ),
-            dispatch_due=None,
-            finished_at=Case(When(status=Status.PAUSED, then=done), default=F("finished_at")),
-            **moved,
-        ):
-            if claim.mine().exists():
-                # Still ours, so the lease or the deadline ran out: a failed attempt.
-                raise StepDeadlineExceeded(
-                    f"step {record.step_index} reached the database after its deadline "
-                    f"(timeout {claim.timeout}s); its result is not committed."
-                )
-            raise StepFenced(
-                f"step {record.step_index} lost its claim (taken over, or the sequence was "
-                "retried or recovered); its result is discarded."
-            )
-    record_attempt(claim, Outcome.SUCCEEDED)
-    claim.settled = True
-    return was
+    if live.filter(status__in=[Status.PAUSED, Status.CANCELED]).update(
+        status=Case(
+            When(status=Status.PAUSED, then=Value(Status.COMPLETED if last else Status.PAUSED)),
+            default=F("status"),
+        ),
+        dispatch_due=None,
+        finished_at=Case(
+            When(status=Status.PAUSED, then=Now() if last else None), default=F("finished_at")
+        ),
+        data=data,
+        step_index=record.step_index + 1,
+        epoch=record.epoch + 1,
+        attempt=0,
+        recoveries=0,
+        error="",
+        updated_at=Now(),
+        **RELEASED,
+    ):
+        return
+    if claim.mine().exists():
+        # Still ours, so the lease or the deadline ran out: a failed attempt.
+        raise StepDeadlineExceeded(
+            f"step {record.step_index} reached the database after its deadline "
+            f"(timeout {claim.timeout}s); its result is not committed."
+        )
+    raise StepFenced(
+        f"step {record.step_index} lost its claim (taken over, or the sequence was "
+        "retried or recovered); its result is discarded."
+    )
 
 
 def commit_result(claim: Claim, data: dict[str, Any]) -> str:
