@@ -18,10 +18,19 @@ from typing import Any
 # (phase, substrings of a frame), innermost match wins; order breaks ties within a frame.
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("step body (user code)", ("timed_work (bench/app/timing.py",)),
-    ("claim", ("_claim (sequence/runner.py",)),
+    # The claim protocol's statements live in sequence/claims.py (in runner.py before).
+    ("claim", ("take (sequence/claims.py", "_claim (sequence/runner.py")),
     (
         "commit (data, history, outbox)",
-        ("_commit (sequence/runner.py", "_attempt (sequence/runner.py"),
+        (
+            "commit (sequence/claims.py",
+            "commit_result (sequence/claims.py",
+            "_commit_running (sequence/claims.py",
+            "_commit_held (sequence/claims.py",
+            "record_attempt (sequence/claims.py",
+            "_commit (sequence/runner.py",
+            "_attempt (sequence/runner.py",
+        ),
     ),
     ("enqueue next step", ("dispatch (sequence/dispatch.py",)),
     ("signals and hooks", ("send (sequence/hooks.py", "call (sequence/hooks.py")),
