@@ -51,7 +51,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "scale_warm": 1000,
         "scale_windows": 5,
         "profile_seconds": 8,
-        "profile_chains": 400,
+        # Enough work to keep the worker busy past the sample (the driver checks).
+        "profile_chains": 1000,
         "admin_rows": 1_000_000,
         "admin_reps": 5,
         "celery": True,
@@ -67,7 +68,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "scale": [[100, 500], [1000, 1000]],
         "scale_windows": 3,
         "profile_seconds": 3,
-        "profile_chains": 100,
+        "profile_chains": 400,
         "admin_rows": 20_000,
         "admin_reps": 3,
         "celery": True,

@@ -306,9 +306,16 @@ def profile_steps(
     finally:
         pool.stop()
     timings.wait(run, 0, timeout=1)
-    steps = sum(1 for line in timings.lines.get(run, []) if began <= line[2] < ended)
-    result["profile"] = {**profile.classify(raw), "steps": steps, "seconds": ended - began}
+    lines = timings.lines.get(run, [])
+    steps = sum(1 for line in lines if began <= line[2] < ended)
+    # A worker that ran out of work idled in the sample: its shares would be skewed.
+    ran_out = len(lines) >= plan["profile_chains"] * plan["steps"]
+    result["profile"] = {
+        **profile.classify(raw), "steps": steps, "seconds": ended - began, "ran_out": ran_out,
+    }  # fmt: skip
     say(f"profile: {steps} steps in {ended - began:.1f}s sampled")
+    if ran_out:
+        say("profile: the worker ran out of work before the sample ended; raise profile_chains")
     reset_state()
 
 

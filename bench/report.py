@@ -427,7 +427,13 @@ def profile_section(results: dict[str, Any], targets: Targets) -> list[str]:
         per_step = seconds / steps * 1000 if steps else 0.0
         out += [
             f"**{VENDORS[db['vendor']]}**: {steps} steps in {seconds:.1f} s, "
-            f"{per_step:.2f} ms per step.",
+            f"{per_step:.2f} ms per step."
+            + (
+                " **The worker ran out of queued steps before the sample ended, so idle "
+                "waiting is over-counted; raise `profile_chains`.**"
+                if prof.get("ran_out")
+                else ""
+            ),
             "",
             "| phase | share | ms per step | database | Redis | Python |",
             "|---|---|---|---|---|---|",
