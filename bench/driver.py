@@ -34,6 +34,15 @@ from sequence import Sequence  # noqa: E402
 from sequence.models import SequenceRecord, StepAttempt  # noqa: E402
 
 IMPLS = ("a", "b", "c")
+# (e) is (c) with SEQUENCE_INLINE_STEPS: only sequence's own worker runs steps inline.
+INLINE_STEPS = 4
+SEQUENCE_IMPLS = ("c", "e")
+
+
+def impls_for(kind: str) -> tuple[str, ...]:
+    return (*IMPLS, "e") if kind == "recommended" else IMPLS
+
+
 _runs = itertools.count(1)
 
 
@@ -48,11 +57,12 @@ class Pool:
         self.kind, self.impl, self.n = kind, impl, n
         self.queue = f"bench-{impl}"
         self.log = out / f"worker-{connection.vendor}-{kind}-{impl}-{n}.log"
-        jobs_kind = "sequence" if impl == "c" else "plain"
+        jobs_kind = "sequence" if impl in SEQUENCE_IMPLS else "plain"
+        inline = {"SEQUENCE_INLINE_STEPS": str(INLINE_STEPS)} if impl == "e" else {}
         self.procs = [
             procs.spawn(
                 [procs.python(), "-m", "bench.worker", kind, jobs_kind, self.queue],
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **inline),
                 log=self.log,
             )
             for _ in range(n)
@@ -69,7 +79,7 @@ class Pool:
         """Park every worker in a gate job; return the key that releases them."""
         key = f"bench:gate:{next(_runs)}"
         for _ in range(self.n):
-            if self.impl == "c":
+            if self.impl in SEQUENCE_IMPLS:
                 Gate.start({"key": key}, queue=self.queue)
             else:
                 jobs.queue(self.queue).enqueue(jobs.gate, key)
@@ -103,7 +113,7 @@ def seed(impl: str, run: str, chains: int, steps: int, queue: str) -> None:
     queued in one Redis pipeline for every contender, and (c)'s rows in bulk.
     """
     data = {"run": run, "count": 0}
-    if impl == "c":
+    if impl in SEQUENCE_IMPLS:
         bulk_seed({5: Five, 50: Fifty, 40: Long}[steps], data, chains, queue)
         return
     q = jobs.queue(queue)
@@ -202,13 +212,13 @@ def matrix(
             pools: dict[str, Pool] = {}
             try:
                 with phases(f"{kind} x{n}: start workers"):
-                    pools.update((impl, Pool(kind, impl, n, out)) for impl in IMPLS)
+                    pools.update((impl, Pool(kind, impl, n, out)) for impl in impls_for(kind))
                     # Parked at the first run's gate once up, so the runs time no start-up.
-                    gates = {impl: pools[impl].hold() for impl in IMPLS}
+                    gates = {impl: pools[impl].hold() for impl in impls_for(kind)}
                 with phases(f"{kind} x{n}: throughput, {reps} reps of {chains} chains"):
                     for rep in range(reps):
                         # Interleaved, so a slow moment of the machine hits every contender.
-                        for impl in IMPLS:
+                        for impl in impls_for(kind):
                             row = throughput(
                                 pools[impl], timings, chains, plan["steps"], gates.pop(impl, None)
                             )
@@ -221,7 +231,7 @@ def matrix(
                 if n == 1 and kind in plan["latency_kinds"]:
                     with phases(f"{kind} x1: handoff latency, {reps} reps"):
                         for rep in range(reps):
-                            for impl in IMPLS:
+                            for impl in impls_for(kind):
                                 row = latency(pools[impl], timings, plan["latency_steps"])
                                 row.update(kind=kind, impl=impl, rep=rep)
                                 result["latency"].append(row)

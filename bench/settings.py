@@ -22,7 +22,7 @@ INSTALLED_APPS = [
     _ADMIN if app == "django.contrib.admin" else app for app in [*INSTALLED_APPS, "bench.app"]
 ]
 
-QUEUES = ("default", "high", "bench-a", "bench-b", "bench-c", "bench-q")
+QUEUES = ("default", "high", "bench-a", "bench-b", "bench-c", "bench-e", "bench-q")
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "SERIALIZER": "rq.serializers.JSONSerializer"} for name in QUEUES
 }
