@@ -154,7 +154,7 @@ def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
 # The next step, due and not queued, that this job runs itself:
 # (sequence id, step index, epoch, the sequence's queue, the step).
 Follow = tuple[int, int, int, str, StepSpec]
-MayInline = Callable[[StepSpec], bool]
+MayInline = Callable[[StepSpec, str], bool]  # (the step, its sequence's queue)
 
 
 def _inline_policy(context: Execution | None, job: Any, timeout: int, entered: float) -> MayInline:
@@ -166,14 +166,14 @@ def _inline_policy(context: Execution | None, job: Any, timeout: int, entered: f
     """
     limit = settings.INLINE_STEPS
     if not limit or context is None or context.inline is None or job is None:
-        return lambda spec: False
+        return lambda spec, queue: False
     inline, used = context.inline, [0]
 
-    def may(spec: StepSpec) -> bool:
+    def may(spec: StepSpec, queue: str) -> bool:
         if (
             used[0] >= limit
             or time.monotonic() - entered >= settings.INLINE_SECONDS
-            or (spec.cls.queue or job.origin) != job.origin
+            or (spec.cls.queue or queue) != job.origin
             or (spec.cls.timeout or settings.TIMEOUT) > timeout
             or inline.stopping()
         ):
@@ -347,7 +347,7 @@ def _after_commit(
     last = next_index >= len(record.plan)
     follow: Follow | None = None
     next_spec = None if last else cls.step_named(record.plan[next_index])
-    if was == Status.RUNNING and next_spec is not None and may_inline(next_spec):
+    if was == Status.RUNNING and next_spec is not None and may_inline(next_spec, record.queue):
         # Not queued: this job claims it next; the outbox entry covers a crash meanwhile.
         follow = (record.pk, next_index, record.epoch + 1, record.queue, next_spec)
     elif was == Status.RUNNING and not last:

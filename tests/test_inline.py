@@ -18,7 +18,13 @@ from sequence.states import Status
 from sequence.testing import armed, sweep
 from sequence.worker import build_worker
 from testproject.testapp.models import Ledger
-from testproject.testapp.sequences import Arithmetic, Compensating, Napping, ThreeSteps
+from testproject.testapp.sequences import (
+    Arithmetic,
+    Compensating,
+    Napping,
+    QueueHopping,
+    ThreeSteps,
+)
 
 from .conftest import wait_for
 
@@ -30,9 +36,9 @@ def history(seq_id: int) -> list[tuple[str, int, str]]:
     return list(attempts.values_list("step", "attempt", "outcome"))
 
 
-def run_burst() -> tuple[int, int]:
-    """Run the queue dry on a SequenceWorker; return the jobs it finished and failed."""
-    worker = build_worker(["default"])
+def run_burst(*queues: str) -> tuple[int, int]:
+    """Run the queues dry on a SequenceWorker; return the jobs it finished and failed."""
+    worker = build_worker(list(queues or ["default"]))
     outcomes: list[bool] = []
     perform_job = worker.perform_job
 
@@ -158,3 +164,15 @@ def test_a_step_run_inline_gets_its_own_full_timeout():
     seq.refresh()
     assert seq.status == Status.COMPLETED
     assert [outcome for _, _, outcome in history(seq.id)] == ["succeeded", "succeeded"]
+
+
+@override_settings(SEQUENCE_INLINE_STEPS=10)
+def test_a_step_of_another_queue_goes_through_its_queue():
+    seq = QueueHopping.start({})
+    assert get_queue("high").get_job_ids() == [job_id(seq.id, 0, 0)]
+    assert run_burst("high") == (1, 0)  # OnHigh only: the next step is not this queue's
+    assert get_queue("default").get_job_ids() == [job_id(seq.id, 1, 1)]
+    assert run_burst("default") == (1, 0)  # both Hops in one job
+    seq.refresh()
+    assert seq.status == Status.COMPLETED
+    assert seq.data["trail"] == ["OnHigh", "Hop", "Hop"]

@@ -180,3 +180,21 @@ class Nap(Step):
 
 class Napping(Sequence):
     steps = [Nap, Nap]
+
+
+class OnHigh(Step):
+    queue = "high"
+
+    def perform(self) -> None:
+        self.data.setdefault("trail", []).append("OnHigh")
+
+
+class Hop(Step):
+    def perform(self) -> None:
+        self.data.setdefault("trail", []).append("Hop")
+
+
+class QueueHopping(Sequence):
+    """Its first step on the "high" queue, the others on the sequence's queue."""
+
+    steps = [OnHigh, Hop, Hop]
