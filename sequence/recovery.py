@@ -14,38 +14,62 @@ three kinds of rows, each read in bounded batches by id through a partial index:
 Each is re-dispatched under a new epoch, by an update conditional on the epoch (and
 claim) the sweep read, so sweeps running in several processes at once recover a row
 once. Jobs are looked up in Redis with pipelines, a batch at a time.
+
+A sweep runs in every worker's maintenance thread, and what it holds at once the worker
+keeps (freed, it stays with the allocator). So it holds one batch of rows at a time,
+reads only the current step's name of each plan, and keeps of each queue's list only
+the hashes of its job ids: about 13 bytes per queued job, the one thing that grows
+with the sequences in flight besides the ids ``SweepResult.confirmed`` returns.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import BooleanField, Case, ExpressionWrapper, F, Q, QuerySet, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    CharField,
+    ExpressionWrapper,
+    F,
+    Func,
+    Q,
+    QuerySet,
+    When,
+)
 from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
 
 from sequence.conf import settings
+from sequence.definitions import StepSpec, get_sequence_class
 from sequence.dispatch import dispatch, get_queue, job_id
+from sequence.exceptions import UnknownSequence
 from sequence.models import SequenceRecord, StepAttempt, WorkerBeat
 from sequence.states import Outcome, Status
 
 logger = logging.getLogger("sequence")
 
-# Fields the sweep reads; ``data`` is loaded only for a sequence it fails.
+# Fields the sweep reads; ``data`` is loaded only for a sequence it fails. Of the plan
+# only the current step's name is read (``_CurrentStep``): a whole plan is a list of
+# every step's name, which in a batch of rows would cost more than the rest together.
 FIELDS = (
-    "id", "name", "plan", "step_index", "epoch", "queue", "status", "attempt", "recoveries",
+    "id", "name", "step_index", "epoch", "queue", "status", "attempt", "recoveries",
     "claim_token", "claimed_by", "claimed_at", "lease_until", "dispatch_due", "updated_at",
 )  # fmt: skip
 
 # A queue longer than this is not read whole to check that a job is in it; its jobs
 # are then taken to be there when their status says "queued".
 SCAN_LIMIT = 100_000
+
+# Job ids read from a queue's list per LRANGE when the sweep reads it.
+LISTING_CHUNK = 1000
 
 # Seconds a job may sit in RQ's intermediate list (taken by a worker, not started)
 # before the sweep calls it lost.
@@ -119,17 +143,45 @@ def _maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
     )
 
 
+class _CurrentStep(Func):
+    """The name of the row's current step, ``plan[step_index]``, read in the database."""
+
+    # SQLite: JSON_EXTRACT(plan, '$[' || step_index || ']')
+    template = "JSON_EXTRACT(%(expressions)s || ']')"
+    arg_joiner = ", '$[' || "
+    output_field = CharField()
+
+    def __init__(self) -> None:
+        super().__init__(F("plan"), F("step_index"))
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        # plan ->> step_index
+        return self.as_sql(
+            compiler, connection, template="(%(expressions)s)", arg_joiner=" ->> ", **extra
+        )
+
+
+def _read(queryset: QuerySet[SequenceRecord]) -> QuerySet[SequenceRecord]:
+    """The sweep's view of rows: ``FIELDS`` and the current step's name."""
+    return queryset.only(*FIELDS).annotate(current_step_name=_CurrentStep())
+
+
 def _batches(queryset: QuerySet[SequenceRecord], size: int) -> Iterator[list[SequenceRecord]]:
-    """The rows of ``queryset`` in batches of ``size``, by id (keyset, never OFFSET)."""
+    """The rows of ``queryset`` in batches of ``size``, by id (keyset, never OFFSET).
+
+    A batch is emptied when the next one is asked for, so that one batch at a time is in
+    memory however many rows the sweep reads.
+    """
     last = 0
     while True:
-        batch = list(queryset.filter(id__gt=last).only(*FIELDS).order_by("id")[:size])
+        batch = list(_read(queryset.filter(id__gt=last)).order_by("id")[:size])
         if not batch:
             return
         yield batch
         if len(batch) < size:
             return
         last = batch[-1].pk
+        batch.clear()
 
 
 def sweep(grace: float | None = None) -> SweepResult:
@@ -146,29 +198,59 @@ def sweep(grace: float | None = None) -> SweepResult:
             else:
                 reason = f"worker {holder} stopped beating while it ran step {_step(record)}"
             recover(record, result, reason=reason)
-    for batch in _batches(_overdue(grace), size):
-        active = [r for r in batch if r.status in (Status.PENDING, Status.RETRYING)]
-        live = jobs.live(active)
-        # Paused, canceled, finished or claimed (nothing to queue), or queued after all.
-        done = [r for r in batch if r.pk in live or r not in active]
-        result.confirmed.extend(_clear_outbox(done))
-        for record in active:
-            if record.pk not in live:
-                recover(record, result, reason="its next step was never queued")
+    # Lost jobs before overdue entries: an entry the sweep confirms turns its row into
+    # one the lost-job pass reads, so in the other order every confirmed row would be
+    # looked up in Redis twice, or remembered (memory growing with the rows in flight).
     for batch in _batches(_maybe_lost(grace), size):
-        live = jobs.live(batch)
-        for record in batch:
-            if record.pk not in live:
-                recover(record, result, reason="RQ holds no job for its step")
+        _lost_jobs(batch, jobs, result)
+    for batch in _batches(_overdue(grace), size):
+        _overdue_entries(batch, jobs, result)
     WorkerBeat.objects.filter(last_seen__lt=_ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
     if result.redispatched or result.failed or result.released:
         logger.warning("Recovery sweep: %s", result)
     return result
 
 
-def _step(record: SequenceRecord) -> str:
+def _lost_jobs(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult) -> None:
+    live = jobs.live(batch)
+    for record in batch:
+        if record.pk not in live:
+            recover(record, result, reason="RQ holds no job for its step")
+
+
+def _overdue_entries(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult) -> None:
+    active = [r for r in batch if r.status in (Status.PENDING, Status.RETRYING)]
+    live = jobs.live(active)
+    # Paused, canceled, finished or claimed (nothing to queue), or queued after all.
+    done = [r for r in batch if r.pk in live or r not in active]
+    result.confirmed.extend(_clear_outbox(done))
+    for record in active:
+        if record.pk not in live:
+            recover(record, result, reason="its next step was never queued")
+
+
+def _step_name(record: SequenceRecord) -> str | None:
+    """The name of the row's current step: read by the sweep's query, or from the plan."""
+    if hasattr(record, "current_step_name"):
+        name = record.current_step_name
+        return None if name is None else str(name)
     plan = record.plan
-    return str(plan[record.step_index]) if record.step_index < len(plan) else "?"
+    return str(plan[record.step_index]) if record.step_index < len(plan) else None
+
+
+def _step(record: SequenceRecord) -> str:
+    name = _step_name(record)
+    return "?" if name is None else name
+
+
+def _spec(record: SequenceRecord) -> StepSpec | None:
+    """The current definition of the row's current step, if it still exists."""
+    try:
+        cls = get_sequence_class(record.name)
+    except UnknownSequence:
+        return None
+    name = _step_name(record)
+    return None if name is None else cls.step_named(name)
 
 
 def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
@@ -199,7 +281,6 @@ _RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_u
 def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None:
     """Move one stuck row on, if it is still as read: re-dispatch, release or fail it."""
     from sequence.claims import point as _point
-    from sequence.runner import spec_for
 
     lost_claim = record.claim_token is not None
     step = _step(record)
@@ -235,7 +316,7 @@ def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None
         if lost_claim:
             _lost(record, f"{reason}; recovered ({record.recoveries + 1})")
         args = (record.pk, record.step_index, record.epoch + 1, record.queue)
-        spec = spec_for(record.name, record.plan, record.step_index)
+        spec = _spec(record)
 
         def redispatch() -> None:
             _point("sweep_before_dispatch", sequence=args[0], step=args[1], epoch=args[2])
@@ -272,11 +353,9 @@ def recover_claim(sequence_id: int, epoch: int, token: str, *, reason: str) -> S
     was killed calls this with the horse's execution id.
     """
     result = SweepResult()
-    record = (
+    record = _read(
         SequenceRecord.objects.filter(pk=sequence_id, epoch=epoch, claim_token=token)
-        .only(*FIELDS)
-        .first()
-    )
+    ).first()
     if record is not None:
         recover(record, result, reason=reason)
     return result
@@ -295,7 +374,7 @@ def recover_worker(name: str, *, reason: str) -> SweepResult:
 def check_sequence(sequence_id: int, epoch: int, *, reason: str) -> SweepResult:
     """Apply the sweep's dead-claim rule to one sequence now (RQ reported its job abandoned)."""
     result = SweepResult()
-    for record in _dead_claims().filter(pk=sequence_id, epoch=epoch).only(*FIELDS):
+    for record in _read(_dead_claims().filter(pk=sequence_id, epoch=epoch)):
         recover(record, result, reason=reason)
     return result
 
@@ -309,30 +388,24 @@ class LiveJobs:
     """
 
     def __init__(self) -> None:
-        self._listed: dict[str, set[str] | None] = {}
-        # (id, epoch) of rows already found live in this sweep: not looked up twice.
-        self._seen_live: set[tuple[int, int]] = set()
+        self._listed: dict[str, _IdSet | None] = {}
 
     def live(self, records: Iterable[SequenceRecord]) -> set[int]:
-        from sequence.runner import spec_for
-
         groups: dict[tuple[Any, ...], list[tuple[SequenceRecord, Any, str]]] = {}
-        known: set[int] = set()
+        servers: dict[str, tuple[Any, ...]] = {}  # by queue name
         for record in records:
-            if (record.pk, record.epoch) in self._seen_live:
-                known.add(record.pk)
-                continue
-            spec = spec_for(record.name, record.plan, record.step_index)
+            spec = _spec(record)
             queue = get_queue((spec and spec.cls.queue) or record.queue)
-            kwargs = queue.connection.connection_pool.connection_kwargs
-            where = tuple(kwargs.get(k) for k in ("host", "port", "db", "path", "username"))
+            where = servers.get(queue.name)
+            if where is None:
+                kwargs = queue.connection.connection_pool.connection_kwargs
+                where = tuple(kwargs.get(k) for k in ("host", "port", "db", "path", "username"))
+                servers[queue.name] = where
             jid = job_id(record.pk, record.step_index, record.epoch)
             groups.setdefault(where, []).append((record, queue, jid))
-        live = known
+        live: set[int] = set()
         for items in groups.values():
-            found = self._check(items)
-            self._seen_live.update((r.pk, r.epoch) for r, _, _ in items if r.pk in found)
-            live |= found
+            live |= self._check(items)
         return live
 
     def _check(self, items: list[tuple[SequenceRecord, Any, str]]) -> set[int]:
@@ -371,14 +444,28 @@ class LiveJobs:
             live.update(r.pk for (r, _, _), score in zip(scheduled, scores, strict=True) if score)
         return live
 
-    def _listing(self, connection: Any, queue: Any) -> set[str] | None:
-        """The ids waiting in ``queue``, read once per sweep (None: too many to read)."""
+    def _listing(self, connection: Any, queue: Any) -> _IdSet | None:
+        """The ids waiting in ``queue``, read once per sweep (None: too many to read).
+
+        Read a chunk at a time, not atomically: an id that moves up the list while it is
+        read (the jobs ahead of it were taken) can be missed, never invented, and a
+        missed id only costs the second look in ``_queued``.
+        """
         if queue.key not in self._listed:
             with connection.pipeline(transaction=True) as pipe:
                 pipe.llen(queue.key)
-                pipe.lrange(queue.key, 0, SCAN_LIMIT - 1)
+                pipe.lrange(queue.key, 0, LISTING_CHUNK - 1)
                 length, ids = pipe.execute()
-            self._listed[queue.key] = None if length > SCAN_LIMIT else {_text(i) for i in ids}
+            listed = None
+            if length <= SCAN_LIMIT:
+                listed = _IdSet(length)
+                for start in range(0, length, LISTING_CHUNK):
+                    if start:
+                        last = min(length, start + LISTING_CHUNK) - 1
+                        ids = connection.lrange(queue.key, start, last)
+                    for jid in ids:
+                        listed.add(_text(jid))
+            self._listed[queue.key] = listed
         return self._listed[queue.key]
 
     def _queued(self, connection: Any, queued: list[tuple[SequenceRecord, Any, str]]) -> set[int]:
@@ -436,6 +523,36 @@ class LiveJobs:
             for (record, _), seen in zip(taken, first_seen, strict=True)
             if seen is None or now - float(seen) < INTERMEDIATE_GRACE
         }
+
+
+class _IdSet:
+    """Strings (a queue's job ids) kept as their 64-bit hashes in one flat array.
+
+    About 13 bytes per id where a ``set`` of ``str`` takes about 100: the sweep reads a
+    whole queue, and a set would make the worker's memory grow with the jobs queued (up
+    to SCAN_LIMIT), in the maintenance thread that never gives it back. Two ids with
+    equal hashes (Python's string hash, keyed per process) would make a lost job look
+    queued; even at SCAN_LIMIT the odds are below one in a billion per sweep.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        # Open addressing with linear probing, at most 60% full; 0 marks a free slot.
+        self._slots = array("q", [0]) * max(8, capacity * 5 // 3 + 1)
+
+    def _find(self, h: int) -> int:
+        slots, size = self._slots, len(self._slots)
+        i = h % size
+        while slots[i] and slots[i] != h:
+            i = (i + 1) % size
+        return i
+
+    def add(self, item: str) -> None:
+        h = hash(item) or 1
+        self._slots[self._find(h)] = h
+
+    def __contains__(self, item: object) -> bool:
+        h = hash(item) or 1
+        return self._slots[self._find(h)] == h
 
 
 def _text(value: Any) -> str:
