@@ -227,6 +227,10 @@ class Maintenance(threading.Thread):
                     next_sweep = time.monotonic() + self.sweep_interval
                     if self._my_turn():
                         self._guard("recovery sweep", _sweep)
+                        # A sweep's statements differ in shape (IN lists of any length)
+                        # and SQLite's driver keeps each one prepared, 128 per connection:
+                        # closing drops them, and the page cache the sweep filled.
+                        connection.close()
         finally:
             connection.close()
 

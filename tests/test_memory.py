@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import tracemalloc
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from rq import Queue
 
-from sequence import recovery
+from sequence import recovery, worker
 from sequence.dispatch import ENTRY_POINT, get_queue, job_id
 from sequence.models import SequenceRecord
 from testproject.testapp.faults import FaultChain
@@ -133,3 +135,27 @@ def test_a_queue_listing_is_exact_and_small():
     assert not any(job_id(n, 0, 5) in listing for n in range(20_000))
     # 8 bytes a slot, at most 60% full; a set of these strings takes about 100 per id.
     assert sys.getsizeof(listing._slots) < 14 * len(ids)
+
+
+def test_the_maintenance_thread_opens_a_new_connection_after_a_sweep(monkeypatch):
+    """Each sweep leaves SQLite's driver a prepared statement per shape of IN list (it
+    keeps 128 per connection): they must not pile up over a worker's life."""
+    raw = []
+    done = threading.Event()
+
+    def sweep() -> None:
+        SequenceRecord.objects.filter(pk__in=list(range(len(raw) + 1))).count()
+        raw.append(connection.connection)  # this thread's driver connection
+        if len(raw) == 2:
+            done.set()
+
+    monkeypatch.setattr(worker, "_sweep", sweep)
+    maintenance = worker.Maintenance("memory-test", heartbeat=0, sweep_interval=0.05, lock=None)
+    monkeypatch.setattr(maintenance, "_my_turn", lambda: True)
+    maintenance.start()
+    try:
+        assert done.wait(10)
+    finally:
+        maintenance.stopped.set()
+        maintenance.join(10)
+    assert raw[0] is not raw[1]
