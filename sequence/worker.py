@@ -256,9 +256,19 @@ def _schedules() -> None:
     run_due()
 
 
+# KiB of SQLite page cache the maintenance thread's connection may keep (default 2,000).
+SWEEP_PAGE_CACHE = 256
+
+
 def _sweep() -> None:
     from sequence.recovery import sweep
 
+    if connection.vendor == "sqlite":
+        # The sweep reads each page once per batch, and SQLite empties a connection's page
+        # cache whenever another connection wrote since its last read (every step does).
+        # A full default cache would only stay behind with this thread's allocator.
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA cache_size = -{SWEEP_PAGE_CACHE}")
     sweep()
 
 

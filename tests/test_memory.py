@@ -159,3 +159,21 @@ def test_the_maintenance_thread_opens_a_new_connection_after_a_sweep(monkeypatch
         maintenance.stopped.set()
         maintenance.join(10)
     assert raw[0] is not raw[1]
+
+
+def test_the_maintenance_thread_sweeps_with_a_small_sqlite_page_cache():
+    """The default 2 MB cache, filled by one sweep, would stay with the thread's malloc
+    arena (bench/: about 2 MB of a worker's growth with 10,000 sequences in flight)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's page cache")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA cache_size")
+        (before,) = cursor.fetchone()
+    try:
+        worker._sweep()
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA cache_size")
+            assert cursor.fetchone() == (-worker.SWEEP_PAGE_CACHE,)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA cache_size = {int(before)}")
