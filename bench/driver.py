@@ -53,7 +53,9 @@ def say(message: str) -> None:
 class Pool:
     """``n`` worker processes of one kind on one queue."""
 
-    def __init__(self, kind: str, impl: str, n: int, out: Path) -> None:
+    def __init__(
+        self, kind: str, impl: str, n: int, out: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.kind, self.impl, self.n = kind, impl, n
         self.queue = f"bench-{impl}"
         self.log = out / f"worker-{connection.vendor}-{kind}-{impl}-{n}.log"
@@ -62,7 +64,7 @@ class Pool:
         self.procs = [
             procs.spawn(
                 [procs.python(), "-m", "bench.worker", kind, jobs_kind, self.queue],
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **inline),
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **inline, **(env or {})),
                 log=self.log,
             )
             for _ in range(n)
@@ -240,6 +242,9 @@ def matrix(
                     pool.stop()
 
 
+SCALE_SWEEPS = {"SEQUENCE_RECOVER_INTERVAL": "10", "SEQUENCE_DISPATCH_GRACE": "5"}
+
+
 def reset_state() -> None:
     """Empty the sequence tables and the bench's Redis database (no worker is running)."""
     with connection.cursor() as cursor:
@@ -255,7 +260,10 @@ def scale(
     windows = plan["scale_windows"]
     for in_flight, measured in plan["scale"]:
         reset_state()
-        pool = Pool("recommended", "c", 1, out)
+        # Sweeps with work inside the measured window (every 10 s, any outbox entry older
+        # than 5 s), so the memory figure includes them: a sweep reads every sequence in
+        # flight, a step only its own.
+        pool = Pool("recommended", "c", 1, out, env=SCALE_SWEEPS)
         try:
             with phases(f"scale {in_flight:,}: start worker, seed"):
                 run = f"r{next(_runs)}"

@@ -330,7 +330,10 @@ def scale_section(results: dict[str, Any], targets: Targets) -> list[str]:
         "while the measured steps run. Per-step cost: the time between consecutive step "
         f"starts, over {plan['scale_windows']} consecutive windows of the measured steps "
         "(median, min-max). Memory: the worker's resident set when it was parked at the "
-        "gate (after one step), once warm, and after the measured steps.",
+        "gate (after one step), once warm, and after the measured steps. The worker runs "
+        "the recovery sweep every 10 s with a 5 s grace (SEQUENCE_RECOVER_INTERVAL, "
+        "SEQUENCE_DISPATCH_GRACE), so sweeps over every sequence in flight fall inside "
+        "the measured steps and count in the memory figures.",
         "",
         "| database | in flight | steps measured | ms per step | vs fewest in flight "
         "| worker CPU ms per step | RSS before | RSS warm | RSS after | growth "
