@@ -533,8 +533,9 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
     block = [
         README_START,
         "`sequence` as a multiple of the hand-written chain, on the same worker class and "
-        "database in one run ([bench/RESULTS.md](bench/RESULTS.md) has the spreads, the "
-        "targets and the machine):",
+        "database in one run; the last column is `sequence` with inline steps as a "
+        "multiple of Celery's chain ([bench/RESULTS.md](bench/RESULTS.md) has the "
+        "spreads, the targets and the machine):",
         "",
         *headline(results),
         README_END,
