@@ -8,7 +8,8 @@ The statements on every step's path are hand-written SQL. The claim needs the ro
 from its ``UPDATE`` (``RETURNING``), which ``QuerySet.update()`` does not give, and on
 PostgreSQL it skips the WAL flush. Building the commit's ``UPDATE`` and the history
 ``INSERT`` through the ORM cost about 1 ms of CPU per step (py-spy, bench/), the largest
-share of sequence's own work in a step. The rarer paths (a step paused or canceled while
+share of sequence's own work in a step; on PostgreSQL the two are one statement. The
+rarer paths (a step paused or canceled while
 it ran, the heartbeat, a release) use the ORM.
 
 The test points are here too, since both this module and the runner pass them

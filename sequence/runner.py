@@ -5,7 +5,7 @@ whose step or epoch no longer matches the row is stale and ends quietly, so RQ m
 deliver a job any number of times and a step is still recorded once.
 
 A step costs three statements: the claim, the commit and the attempt's history row (in
-the commit's transaction). The next job is queued after the commit; its outbox entry is
+the commit's transaction; one statement with the commit on PostgreSQL). The next job is queued after the commit; its outbox entry is
 cleared by that job's claim, or by the sweep once it sees the job in RQ.
 
 This module decides what happens when; the statements themselves (the claim, the
