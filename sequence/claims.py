@@ -227,38 +227,17 @@ def commit(claim: Claim, data: dict[str, Any]) -> str:
     """Save the data and move to the next step; return the status it moved from.
 
     Conditional on the claim (epoch and token), on its lease and on the step's deadline,
-    all read from the database's clock when the statement runs.
+    all read from the database's clock when the statement runs. It joins the caller's
+    transaction (an ``atomic`` step's), or makes its own.
     """
-    last = claim.record.step_index + 1 >= len(claim.record.plan)
-    if _ONE_STATEMENT.get(connection.vendor, False):
-        if _commit_running(claim, data, last=last, history=True):
-            claim.settled = True
-            return Status.RUNNING
-    elif _commit_running(claim, data, last=last):
-        record_attempt(claim, Outcome.SUCCEEDED)
+    if _commit_running(claim, data):
         claim.settled = True
         return Status.RUNNING
-    _commit_held(claim, data)
-    record_attempt(claim, Outcome.SUCCEEDED)
+    with transaction.atomic(savepoint=False):
+        _commit_held(claim, data)
+        record_attempt(claim, Outcome.SUCCEEDED)
     claim.settled = True
     return Status.PAUSED
-
-
-# Backends that write the commit and its history row in one statement (a data-modifying
-# WITH, which SQLite does not have): there a step's usual commit needs no transaction
-# block around it, one round trip instead of four.
-_ONE_STATEMENT = {"postgresql": True}
-
-
-def _commit_alone(claim: Claim, data: dict[str, Any]) -> str:
-    """``commit`` in a transaction of its own: on PostgreSQL usually one statement."""
-    if _ONE_STATEMENT.get(connection.vendor, False) and not connection.in_atomic_block:
-        last = claim.record.step_index + 1 >= len(claim.record.plan)
-        if _commit_running(claim, data, last=last, history=True):
-            claim.settled = True
-            return Status.RUNNING
-    with transaction.atomic():
-        return commit(claim, data)
 
 
 def _commit_held(claim: Claim, data: dict[str, Any]) -> None:
@@ -315,7 +294,7 @@ def commit_result(claim: Claim, data: dict[str, Any]) -> str:
     was lost), the step's history row says so and the job carries on from there.
     """
     try:
-        moved = _commit_alone(claim, data)
+        moved = commit(claim, data)
         point("commit_ack", claim)
         return moved
     except (OperationalError, InterfaceError):
@@ -327,7 +306,7 @@ def commit_result(claim: Claim, data: dict[str, Any]) -> str:
         )  # fmt: skip
         connection.close()
     try:
-        return _commit_alone(claim, data)
+        return commit(claim, data)
     except StepFenced:
         record = claim.record
         done = StepAttempt.objects.filter(
@@ -345,17 +324,18 @@ def commit_result(claim: Claim, data: dict[str, Any]) -> str:
         return Status.PAUSED
 
 
-def _commit_running(
-    claim: Claim, data: dict[str, Any], *, last: bool, history: bool = False
-) -> bool:
-    """The usual commit of a running step, as one hand-written statement.
+def _commit_running(claim: Claim, data: dict[str, Any]) -> bool:
+    """The usual commit of a running step, with its history row; False if not running.
 
-    The same conditions and changes as the ORM updates in ``commit``; written out
+    The same conditions and changes as the ORM update in ``_commit_held``, written out
     because building them through the ORM cost about 1 ms of CPU per step (py-spy,
-    bench/), the largest share of sequence's own work in a step. With ``history`` the
-    same statement inserts the step's history row, for the row it moved (if any).
+    bench/), the largest share of sequence's own work in a step. On PostgreSQL the
+    history row is inserted by the same statement (a data-modifying ``WITH``), which
+    needs no transaction block: one round trip. SQLite has no such ``WITH``: there it is
+    an ``UPDATE`` and an ``INSERT`` in one transaction.
     """
     record = claim.record
+    last = record.step_index + 1 >= len(record.plan)
     table = connection.ops.quote_name(SequenceRecord._meta.db_table)
     now = _now_sql()
     deadline, deadline_args = "", list[Any]()
@@ -381,13 +361,21 @@ def _commit_running(
         record.step_index + 1, record.epoch + 1,
         record.pk, record.epoch, claim.token, Status.RUNNING, *deadline_args,
     ]  # fmt: skip
-    if history:
+    if connection.vendor == "postgresql":
         insert, fields = _attempt_insert(select_from="moved")
-        sql = f"WITH moved AS ({sql} RETURNING id) {insert}"
-        params += _attempt_params(claim, fields, Outcome.SUCCEEDED)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return bool(cursor.rowcount)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH moved AS ({sql} RETURNING id) {insert}",
+                params + _attempt_params(claim, fields, Outcome.SUCCEEDED),
+            )
+            return bool(cursor.rowcount)
+    with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            if not cursor.rowcount:
+                return False
+        record_attempt(claim, Outcome.SUCCEEDED)
+    return True
 
 
 @cache
