@@ -52,6 +52,11 @@ class Retry:
             return cls(max=value)
         return cls(**value)
 
+    def after_first(self) -> tuple[int, Retry]:
+        """The wait before the first retry, and what is left to retry after it."""
+        intervals = list(self.interval)  # type: ignore[arg-type]
+        return intervals[0], Retry(max=self.max - 1, interval=intervals[1:] or intervals)
+
     def to_rq(self) -> rq.Retry | None:
         """The RQ Retry that waits as documented above."""
         from rq import Retry as RQRetry
@@ -194,6 +199,16 @@ def get_sequence_class(name: str) -> type[Sequence]:
             f"No sequence is registered as {name!r}; known: {sorted(_registry)!r}. "
             "Is its app installed, and is it defined in the app's sequences.py?"
         ) from None
+
+
+def find_step(sequence_name: str, step_name: str | None) -> StepSpec | None:
+    """The current definition of a sequence's step, if both still exist."""
+    if step_name is None:
+        return None
+    try:
+        return get_sequence_class(sequence_name).step_named(step_name)
+    except UnknownSequence:
+        return None
 
 
 def registered() -> dict[str, type[Sequence]]:

@@ -103,19 +103,16 @@ def enqueue_step(
     delay: int = 0,
 ) -> None:
     """Queue one step job. Safe to repeat: the job id names the step and epoch."""
-    cls = spec.cls if spec is not None else None
-    if retry is None:
-        retry = Retry.coerce(cls.retry if cls and cls.retry is not None else settings.RETRY)
-    rq_queue = get_queue((cls and cls.queue) or queue)
+    rq_queue = get_queue((spec and spec.cls.queue) or queue)
     options: dict[str, Any] = {
         "args": (sequence_id, step_index, epoch),
         "job_id": job_id(sequence_id, step_index, epoch),
-        "retry": retry.to_rq(),
+        "retry": (retry or retry_of(spec)).to_rq(),
         "result_ttl": settings.RESULT_TTL,
         "description": f"sequence {sequence_id} step {step_index}",
         "on_failure": Callback(FAILURE_CALLBACK),
     }
-    timeout = (cls and cls.timeout) or settings.TIMEOUT
+    timeout = timeout_of(spec)
     if delay:
         rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
     else:
@@ -130,11 +127,19 @@ def enqueue_retry(
     The job gets what RQ would have left after that attempt: the first interval as its
     delay, and the remaining retries with the remaining intervals.
     """
-    cls = spec.cls if spec is not None else None
-    retry = Retry.coerce(cls.retry if cls and cls.retry is not None else settings.RETRY)
-    intervals = list(retry.interval)  # type: ignore[arg-type]
-    rest = Retry(max=retry.max - 1, interval=intervals[1:] or intervals)
-    enqueue_step(sequence_id, step_index, epoch, queue, spec, retry=rest, delay=intervals[0])
+    delay, rest = retry_of(spec).after_first()
+    enqueue_step(sequence_id, step_index, epoch, queue, spec, retry=rest, delay=delay)
+
+
+def retry_of(spec: StepSpec | None) -> Retry:
+    """The step's retries: its own ``retry``, else ``SEQUENCE_RETRY``."""
+    own = spec.cls.retry if spec is not None else None
+    return Retry.coerce(own if own is not None else settings.RETRY)
+
+
+def timeout_of(spec: StepSpec | None) -> int:
+    """The step's timeout in seconds: its own ``timeout``, else ``SEQUENCE_TIMEOUT``."""
+    return (spec and spec.cls.timeout) or settings.TIMEOUT
 
 
 def dispatch(

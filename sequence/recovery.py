@@ -48,9 +48,8 @@ from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
 
 from sequence.conf import settings
-from sequence.definitions import StepSpec, get_sequence_class
+from sequence.definitions import StepSpec, find_step
 from sequence.dispatch import dispatch, get_queue, job_id
-from sequence.exceptions import UnknownSequence
 from sequence.models import SequenceRecord, StepAttempt, WorkerBeat
 from sequence.states import Outcome, Status
 
@@ -245,12 +244,7 @@ def _step(record: SequenceRecord) -> str:
 
 def _spec(record: SequenceRecord) -> StepSpec | None:
     """The current definition of the row's current step, if it still exists."""
-    try:
-        cls = get_sequence_class(record.name)
-    except UnknownSequence:
-        return None
-    name = _step_name(record)
-    return None if name is None else cls.step_named(name)
+    return find_step(record.name, _step_name(record))
 
 
 def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
