@@ -5,8 +5,9 @@ whose step or epoch no longer matches the row is stale and ends quietly, so RQ m
 deliver a job any number of times and a step is still recorded once.
 
 A step costs three statements: the claim, the commit and the attempt's history row (in
-the commit's transaction; one statement with the commit on PostgreSQL). The next job is queued after the commit; its outbox entry is
-cleared by that job's claim, or by the sweep once it sees the job in RQ.
+the commit's transaction; on PostgreSQL one statement with the commit). The next job is
+queued after the commit; its outbox entry is cleared by that job's claim, or by the
+sweep once it sees the job in RQ.
 
 This module decides what happens when; the statements themselves (the claim, the
 heartbeat, the commit, the history row, the release) are in ``sequence.claims``.
@@ -38,8 +39,8 @@ from sequence.claims import orphans as orphans
 from sequence.claims import release_orphans as release_orphans
 from sequence.claims import test_points as test_points
 from sequence.conf import settings
-from sequence.definitions import Retry, Sequence, StepSpec, get_sequence_class
-from sequence.dispatch import dispatch, enqueue_retry
+from sequence.definitions import Sequence, StepSpec, find_step, get_sequence_class
+from sequence.dispatch import dispatch, enqueue_retry, retry_of, timeout_of
 from sequence.exceptions import InvalidData, StepDeadlineExceeded, StepFenced, UnknownSequence
 from sequence.masking import mask_text
 from sequence.models import SequenceRecord, StepAttempt
@@ -85,11 +86,7 @@ job_timeout = _Timeout()
 
 def spec_for(name: str, plan: list[str], index: int) -> StepSpec | None:
     """The current definition of step ``index`` of a stored plan, if it still exists."""
-    try:
-        cls = get_sequence_class(name)
-    except UnknownSequence:
-        return None
-    return cls.step_named(plan[index]) if index < len(plan) else None
+    return find_step(name, plan[index] if index < len(plan) else None)
 
 
 def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
@@ -134,10 +131,11 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
             return
     if timeout > 0 and job is not None and job.started_at is not None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
-    may_inline = _inline_policy(context, job, timeout, entered)
+    inline = context.inline if context is not None else None
+    may_inline = _inline_policy(inline, job, timeout, entered)
     follow = _run_guarded(claim, retries_left, may_inline)
-    while follow is not None and context is not None and context.inline is not None:
-        follow = _run_inline(follow, worker, token, context.inline, may_inline)
+    while follow is not None and inline is not None:
+        follow = _run_inline(follow, worker, token, inline, may_inline)
 
 
 def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
@@ -157,24 +155,28 @@ Follow = tuple[int, int, int, str, StepSpec]
 MayInline = Callable[[StepSpec, str], bool]  # (the step, its sequence's queue)
 
 
-def _inline_policy(context: Execution | None, job: Any, timeout: int, entered: float) -> MayInline:
+def _inline_policy(inline: Inline | None, job: Any, timeout: int, entered: float) -> MayInline:
     """Whether the job may run a due step itself rather than queue it (``INLINE_STEPS``).
 
     Only in a worker that lends the means (``SequenceWorker``), for steps of the job's
-    own queue whose timeout fits the job's (RQ's registries count on it), while the
-    worker is not stopping, up to INLINE_STEPS steps and INLINE_SECONDS into the job.
+    own queue whose timeout fits the job's (RQ's registries count on it) and that have
+    retries (the last attempt is always an RQ job's), while the worker is not stopping,
+    up to INLINE_STEPS steps and INLINE_SECONDS into the job.
     """
     limit = settings.INLINE_STEPS
-    if not limit or context is None or context.inline is None or job is None:
+    if not limit or inline is None or job is None:
         return lambda spec, queue: False
-    inline, used = context.inline, [0]
+    used = [0]
 
     def may(spec: StepSpec, queue: str) -> bool:
         if (
             used[0] >= limit
             or time.monotonic() - entered >= settings.INLINE_SECONDS
             or (spec.cls.queue or queue) != job.origin
-            or (spec.cls.timeout or settings.TIMEOUT) > timeout
+            or timeout_of(spec) > timeout
+            # Its one attempt would fail for good outside an RQ job of its own, leaving
+            # nothing in RQ's failed registry to requeue.
+            or retry_of(spec).max == 0
             or inline.stopping()
         ):
             return False
@@ -193,7 +195,7 @@ def _run_inline(
     recorded as any other, and its retries are queued as the job RQ would have left.
     """
     sequence_id, index, epoch, queue, spec = follow
-    timeout = spec.cls.timeout or settings.TIMEOUT
+    timeout = timeout_of(spec)
     job_timeout.fired = False
     inline.rearm(timeout)
     entered = time.monotonic()
@@ -206,9 +208,8 @@ def _run_inline(
     if claim is None:
         return None  # paused, canceled or taken meanwhile: nothing of ours is due
     claim.wall_deadline = time.time() + timeout
-    retry = spec.cls.retry if spec.cls.retry is not None else settings.RETRY
     try:
-        return _run_guarded(claim, Retry.coerce(retry).max, may_inline)
+        return _run_guarded(claim, retry_of(spec).max, may_inline)
     except Exception:
         logger.warning(
             "Sequence %s step %s failed inline%s.", sequence_id, index,

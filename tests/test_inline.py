@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 from django.test import override_settings
+from rq.registry import FailedJobRegistry
 
 from sequence.dispatch import get_queue, job_id
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
 from sequence.testing import armed, sweep
 from sequence.worker import build_worker
-from testproject.testapp.models import Ledger
+from testproject.testapp.faults import FixableChain
+from testproject.testapp.models import Ledger, Payment
 from testproject.testapp.sequences import (
     Arithmetic,
     Compensating,
@@ -176,3 +178,20 @@ def test_a_step_of_another_queue_goes_through_its_queue():
     seq.refresh()
     assert seq.status == Status.COMPLETED
     assert seq.data["trail"] == ["OnHigh", "Hop", "Hop"]
+
+
+@override_settings(SEQUENCE_INLINE_STEPS=10)
+def test_a_step_without_retries_runs_in_a_job_of_its_own_so_it_can_be_requeued():
+    seq = FixableChain.start({})
+    # Work runs in the first job; FailsUntilFixed (Retry(max=0)) fails in its own job.
+    assert run_burst() == (1, 1)
+    record = SequenceRecord.objects.get(pk=seq.id)
+    assert (record.status, record.step_index) == (Status.FAILED, 1)
+    registry = FailedJobRegistry(queue=get_queue("default"))
+    failed_job = job_id(seq.id, 1, record.epoch)
+    assert failed_job in registry.get_job_ids()
+    Payment.objects.create(key=f"fix:{seq.id}", seq_id=seq.id, step="fix")
+    registry.requeue(failed_job)  # what the django-rq dashboard and `rq requeue` do
+    run_burst()
+    seq.refresh()
+    assert seq.status == Status.COMPLETED
