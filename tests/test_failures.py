@@ -156,17 +156,22 @@ def _lose_connection(context: object) -> None:
         raise OperationalError("disk I/O error (simulated lost connection)")
 
 
+def assert_first_step_recorded_once(seq_id: int) -> None:
+    """Step A of a ThreeSteps ran once, is recorded once, and B is due."""
+    record = SequenceRecord.objects.get(pk=seq_id)
+    assert (record.step_index, record.status) == (1, Status.PENDING)
+    attempts = StepAttempt.objects.filter(sequence_id=seq_id)
+    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+    assert ledger(seq_id) == ["A"]
+
+
 def test_a_connection_lost_at_the_claim_is_claimed_on_a_fresh_one(tmp_path):
     seq = ThreeSteps.start({})
     get_queue("default").empty()
     connection.ensure_connection()
     with armed("before_claim", _lose_connection, sequence=seq.id, once=str(tmp_path / "lost")):
         deliver(seq.id, 0, 0)
-    record = SequenceRecord.objects.get(pk=seq.id)
-    assert (record.step_index, record.status) == (1, Status.PENDING)
-    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
-    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
-    assert ledger(seq.id) == ["A"]
+    assert_first_step_recorded_once(seq.id)
 
 
 def test_a_claim_that_cannot_reach_the_database_does_not_spend_a_retry():
@@ -198,10 +203,7 @@ def test_a_claim_whose_acknowledgement_was_lost_is_taken_again_by_the_same_job()
     deliver(seq.id, 0, 0, token="execution-2")  # another job: the step is not its to take
     assert SequenceRecord.objects.get(pk=seq.id).status == Status.RUNNING
     deliver(seq.id, 0, 0, token="execution-1")  # the same execution, on a fresh connection
-    record = SequenceRecord.objects.get(pk=seq.id)
-    assert (record.step_index, record.status) == (1, Status.PENDING)
-    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
-    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+    assert_first_step_recorded_once(seq.id)
 
 
 def test_a_commit_whose_acknowledgement_was_lost_carries_on_without_the_sweep():
@@ -211,12 +213,8 @@ def test_a_commit_whose_acknowledgement_was_lost_carries_on_without_the_sweep():
     # The commit is durable, but the worker sees its connection fail.
     with armed("commit_ack", "error", sequence=seq.id, step=0):
         deliver(seq.id, 0, 0)
-    record = SequenceRecord.objects.get(pk=seq.id)
-    assert (record.step_index, record.status) == (1, Status.PENDING)
-    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
-    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
+    assert_first_step_recorded_once(seq.id)
     assert queue.get_job_ids() == [job_id(seq.id, 1, 1)]  # queued now, not by a later sweep
-    assert ledger(seq.id) == ["A"]
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates a PostgreSQL backend")
@@ -225,8 +223,4 @@ def test_a_finished_step_whose_connection_died_commits_on_a_fresh_one(tmp_path):
     get_queue("default").empty()
     with armed("before_commit", _lose_connection, sequence=seq.id, once=str(tmp_path / "x")):
         deliver(seq.id, 0, 0)
-    record = SequenceRecord.objects.get(pk=seq.id)
-    assert (record.step_index, record.status) == (1, Status.PENDING)
-    attempts = StepAttempt.objects.filter(sequence_id=seq.id)
-    assert list(attempts.values_list("attempt", "outcome")) == [(1, "succeeded")]
-    assert ledger(seq.id) == ["A"]  # the body ran once
+    assert_first_step_recorded_once(seq.id)  # the body ran once
