@@ -34,6 +34,11 @@ logger = logging.getLogger("sequence")
 # Redis key that lets one worker in the fleet sweep per interval.
 SWEEP_LOCK = "sequence:sweep-lock"
 
+# Held by the maintenance thread while it works, and by the forking worker around each
+# fork: a work-horse forked while that thread is inside a database driver or SQLite
+# would inherit a mutex no thread of its own will release, and hang at its first query.
+fork_guard = threading.Lock()
+
 
 class DeadlineDeathPenalty(UnixSignalDeathPenalty):
     """RQ's job timeout, which also tells the runner it fired (a step may swallow it)."""
@@ -97,8 +102,11 @@ class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
     def fork_work_horse(self, job: Any, queue: Any) -> None:
         # A database connection must not cross a fork: the horse would share the
         # parent's socket or SQLite handle. Each side opens its own when it needs one.
-        connections.close_all()
-        super().fork_work_horse(job, queue)
+        # The horse never returns from here (RQ ends it with os._exit), so only the
+        # parent releases the guard.
+        with fork_guard:
+            connections.close_all()
+            super().fork_work_horse(job, queue)
 
     def handle_work_horse_killed(self, job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
         """Take the dead horse's step back at once, fenced by the horse's claim token."""
@@ -210,29 +218,36 @@ class Maintenance(threading.Thread):
         self.schedules = any(cls.schedules for cls in registered().values())
 
     def run(self) -> None:
-        from sequence import runner
-
         tick = min(x for x in (self.heartbeat, self.sweep_interval, 5.0) if x > 0)
         next_sweep = time.monotonic() + min(self.sweep_interval, tick)
         try:
             while not self.stopped.wait(tick):
-                close_old_connections()
-                if self.heartbeat:
-                    self._guard("liveness beat", beat, self.worker_name)
-                if runner.orphans:
-                    self._guard("releasing orphaned claims", runner.release_orphans)
-                if self.schedules:
-                    self._guard("cron schedules", _schedules)
-                if self.sweep_interval and time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + self.sweep_interval
-                    if self._my_turn():
-                        self._guard("recovery sweep", _sweep)
-                        # A sweep's statements differ in shape (IN lists of any length)
-                        # and SQLite's driver keeps each one prepared, 128 per connection:
-                        # closing drops them, and the page cache the sweep filled.
-                        connection.close()
+                with fork_guard:
+                    next_sweep = self._tick(next_sweep)
         finally:
-            connection.close()
+            with fork_guard:
+                connection.close()
+
+    def _tick(self, next_sweep: float) -> float:
+        """One round of the thread's work; returns when the next sweep is due."""
+        from sequence import runner
+
+        close_old_connections()
+        if self.heartbeat:
+            self._guard("liveness beat", beat, self.worker_name)
+        if runner.orphans:
+            self._guard("releasing orphaned claims", runner.release_orphans)
+        if self.schedules:
+            self._guard("cron schedules", _schedules)
+        if self.sweep_interval and time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + self.sweep_interval
+            if self._my_turn():
+                self._guard("recovery sweep", _sweep)
+                # A sweep's statements differ in shape (IN lists of any length) and
+                # SQLite's driver keeps each one prepared, 128 per connection: closing
+                # drops them, and the page cache the sweep filled.
+                connection.close()
+        return next_sweep
 
     def _guard(self, what: str, function: Any, *args: Any) -> None:
         try:
