@@ -26,7 +26,7 @@ def main() -> None:
 
     import bench.app.jobs
     import sequence.runner  # noqa: F401 - imported up front, as a long-lived worker has
-    from sequence.dispatch import SequenceJob
+    from sequence.jobs import SequenceJob
     from sequence.worker import SequenceWorker
 
     if kind == "recommended" and jobs == "sequence":

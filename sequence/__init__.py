@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from sequence.definitions import Retry, Schedule, Sequence, Step
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from sequence.exceptions import (
     ConfigurationError,
+    Fail,
     InvalidData,
     InvalidTransition,
     SequenceCanceled,
@@ -14,8 +17,23 @@ from sequence.exceptions import (
     UnknownSequence,
 )
 
+if TYPE_CHECKING:
+    from sequence.definitions import Schedule, Step
+    from sequence.handle import Sequence
+    from sequence.retry import Retry
+
+# Names whose modules use the models: imported on first use, so that importing the
+# package (as Django does while it loads apps) never imports the models.
+_LAZY = {
+    "Retry": "sequence.retry",
+    "Schedule": "sequence.definitions",
+    "Step": "sequence.definitions",
+    "Sequence": "sequence.handle",
+}
+
 __all__ = [
     "ConfigurationError",
+    "Fail",
     "InvalidData",
     "InvalidTransition",
     "Retry",
@@ -28,3 +46,12 @@ __all__ = [
     "Step",
     "UnknownSequence",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sequence' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

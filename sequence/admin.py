@@ -22,7 +22,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from sequence import display, timeline, transitions
+from sequence import display, steering, timeline
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.masking import MASK, mask_data, mask_text, unmask_data
 from sequence.models import SequenceRecord, StepAttempt
@@ -72,7 +72,7 @@ class NameFilter(admin.SimpleListFilter):
     parameter_name = "name"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        from sequence.definitions import registered
+        from sequence.registry import registered
 
         return [(name, name) for name in sorted(registered())]
 
@@ -188,8 +188,8 @@ class SequenceAdmin(ModelAdmin):
 
     @admin.display(description=_("progress"))
     def progress_bar(self, record: SequenceRecord) -> str:
-        done, total = record.steps_done, record.total_steps
-        percent = 100 if total == 0 else done * 100 // total
+        progress = record.progress
+        done, total, percent = progress.done, progress.total, progress.percent
         return format_html(
             '<span class="seq-meter"><span class="seq-progress seq-status-{}" role="progressbar" '
             'aria-valuemin="0" aria-valuemax="{}" aria-valuenow="{}" title="{} of {} steps done">'
@@ -244,7 +244,7 @@ class SequenceAdmin(ModelAdmin):
         for pk in ids:
             before = queryset.model.objects.filter(pk=pk).values_list("status", flat=True).first()
             try:
-                record = transitions.ACTIONS[action](pk)
+                record = steering.ACTIONS[action](pk)
             except (InvalidTransition, UnknownSequence, InvalidData) as exc:
                 refused.append(str(exc))
                 continue
@@ -369,9 +369,7 @@ class SequenceAdmin(ModelAdmin):
             "progress": display.plan_steps(record),
             "done": record.steps_done,
             "total": record.total_steps,
-            "percent": 100
-            if not record.total_steps
-            else record.steps_done * 100 // record.total_steps,
+            "percent": record.progress.percent,
             "duration": display.format_duration(display.duration(record)),
             "data_json": json.dumps(
                 mask_data(record.data), indent=2, ensure_ascii=False, sort_keys=True
@@ -407,7 +405,7 @@ class SequenceAdmin(ModelAdmin):
             raise PermissionDenied
         before = record.status
         try:
-            record = transitions.ACTIONS[action](record.pk)
+            record = steering.ACTIONS[action](record.pk)
         except (InvalidTransition, UnknownSequence, InvalidData) as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
@@ -451,7 +449,7 @@ class SequenceAdmin(ModelAdmin):
             if form.is_valid():
                 edited = unmask_data(form.cleaned_data["sequence_data"], record.data)
                 try:
-                    record = transitions.retry(
+                    record = steering.retry(
                         record.pk, edited, replace=True, epoch=form.cleaned_data["epoch"]
                     )
                 except (InvalidTransition, InvalidData) as exc:
@@ -503,7 +501,7 @@ def _when(moment: datetime | None) -> str:
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',
         local.isoformat(),
-        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        display.local_time(moment, zone=True),
         short,
     )
 

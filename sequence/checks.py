@@ -1,15 +1,26 @@
-"""System checks with stable ids; each hint names the fix."""
+"""System checks with stable ids; each hint names the fix.
+
+``sequence.E001`` to ``E003`` check the installation, ``E101`` to ``E103`` the settings
+the reliability guarantees depend on; they run with every command. The Redis check
+(``sequence.W101``) talks to Redis, so it runs with ``manage.py check --deploy``, and
+``sequence worker`` logs its findings when it starts.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings as django_settings
-from django.core.checks import CheckMessage, Error, Tags, Warning
+from django.core.checks import WARNING, CheckMessage, Error, Info, Tags, Warning
 from django.core.checks import register as add_check
 
 from sequence.conf import settings
+from sequence.dispatch import get_queue, server_of
+from sequence.registry import registered
+
+logger = logging.getLogger("sequence")
 
 
 def register() -> None:
@@ -17,15 +28,13 @@ def register() -> None:
     add_check(check_queues)
     add_check(check_serializer)
     add_check(check_database, Tags.database)
-
-    from sequence import checks_reliability
-
-    checks_reliability.register()
+    add_check(check_lease)
+    add_check(check_liveness)
+    add_check(check_inline)
+    add_check(check_redis_policy, deploy=True)
 
 
 def _queue_names() -> set[str]:
-    from sequence.definitions import registered
-
     names = {settings.QUEUE}
     for cls in registered().values():
         if cls.queue:
@@ -80,7 +89,7 @@ def check_serializer(**kwargs: Any) -> list[CheckMessage]:
                     f"RQ_QUEUES[{name!r}] uses the serializer {path!r}; sequence jobs are JSON.",
                     hint='Set "SERIALIZER": "rq.serializers.JSONSerializer", and run workers '
                     "with `manage.py sequence worker` (or rqworker --serializer "
-                    "rq.serializers.JSONSerializer --job-class sequence.dispatch.SequenceJob).",
+                    "rq.serializers.JSONSerializer --job-class sequence.jobs.SequenceJob).",
                     id="sequence.E003",
                 )
             )
@@ -99,3 +108,129 @@ def check_database(databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
             id="sequence.W001",
         )
     ]
+
+
+# RQ's forking worker kills a work-horse this many seconds after its job timeout.
+HARD_KILL_MARGIN = 60
+
+
+def check_lease(**kwargs: Any) -> list[CheckMessage]:
+    """A lease must outlast the step's timeout plus RQ's hard-kill margin."""
+    margin = settings.LEASE_MARGIN
+    if isinstance(margin, int | float) and margin > HARD_KILL_MARGIN:
+        return []
+    return [
+        Error(
+            f"SEQUENCE_LEASE_MARGIN is {margin!r}: a claim's lease (the step's timeout plus "
+            f"this margin) could end while RQ still lets the step run (it hard-kills a "
+            f"work-horse {HARD_KILL_MARGIN}s after the timeout), and the sweep would start "
+            "the step a second time beside it.",
+            hint=f"Set SEQUENCE_LEASE_MARGIN to more than {HARD_KILL_MARGIN} (default 90).",
+            id="sequence.E101",
+        )
+    ]
+
+
+def check_liveness(**kwargs: Any) -> list[CheckMessage]:
+    """A worker must be able to miss a beat without being taken for dead."""
+    beat, dead = settings.WORKER_HEARTBEAT, settings.WORKER_DEAD_AFTER
+    if not beat or (isinstance(dead, int | float) and dead >= 2 * beat):
+        return []
+    return [
+        Error(
+            f"SEQUENCE_WORKER_DEAD_AFTER ({dead!r}s) is less than twice "
+            f"SEQUENCE_WORKER_HEARTBEAT ({beat!r}s): a live worker that misses one beat would "
+            "lose its step to the sweep.",
+            hint="Make SEQUENCE_WORKER_DEAD_AFTER at least three times SEQUENCE_WORKER_HEARTBEAT.",
+            id="sequence.E102",
+        )
+    ]
+
+
+# Inline steps extend a job this long at most beyond its last step; RQ's heartbeat of a
+# job run in the worker process covers its first 90 s (timeout capped at 30, plus 60).
+MAX_INLINE_SECONDS = 30
+
+
+def check_inline(**kwargs: Any) -> list[CheckMessage]:
+    """Inline steps need a count and a short time budget."""
+    steps, seconds = settings.INLINE_STEPS, settings.INLINE_SECONDS
+    if (
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0
+        and isinstance(seconds, int | float) and 0 <= seconds <= MAX_INLINE_SECONDS
+    ):  # fmt: skip
+        return []
+    return [
+        Error(
+            f"SEQUENCE_INLINE_STEPS ({steps!r}) must be a whole number of steps, 0 or more, "
+            f"and SEQUENCE_INLINE_SECONDS ({seconds!r}) a number of seconds from 0 to "
+            f"{MAX_INLINE_SECONDS}: a job that runs steps inline for longer outlives what "
+            "RQ expects of it.",
+            hint="Keep SEQUENCE_INLINE_SECONDS short (default 1); raise INLINE_STEPS instead.",
+            id="sequence.E103",
+        )
+    ]
+
+
+def _connections(queue_names: list[str] | None) -> dict[tuple[Any, ...], Any]:
+    from redis import ConnectionPool, Redis
+
+    found: dict[tuple[Any, ...], Any] = {}
+    for name in sorted(set(queue_names or []) | _queue_names()):
+        try:
+            queue = get_queue(name)
+        except Exception:
+            continue  # a queue missing from RQ_QUEUES is sequence.E002's business
+        pool = queue.connection.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        where = server_of(queue)
+        if where not in found:
+            # A client of its own with short timeouts: a check must not hang on Redis.
+            kwargs.update(socket_connect_timeout=2, socket_timeout=2, retry=None)
+            client = Redis(
+                connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+            found[where] = (name, client)
+    return found
+
+
+def check_redis_policy(queue_names: list[str] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Redis must not evict keys: an evicted job is only found again by the sweep."""
+    messages: list[CheckMessage] = []
+    for name, client in _connections(queue_names).values():
+        try:
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except Exception as exc:
+            messages.append(
+                Info(
+                    f"Could not read maxmemory-policy of the Redis behind queue {name!r}: {exc}.",
+                    hint="Make sure it is noeviction (managed Redis: in its parameter group).",
+                    id="sequence.I101",
+                )
+            )
+            continue
+        finally:
+            client.connection_pool.disconnect()  # the pool is this check's own
+        if policy not in (None, "noeviction"):
+            messages.append(
+                Warning(
+                    f"The Redis behind queue {name!r} has maxmemory-policy {policy!r}: under "
+                    "memory pressure it deletes queued step jobs, and those sequences stall "
+                    "until a recovery sweep finds them.",
+                    hint="Set maxmemory-policy noeviction (redis.conf, or CONFIG SET).",
+                    id="sequence.W101",
+                )
+            )
+    return messages
+
+
+def log_deployment_warnings(queue_names: list[str]) -> None:
+    """Log what the deploy checks find, for a worker starting up."""
+    try:
+        messages = check_redis_policy(queue_names) + check_lease() + check_liveness()
+    except Exception:
+        logger.exception("Could not check the Redis configuration.")
+        return
+    for message in messages:
+        level = logging.WARNING if message.level >= WARNING else logging.INFO
+        logger.log(level, "%s: %s %s", message.id, message.msg, message.hint or "")

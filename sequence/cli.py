@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import CommandError
-from django.utils import timezone
 
-from sequence import display, transitions
+from sequence import display, steering
 from sequence.exceptions import InvalidData, InvalidTransition, SequenceError, UnknownSequence
 from sequence.masking import mask_data, mask_text
 from sequence.models import SequenceRecord, StepAttempt
+from sequence.registry import get_sequence_class
+from sequence.retention import parse_age, prune
+from sequence.starting import start
 from sequence.states import Status
 
 if TYPE_CHECKING:
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
     from django.core.management.base import BaseCommand
 
@@ -66,8 +68,6 @@ def batch_size(text: str) -> int:
 
 
 def age(text: str) -> timedelta:
-    from sequence.retention import parse_age
-
     try:
         return parse_age(text)
     except ValueError as exc:
@@ -173,12 +173,6 @@ def add_parsers(sub: Any) -> None:
 # -- output helpers ----------------------------------------------------------------------
 
 
-def _local(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _table(
     rows: list[list[str]], styles: dict[int, Callable[[str], str]] | None = None
 ) -> list[str]:
@@ -260,7 +254,7 @@ def handle_list(
             f"{r.steps_done}/{r.total_steps}",
             r.current_step or "-",
             str(r.attempt),
-            _local(r.created_at),
+            display.local_time(r.created_at),
             display.format_duration(display.duration(r)),
         ]
         for r in records
@@ -300,9 +294,9 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
         ["key", record.key or "-"],
         ["version", record.version or "-"],
         ["queue", record.queue],
-        ["created", _local(record.created_at)],
-        ["updated", _local(record.updated_at)],
-        ["finished", _local(record.finished_at) or "-"],
+        ["created", display.local_time(record.created_at)],
+        ["updated", display.local_time(record.updated_at)],
+        ["finished", display.local_time(record.finished_at) or "-"],
         ["duration", display.format_duration(display.duration(record))],
     ]
     if record.error:
@@ -334,7 +328,7 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
                 a.step,
                 str(a.attempt),
                 a.outcome,
-                _local(a.started_at),
+                display.local_time(a.started_at),
                 display.format_duration(a.duration),
                 a.worker,
             ]
@@ -360,18 +354,15 @@ def handle_start(
     queue: str | None,
     **_: Any,
 ) -> None:
-    from sequence.definitions import get_sequence_class
-
     try:
         cls = get_sequence_class(sequence_name)
     except UnknownSequence as exc:
         raise CommandError(str(exc)) from None
     existed = key is not None and SequenceRecord.objects.filter(name=cls.name, key=key).exists()
     try:
-        handle = cls.start(data, key=key, queue=queue)
+        record = start(cls, data, key=key, queue=queue)
     except SequenceError as exc:
         raise CommandError(f"Cannot start {sequence_name}: {exc}") from None
-    record = handle.record
     if out.as_json:
         out.json({**display.summary(record), "key": record.key, "existing": existed})
         return
@@ -396,9 +387,9 @@ def handle_action(
         )
         try:
             if action == "retry":
-                record = transitions.retry(sequence_id, data)
+                record = steering.retry(sequence_id, data)
             else:
-                record = transitions.ACTIONS[action](sequence_id)
+                record = steering.ACTIONS[action](sequence_id)
         except (UnknownSequence, InvalidTransition, InvalidData) as exc:
             results.append({"id": sequence_id, "ok": False, "error": str(exc)})
             if not out.as_json:
@@ -424,8 +415,6 @@ def handle_action(
 def handle_prune(
     out: Output, older_than: timedelta, batch_size: int, dry_run: bool, **_: Any
 ) -> None:
-    from sequence.retention import prune
-
     result = prune(older_than, batch_size=batch_size, dry_run=dry_run)
     if out.as_json:
         out.json(

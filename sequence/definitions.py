@@ -1,4 +1,8 @@
-"""Sequence and Step base classes, and the registry of sequences by name."""
+"""The declarations: ``Step``, ``Retry``, ``Schedule``, and what a ``Sequence`` declares.
+
+Nothing here runs or changes a sequence: the verbs of a handle (start, pause, retry...)
+are in ``sequence.handle``, the registry of sequences by name in ``sequence.registry``.
+"""
 
 from __future__ import annotations
 
@@ -9,64 +13,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.apps import apps
 
-from sequence.exceptions import ConfigurationError, InvalidData, UnknownSequence
+from sequence.exceptions import ConfigurationError, InvalidData
+from sequence.retry import Retry
 
 if TYPE_CHECKING:
-    import rq
-
-    from sequence.handle import Progress
-    from sequence.models import SequenceRecord
+    from sequence.models import Progress, SequenceRecord
 
 logger = logging.getLogger("sequence")
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often a failing step runs again, and how long to wait before each retry.
-
-    ``interval`` is one number of seconds, or a list read in order: the n-th retry
-    waits ``interval[n-1]``, and the last value repeats once the list runs out.
-    """
-
-    max: int
-    interval: int | Iterable[int] = 0
-
-    def __post_init__(self) -> None:
-        if self.max < 0:
-            raise ConfigurationError(f"Retry(max={self.max!r}): max must be 0 or more.")
-        intervals = [self.interval] if isinstance(self.interval, int) else list(self.interval)
-        if not intervals or any(not isinstance(i, int) or i < 0 for i in intervals):
-            raise ConfigurationError(
-                f"Retry(interval={self.interval!r}): give seconds as an int or a list of ints >= 0."
-            )
-        object.__setattr__(self, "interval", tuple(intervals))
-
-    @classmethod
-    def coerce(cls, value: Retry | Mapping[str, Any] | int | None) -> Retry:
-        """Accept a Retry, a dict of its arguments, or a number of retries."""
-        if isinstance(value, Retry):
-            return value
-        if value is None:
-            return cls(max=0)
-        if isinstance(value, int):
-            return cls(max=value)
-        return cls(**value)
-
-    def after_first(self) -> tuple[int, Retry]:
-        """The wait before the first retry, and what is left to retry after it."""
-        intervals = list(self.interval)  # type: ignore[arg-type]
-        return intervals[0], Retry(max=self.max - 1, interval=intervals[1:] or intervals)
-
-    def to_rq(self) -> rq.Retry | None:
-        """The RQ Retry that waits as documented above."""
-        from rq import Retry as RQRetry
-
-        if self.max == 0:
-            return None
-        intervals = list(self.interval)  # type: ignore[arg-type]
-        # RQ picks intervals[len - retries_left]: a list as long as max reads in order.
-        padded = [intervals[min(i, len(intervals) - 1)] for i in range(self.max)]
-        return RQRetry(max=self.max, interval=padded)
 
 
 @dataclass(frozen=True)
@@ -94,7 +47,7 @@ class Step:
         self,
         *,
         data: dict[str, Any],
-        sequence: Sequence,
+        sequence: SequenceDefinition,
         attempt: int,
         idempotency_key: str,
         heartbeat: Callable[[], None] | None = None,
@@ -155,14 +108,11 @@ def _step_spec(item: object, prefix: str) -> StepSpec:
 def _flatten(items: Iterable[object], prefix: str = "") -> list[StepSpec]:
     specs: list[StepSpec] = []
     for item in items:
-        if isinstance(item, type) and issubclass(item, Sequence):
+        if isinstance(item, type) and issubclass(item, SequenceDefinition):
             specs.extend(_flatten(item.steps, f"{prefix}{item.__name__}."))
         else:
             specs.append(_step_spec(item, prefix))
     return specs
-
-
-_registry: dict[str, type[Sequence]] = {}
 
 
 def _default_name(cls: type) -> str:
@@ -177,49 +127,11 @@ def _default_name(cls: type) -> str:
     return f"{label}.{cls.__name__}"
 
 
-def register(cls: type[Sequence]) -> None:
-    existing = _registry.get(cls.name)
-    same_class = existing is not None and (
-        (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
-    )
-    if existing is not None and not same_class:
-        raise ConfigurationError(
-            f"Two sequences are named {cls.name!r}: {existing.__module__}.{existing.__qualname__}"
-            f" and {cls.__module__}.{cls.__qualname__}. Give one of them name = '...'."
-        )
-    _registry[cls.name] = cls
+class SequenceDefinition:
+    """What a sequence declares (its steps, queue, version, schema, schedules and hooks),
+    and the state an instance shows once loaded from its record.
 
-
-def get_sequence_class(name: str) -> type[Sequence]:
-    """The registered Sequence subclass called ``name``."""
-    try:
-        return _registry[name]
-    except KeyError:
-        raise UnknownSequence(
-            f"No sequence is registered as {name!r}; known: {sorted(_registry)!r}. "
-            "Is its app installed, and is it defined in the app's sequences.py?"
-        ) from None
-
-
-def find_step(sequence_name: str, step_name: str | None) -> StepSpec | None:
-    """The current definition of a sequence's step, if both still exist."""
-    if step_name is None:
-        return None
-    try:
-        return get_sequence_class(sequence_name).step_named(step_name)
-    except UnknownSequence:
-        return None
-
-
-def registered() -> dict[str, type[Sequence]]:
-    """Every registered sequence by name."""
-    return dict(_registry)
-
-
-class Sequence:
-    """An ordered chain of steps. Subclass it, list ``steps``, and instantiate it to start.
-
-    An instance is a handle on one stored sequence.
+    Subclass ``sequence.Sequence``, which adds the verbs, rather than this.
     """
 
     steps: ClassVar[list[Any]] = []
@@ -259,29 +171,6 @@ class Sequence:
             raise ConfigurationError(
                 f"{cls.__qualname__} has two schedules with one name: {names!r}."
             )
-        if cls.step_specs:
-            register(cls)
-
-    # -- starting ---------------------------------------------------------------
-
-    def __init__(self, **data: Any) -> None:
-        """Start a sequence with ``data`` as keyword arguments."""
-        from sequence.starting import start
-
-        self._load(start(type(self), data))
-
-    @classmethod
-    def start(
-        cls,
-        data: Mapping[str, Any] | None = None,
-        *,
-        key: str | None = None,
-        queue: str | None = None,
-    ) -> Self:
-        """Save a sequence with ``data`` and queue its first step once the transaction commits."""
-        from sequence.starting import start
-
-        return cls._from_record(start(cls, data, key=key, queue=queue))
 
     @classmethod
     def plan_names(cls) -> list[str]:
@@ -320,18 +209,12 @@ class Sequence:
     def on_failure(self, error: str) -> None:
         """Called once, in the worker, after the sequence failed and compensations ran."""
 
-    # -- the handle ---------------------------------------------------------------
+    # -- the state a loaded instance shows ---------------------------------------------
 
     @classmethod
-    def _from_record(cls, record: SequenceRecord) -> Self:
-        target = cls
-        if cls is Sequence or cls.name != record.name:
-            target = get_sequence_class(record.name)  # type: ignore[assignment]
-            if not issubclass(target, cls):
-                raise UnknownSequence(
-                    f"Sequence {record.pk} is a {record.name!r}, not a {cls.name!r}."
-                )
-        handle = target.__new__(target)
+    def _bind(cls, record: SequenceRecord) -> Self:
+        """An instance of this class showing ``record`` (the caller found the class)."""
+        handle = cls.__new__(cls)
         handle._load(record)
         return handle
 
@@ -345,17 +228,6 @@ class Sequence:
         self.step_index = record.step_index
         self.version = record.version
 
-    @classmethod
-    def get(cls, id: int | str) -> Self:
-        """Load the sequence with this id; ``Sequence.get`` finds its class."""
-        from sequence.models import SequenceRecord
-
-        try:
-            record = SequenceRecord.objects.get(pk=id)
-        except (SequenceRecord.DoesNotExist, ValueError):
-            raise UnknownSequence(f"No sequence has the id {id!r}.") from None
-        return cls._from_record(record)
-
     @property
     def record(self) -> SequenceRecord:
         return self._record
@@ -368,44 +240,7 @@ class Sequence:
     @property
     def progress(self) -> Progress:
         """How many of how many steps are done."""
-        from sequence.handle import Progress
-
-        return Progress(self._record.steps_done, self._record.total_steps)
-
-    def refresh(self) -> None:
-        """Reload the state from the database."""
-        self._record.refresh_from_db()
-        self._load(self._record)
-
-    def wait(self, timeout: float = 30) -> dict[str, Any]:
-        """Block until the sequence finishes; return its data or raise why it did not."""
-        from sequence.handle import wait
-
-        return wait(self, timeout)
-
-    def pause(self) -> None:
-        """Let the step in flight finish; start no further step until resume()."""
-        from sequence import transitions
-
-        self._load(transitions.pause(self.id))
-
-    def resume(self) -> None:
-        """Continue a paused sequence from its next step."""
-        from sequence import transitions
-
-        self._load(transitions.resume(self.id))
-
-    def cancel(self) -> None:
-        """Start no further step; the sequence ends ``canceled``."""
-        from sequence import transitions
-
-        self._load(transitions.cancel(self.id))
-
-    def retry(self, data: Mapping[str, Any] | None = None) -> None:
-        """Run the failed step again, after merging ``data`` into the data."""
-        from sequence import transitions
-
-        self._load(transitions.retry(self.id, data))
+        return self._record.progress
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} #{self.id} {self.status}>"

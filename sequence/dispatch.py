@@ -1,4 +1,8 @@
-"""Queueing step jobs: the queues, deterministic job ids, and the allow-listing job class."""
+"""Queueing step jobs: the queues, deterministic job ids, the outbox.
+
+A job names its entry point by a dotted path (RQ resolves it in the worker); workers run
+it through ``sequence.jobs.SequenceJob``, which refuses any other.
+"""
 
 from __future__ import annotations
 
@@ -7,75 +11,20 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
+from django.db.models import Q
 from rq import Callback, Queue
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from sequence.conf import settings
-from sequence.definitions import Retry, StepSpec
-from sequence.exceptions import ForeignJob
+from sequence.definitions import StepSpec
+from sequence.models import SequenceRecord
+from sequence.retry import Retry
 
 logger = logging.getLogger("sequence")
 
 ENTRY_POINT = "sequence.runner.run_step"
 # The only callback a step job may name: it checks an abandoned job's sequence at once.
-FAILURE_CALLBACK = "sequence.runner.job_failed"
-
-
-class SequenceJob(Job):
-    """An RQ job that runs only ``sequence``'s entry point.
-
-    The function and callbacks named in a job's payload are checked before anything is
-    imported, so a worker using this class never resolves a dotted path from Redis.
-    """
-
-    @property
-    def func(self) -> Any:
-        if self.func_name != ENTRY_POINT or self.instance is not None:
-            raise ForeignJob(
-                f"Refusing job {self.id!r}: it names {self.func_name!r}, and this worker "
-                f"runs only {ENTRY_POINT!r}."
-            )
-        from sequence.runner import run_step
-
-        return run_step
-
-    @property
-    def success_callback(self) -> Any:
-        return self._no_callback("_success_callback_name")
-
-    @property
-    def failure_callback(self) -> Any:
-        if getattr(self, "_failure_callback_name", None) == FAILURE_CALLBACK:
-            from sequence.runner import job_failed
-
-            return job_failed
-        return self._no_callback("_failure_callback_name")
-
-    @property
-    def stopped_callback(self) -> Any:
-        return self._no_callback("_stopped_callback_name")
-
-    def cleanup(
-        self, ttl: int | None = None, pipeline: Any = None, remove_from_queue: bool = True
-    ) -> None:
-        """Delete a finished step job (SEQUENCE_RESULT_TTL = 0) in the worker's pipeline.
-
-        RQ's own ``delete()`` reads the job's status and executions back from Redis
-        first: nine more round trips per step (bench/, rq 2.12). A finished job's
-        execution is already cleaned up by the worker; only its keys remain.
-        """
-        if ttl == 0 and pipeline is not None and self.get_status(refresh=False) == "finished":
-            pipeline.delete(
-                self.key, self.dependents_key, self.dependencies_key, self.execution_registry.key
-            )
-            return
-        super().cleanup(ttl, pipeline, remove_from_queue)
-
-    def _no_callback(self, attribute: str) -> None:
-        name = getattr(self, attribute, None)
-        if name:
-            raise ForeignJob(f"Refusing job {self.id!r}: it names the callback {name!r}.")
+FAILURE_CALLBACK = "sequence.jobs.job_failed"
 
 
 def job_id(sequence_id: int, step_index: int, epoch: int) -> str:
@@ -85,11 +34,22 @@ def job_id(sequence_id: int, step_index: int, epoch: int) -> str:
 
 @cache
 def get_queue(name: str) -> Queue:
-    """The RQ queue ``name`` from ``RQ_QUEUES``, with JSON payloads and the job class."""
+    """The RQ queue ``name`` from ``RQ_QUEUES``, with JSON payloads."""
     import django_rq
 
     connection = django_rq.get_connection(name)
-    return Queue(name, connection=connection, serializer=JSONSerializer, job_class=SequenceJob)
+    return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def queue_for(spec: StepSpec | None, queue: str) -> str:
+    """The queue a step runs on: its own, else its sequence's (``queue``)."""
+    return (spec and spec.cls.queue) or queue
+
+
+def server_of(queue: Queue) -> tuple[Any, ...]:
+    """Which Redis server and database a queue lives on."""
+    kwargs = queue.connection.connection_pool.connection_kwargs
+    return tuple(kwargs.get(k) for k in ("host", "port", "db", "path", "username"))
 
 
 def enqueue_step(
@@ -103,7 +63,7 @@ def enqueue_step(
     delay: int = 0,
 ) -> None:
     """Queue one step job. Safe to repeat: the job id names the step and epoch."""
-    rq_queue = get_queue((spec and spec.cls.queue) or queue)
+    rq_queue = get_queue(queue_for(spec, queue))
     options: dict[str, Any] = {
         "args": (sequence_id, step_index, epoch),
         "job_id": job_id(sequence_id, step_index, epoch),
@@ -156,8 +116,6 @@ def dispatch(
     With ``confirm=False`` the entry stays: the step's claim clears it, or the sweep
     once it sees the job in RQ. The runner passes it to save a write per step.
     """
-    from sequence.models import SequenceRecord
-
     try:
         enqueue_step(sequence_id, step_index, epoch, queue, spec)
     except Exception:
@@ -167,9 +125,14 @@ def dispatch(
             sequence_id,
         )
         return False
-    if not confirm:
-        return True
-    SequenceRecord.objects.filter(pk=sequence_id, epoch=epoch, dispatch_due__isnull=False).update(
-        dispatch_due=None
-    )
+    if confirm:
+        confirm_dispatch({epoch: [sequence_id]})
     return True
+
+
+def confirm_dispatch(queued: dict[int, list[int]]) -> None:
+    """Clear the outbox entries of rows whose jobs are queued ({epoch: [sequence ids]})."""
+    same = Q()
+    for epoch, pks in queued.items():
+        same |= Q(epoch=epoch, pk__in=pks)
+    SequenceRecord.objects.filter(same, dispatch_due__isnull=False).update(dispatch_due=None)

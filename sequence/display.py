@@ -71,6 +71,13 @@ def plan_steps(record: SequenceRecord) -> list[PlanStep]:
     return steps
 
 
+def local_time(moment: datetime | None, *, zone: bool = False) -> str:
+    """``moment`` in the current time zone, to the second (with the zone's name)."""
+    if moment is None:
+        return ""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S" + (" %Z" if zone else ""))
+
+
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -82,7 +89,7 @@ def summary(record: SequenceRecord) -> dict[str, Any]:
         "id": record.pk,
         "name": record.name,
         "status": record.status,
-        "progress": {"done": record.steps_done, "total": record.total_steps},
+        "progress": {"done": record.progress.done, "total": record.progress.total},
         "current_step": record.current_step,
         "attempt": record.attempt,
         "created_at": iso(record.created_at),

@@ -25,6 +25,13 @@ class InvalidTransition(SequenceError):
     """Raised when a sequence cannot move from its status to the one asked for."""
 
 
+class Fail(SequenceError):
+    """Raised by a step to fail it for good at once, whatever retries it has left.
+
+    Its message becomes the sequence's ``error``; compensations run as after any failure.
+    """
+
+
 class SequenceFailed(SequenceError):
     """Raised by ``wait()`` when the sequence ended ``failed``."""
 

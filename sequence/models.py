@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import BooleanField, Case, ExpressionWrapper, Q, When
+from django.db.models import DateTimeField as DateTimeOutput
+from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from sequence.exceptions import UnknownSequence
 from sequence.states import ACTIVE, TERMINAL, Outcome, Status
 
 
+def ago(seconds: float) -> ExpressionWrapper[Any]:
+    """The database's clock, ``seconds`` ago."""
+    return ExpressionWrapper(Now() - timedelta(seconds=seconds), output_field=DateTimeOutput())
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` steps; prints as ``2/3``."""
+
+    done: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total == 0 else self.done * 100 // self.total
+
+    def __str__(self) -> str:
+        return f"{self.done}/{self.total}"
+
+
 class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
+    def find(self, pk: int | str) -> SequenceRecord:
+        """The sequence with this id; UnknownSequence if there is none."""
+        try:
+            return self.get(pk=pk)
+        except (self.model.DoesNotExist, ValueError, TypeError):
+            raise UnknownSequence(f"No sequence has the id {pk!r}.") from None
+
+    def with_overdue(self, grace: float) -> SequenceQuerySet:
+        """Annotate ``overdue``: the row's outbox entry is older than ``grace`` seconds."""
+        return self.annotate(
+            overdue=Case(
+                When(dispatch_due__lt=ago(grace), then=True),
+                default=False,
+                output_field=BooleanField(),
+            )
+        )
+
     def active(self) -> SequenceQuerySet:
         """Sequences that should be moving: pending, running or retrying."""
         return self.filter(status__in=ACTIVE)
@@ -118,6 +160,10 @@ class SequenceRecord(models.Model):
     @property
     def steps_done(self) -> int:
         return len(self.plan) if self.status == Status.COMPLETED else self.step_index
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.steps_done, self.total_steps)
 
     @property
     def current_step(self) -> str | None:

@@ -25,33 +25,24 @@ with the sequences in flight besides the ids ``SweepResult.confirmed`` returns.
 from __future__ import annotations
 
 import logging
-import time
-from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import (
-    BooleanField,
-    Case,
-    CharField,
-    ExpressionWrapper,
-    F,
-    Func,
-    Q,
-    QuerySet,
-    When,
-)
-from django.db.models import DateTimeField as DateTimeOutput
+from django.db.models import BooleanField, Case, CharField, F, Func, Q, QuerySet, When
 from django.db.models.functions import Now
 
+from sequence import points, transitions
 from sequence.conf import settings
-from sequence.definitions import StepSpec, find_step
-from sequence.dispatch import dispatch, get_queue, job_id
-from sequence.models import SequenceRecord, StepAttempt, WorkerBeat
-from sequence.states import Outcome, Status
+from sequence.definitions import StepSpec
+from sequence.dispatch import confirm_dispatch, dispatch
+from sequence.failure import announce_failure
+from sequence.models import SequenceRecord, WorkerBeat, ago
+from sequence.registry import find_step, get_sequence_class
+from sequence.rqview import LiveJobs, dead_workers, step_name
+from sequence.states import QUEUED
 
 logger = logging.getLogger("sequence")
 
@@ -62,17 +53,6 @@ FIELDS = (
     "id", "name", "step_index", "epoch", "queue", "status", "attempt", "recoveries",
     "claim_token", "claimed_by", "claimed_at", "lease_until", "dispatch_due", "updated_at",
 )  # fmt: skip
-
-# A queue longer than this is not read whole to check that a job is in it; its jobs
-# are then taken to be there when their status says "queued".
-SCAN_LIMIT = 100_000
-
-# Job ids read from a queue's list per LRANGE when the sweep reads it.
-LISTING_CHUNK = 1000
-
-# Seconds a job may sit in RQ's intermediate list (taken by a worker, not started)
-# before the sweep calls it lost.
-INTERMEDIATE_GRACE = 5
 
 # Worker rows not seen for this long are deleted.
 FORGET_WORKERS_AFTER = timedelta(days=1)
@@ -97,17 +77,6 @@ class SweepResult:
         return bool(self.redispatched or self.failed or self.released or self.confirmed)
 
 
-def _ago(seconds: float) -> ExpressionWrapper[Any]:
-    return ExpressionWrapper(Now() - timedelta(seconds=seconds), output_field=DateTimeOutput())
-
-
-def dead_workers() -> QuerySet[WorkerBeat]:
-    """Workers that shut down, or whose last beat is older than SEQUENCE_WORKER_DEAD_AFTER."""
-    return WorkerBeat.objects.filter(
-        Q(stopped_at__isnull=False) | Q(last_seen__lt=_ago(settings.WORKER_DEAD_AFTER))
-    )
-
-
 def _dead_claims() -> QuerySet[SequenceRecord]:
     # lease_until is set exactly while a claim is held (the partial index covers it).
     dead = dead_workers().values("name")
@@ -123,22 +92,15 @@ def _dead_claims() -> QuerySet[SequenceRecord]:
 
 
 def _overdue(grace: float) -> QuerySet[SequenceRecord]:
-    return SequenceRecord.objects.filter(dispatch_due__lt=_ago(grace))
-
-
-def overdue(grace: float) -> Case:
-    """An annotation: the row's outbox entry is older than ``grace`` (database clock)."""
-    return Case(
-        When(dispatch_due__lt=_ago(grace), then=True), default=False, output_field=BooleanField()
-    )
+    return SequenceRecord.objects.filter(dispatch_due__lt=ago(grace))
 
 
 def _maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
     return SequenceRecord.objects.filter(
-        status__in=[Status.PENDING, Status.RETRYING],
+        status__in=QUEUED,
         dispatch_due__isnull=True,
         lease_until__isnull=True,
-        updated_at__lt=_ago(grace),
+        updated_at__lt=ago(grace),
     )
 
 
@@ -204,7 +166,7 @@ def sweep(grace: float | None = None) -> SweepResult:
         _lost_jobs(batch, jobs, result)
     for batch in _batches(_overdue(grace), size):
         _overdue_entries(batch, jobs, result)
-    WorkerBeat.objects.filter(last_seen__lt=_ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
+    WorkerBeat.objects.filter(last_seen__lt=ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
     if result.redispatched or result.failed or result.released:
         logger.warning("Recovery sweep: %s", result)
     return result
@@ -218,7 +180,7 @@ def _lost_jobs(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult)
 
 
 def _overdue_entries(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult) -> None:
-    active = [r for r in batch if r.status in (Status.PENDING, Status.RETRYING)]
+    active = [r for r in batch if r.status in QUEUED]
     live = jobs.live(active)
     # Paused, canceled, finished or claimed (nothing to queue), or queued after all.
     done = [r for r in batch if r.pk in live or r not in active]
@@ -228,23 +190,14 @@ def _overdue_entries(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepR
             recover(record, result, reason="its next step was never queued")
 
 
-def _step_name(record: SequenceRecord) -> str | None:
-    """The name of the row's current step: read by the sweep's query, or from the plan."""
-    if hasattr(record, "current_step_name"):
-        name = record.current_step_name
-        return None if name is None else str(name)
-    plan = record.plan
-    return str(plan[record.step_index]) if record.step_index < len(plan) else None
-
-
 def _step(record: SequenceRecord) -> str:
-    name = _step_name(record)
+    name = step_name(record)
     return "?" if name is None else name
 
 
 def _spec(record: SequenceRecord) -> StepSpec | None:
     """The current definition of the row's current step, if it still exists."""
-    return find_step(record.name, _step_name(record))
+    return find_step(record.name, step_name(record))
 
 
 def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
@@ -254,90 +207,36 @@ def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
     by_epoch: dict[int, list[int]] = {}
     for record in records:
         by_epoch.setdefault(record.epoch, []).append(record.pk)
-    same = Q()
-    for epoch, pks in by_epoch.items():
-        same |= Q(epoch=epoch, pk__in=pks)
-    SequenceRecord.objects.filter(same, dispatch_due__isnull=False).update(dispatch_due=None)
+    confirm_dispatch(by_epoch)
     return [record.pk for record in records]
-
-
-def _same(record: SequenceRecord) -> QuerySet[SequenceRecord]:
-    """The row as the sweep read it: same epoch, status and claim."""
-    rows = SequenceRecord.objects.filter(pk=record.pk, epoch=record.epoch, status=record.status)
-    if record.claim_token is None:
-        return rows.filter(claim_token__isnull=True)
-    return rows.filter(claim_token=record.claim_token)
-
-
-_RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_until": None}
 
 
 def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None:
     """Move one stuck row on, if it is still as read: re-dispatch, release or fail it."""
-    from sequence.claims import point as _point
-
-    lost_claim = record.claim_token is not None
     step = _step(record)
-    rows = _same(record)
     with transaction.atomic():
-        if lost_claim and record.status == Status.RUNNING:
-            if record.recoveries >= settings.MAX_RECOVERIES:
-                error = f"worker died during step {step} (recovered {record.recoveries} times)"
-                # A new epoch fences RQ's own retries of the job that kept dying.
-                changed = rows.update(
-                    status=Status.FAILED, epoch=F("epoch") + 1, error=error, dispatch_due=None,
-                    finished_at=Now(), updated_at=Now(), **_RELEASED,
-                )  # fmt: skip
-                if changed:
-                    _lost(record, error)
-                    result.failed.append(record.pk)
-                    transaction.on_commit(lambda: _announce_failed(record.pk, error), robust=True)
-                return
-        elif lost_claim:
-            # Paused or canceled while its worker died: drop the claim, keep the status.
-            if rows.update(recoveries=F("recoveries") + 1, updated_at=Now(), **_RELEASED):
-                _lost(record, f"{reason}; the step runs again when the sequence is resumed")
-                result.released.append(record.pk)
-            return
-        changed = rows.update(
-            status=Status.RETRYING if lost_claim else record.status,
-            epoch=F("epoch") + 1,
-            recoveries=F("recoveries") + (1 if lost_claim else 0),
-            dispatch_due=Now(), updated_at=Now(), **_RELEASED,
-        )  # fmt: skip
-        if not changed:
-            return
-        if lost_claim:
-            _lost(record, f"{reason}; recovered ({record.recoveries + 1})")
-        args = (record.pk, record.step_index, record.epoch + 1, record.queue)
-        spec = _spec(record)
+        outcome = transitions.recover(record, step, reason)
+        if outcome == "failed":
+            result.failed.append(record.pk)
+            transaction.on_commit(lambda: _announce_failed(record.pk), robust=True)
+        elif outcome == "released":
+            result.released.append(record.pk)
+        elif outcome == "redispatched":
+            result.redispatched.append(record.pk)
+            args = (record.pk, record.step_index, record.epoch + 1, record.queue)
+            spec = _spec(record)
 
-        def redispatch() -> None:
-            _point("sweep_before_dispatch", sequence=args[0], step=args[1], epoch=args[2])
-            dispatch(*args, spec)
+            def redispatch() -> None:
+                points.fire("sweep_before_dispatch", sequence=args[0], step=args[1], epoch=args[2])
+                dispatch(*args, spec)
 
-        transaction.on_commit(redispatch, robust=True)
-    result.redispatched.append(record.pk)
+            transaction.on_commit(redispatch, robust=True)
 
 
-def _lost(record: SequenceRecord, error: str) -> None:
-    from django.utils import timezone
-
-    StepAttempt.objects.create(
-        sequence_id=record.pk, step_index=record.step_index, step=_step(record),
-        epoch=record.epoch, attempt=record.attempt, outcome=Outcome.LOST,
-        started_at=record.claimed_at or record.updated_at, finished_at=timezone.now(),
-        worker=record.claimed_by, error=error,
-    )  # fmt: skip
-
-
-def _announce_failed(sequence_id: int, error: str) -> None:
-    from sequence.definitions import get_sequence_class
-    from sequence.runner import announce_failure
-
+def _announce_failed(sequence_id: int) -> None:
     record = SequenceRecord.objects.get(pk=sequence_id)
     cls = get_sequence_class(record.name)
-    announce_failure(record, cls, cls._from_record(record), error, "recovery sweep")
+    announce_failure(record, cls, cls._bind(record), record.error, "recovery sweep")
 
 
 def recover_claim(sequence_id: int, epoch: int, token: str, *, reason: str) -> SweepResult:
@@ -371,183 +270,3 @@ def check_sequence(sequence_id: int, epoch: int, *, reason: str) -> SweepResult:
     for record in _read(_dead_claims().filter(pk=sequence_id, epoch=epoch)):
         recover(record, result, reason=reason)
     return result
-
-
-class LiveJobs:
-    """Which rows still have a live RQ job for their epoch, found with pipelined reads.
-
-    Live: queued (and really in its queue's list), scheduled (and in the scheduled
-    registry), deferred, or started by a worker that is not known to be dead. Anything
-    else (no job, finished, failed, stopped, canceled) is not.
-    """
-
-    def __init__(self) -> None:
-        self._listed: dict[str, _IdSet | None] = {}
-
-    def live(self, records: Iterable[SequenceRecord]) -> set[int]:
-        groups: dict[tuple[Any, ...], list[tuple[SequenceRecord, Any, str]]] = {}
-        servers: dict[str, tuple[Any, ...]] = {}  # by queue name
-        for record in records:
-            spec = _spec(record)
-            queue = get_queue((spec and spec.cls.queue) or record.queue)
-            where = servers.get(queue.name)
-            if where is None:
-                kwargs = queue.connection.connection_pool.connection_kwargs
-                where = tuple(kwargs.get(k) for k in ("host", "port", "db", "path", "username"))
-                servers[queue.name] = where
-            jid = job_id(record.pk, record.step_index, record.epoch)
-            groups.setdefault(where, []).append((record, queue, jid))
-        live: set[int] = set()
-        for items in groups.values():
-            live |= self._check(items)
-        return live
-
-    def _check(self, items: list[tuple[SequenceRecord, Any, str]]) -> set[int]:
-        connection = items[0][1].connection
-        job_key = items[0][1].job_class.key_for
-        with connection.pipeline(transaction=False) as pipe:
-            for _, _, jid in items:
-                pipe.hmget(job_key(jid), "status", "worker_name")
-            found = pipe.execute()
-        live: set[int] = set()
-        queued: list[tuple[SequenceRecord, Any, str]] = []
-        scheduled: list[tuple[SequenceRecord, Any, str]] = []
-        started: dict[str, list[int]] = {}
-        for (record, queue, jid), (status, worker) in zip(items, found, strict=True):
-            status = status.decode() if isinstance(status, bytes) else status
-            if status == "queued":
-                queued.append((record, queue, jid))
-            elif status == "scheduled":
-                scheduled.append((record, queue, jid))
-            elif status == "deferred":
-                live.add(record.pk)
-            elif status == "started":
-                name = worker.decode() if isinstance(worker, bytes) else (worker or "")
-                started.setdefault(name, []).append(record.pk)
-        if started:
-            dead = set(dead_workers().filter(name__in=list(started)).values_list("name", flat=True))
-            for name, pks in started.items():
-                if name not in dead:
-                    live.update(pks)
-        live |= self._queued(connection, queued)
-        if scheduled:
-            with connection.pipeline(transaction=False) as pipe:
-                for _, queue, jid in scheduled:
-                    pipe.zscore(queue.scheduled_job_registry.key, jid)
-                scores = pipe.execute()
-            live.update(r.pk for (r, _, _), score in zip(scheduled, scores, strict=True) if score)
-        return live
-
-    def _listing(self, connection: Any, queue: Any) -> _IdSet | None:
-        """The ids waiting in ``queue``, read once per sweep (None: too many to read).
-
-        Read a chunk at a time, not atomically: an id that moves up the list while it is
-        read (the jobs ahead of it were taken) can be missed, never invented, and a
-        missed id only costs the second look in ``_queued``.
-        """
-        if queue.key not in self._listed:
-            with connection.pipeline(transaction=True) as pipe:
-                pipe.llen(queue.key)
-                pipe.lrange(queue.key, 0, LISTING_CHUNK - 1)
-                length, ids = pipe.execute()
-            listed = None
-            if length <= SCAN_LIMIT:
-                listed = _IdSet(length)
-                for start in range(0, length, LISTING_CHUNK):
-                    if start:
-                        last = min(length, start + LISTING_CHUNK) - 1
-                        ids = connection.lrange(queue.key, start, last)
-                    for jid in ids:
-                        listed.add(_text(jid))
-            self._listed[queue.key] = listed
-        return self._listed[queue.key]
-
-    def _queued(self, connection: Any, queued: list[tuple[SequenceRecord, Any, str]]) -> set[int]:
-        live: set[int] = set()
-        suspects = []
-        for record, queue, jid in queued:
-            listed = self._listing(connection, queue)
-            if listed is None or jid in listed:
-                live.add(record.pk)
-            else:
-                suspects.append((record, queue, jid))
-        if not suspects:
-            return live
-        # Not in the list read earlier: queued since, being dequeued, or lost. Look once
-        # more, atomically, in the queue and in RQ's intermediate list (a job a worker
-        # took but has not started).
-        from redis.exceptions import ResponseError
-
-        try:
-            with connection.pipeline(transaction=True) as pipe:
-                for _, queue, jid in suspects:
-                    pipe.lpos(queue.key, jid)
-                    pipe.lpos(queue.intermediate_queue_key, jid)
-                    pipe.hget(queue.job_class.key_for(jid), "status")
-                answers = pipe.execute()
-        except ResponseError:  # Redis before 6.0.6 has no LPOS: assume the job is there
-            return live | {record.pk for record, _, _ in suspects}
-        taken = []
-        for index, (record, _, jid) in enumerate(suspects):
-            in_list, in_intermediate, status = answers[3 * index : 3 * index + 3]
-            if in_list is not None or (status is not None and _text(status) != "queued"):
-                live.add(record.pk)  # there after all, or it moved on (started...)
-            elif status is not None and in_intermediate is not None:
-                taken.append((record, jid))
-        return live | self._not_stuck(connection, taken)
-
-    def _not_stuck(self, connection: Any, taken: list[tuple[SequenceRecord, str]]) -> set[int]:
-        """Of jobs a worker took but has not started, those taken too recently to judge.
-
-        A worker killed between taking a job and starting it leaves it there; RQ's own
-        cleanup of that list runs rarely. The first sweep to see a job there notes the
-        time; a later one finding it still there after INTERMEDIATE_GRACE calls it lost.
-        """
-        if not taken:
-            return set()
-        now = time.time()
-        with connection.pipeline(transaction=False) as pipe:
-            for _, jid in taken:
-                pipe.set(f"sequence:taken:{jid}", now, nx=True, ex=3600)
-                pipe.get(f"sequence:taken:{jid}")
-            answers = pipe.execute()
-        first_seen = answers[1::2]
-        return {
-            record.pk
-            for (record, _), seen in zip(taken, first_seen, strict=True)
-            if seen is None or now - float(seen) < INTERMEDIATE_GRACE
-        }
-
-
-class _IdSet:
-    """Strings (a queue's job ids) kept as their 64-bit hashes in one flat array.
-
-    About 13 bytes per id where a ``set`` of ``str`` takes about 100: the sweep reads a
-    whole queue, and a set would make the worker's memory grow with the jobs queued (up
-    to SCAN_LIMIT), in the maintenance thread that never gives it back. Two ids with
-    equal hashes (Python's string hash, keyed per process) would make a lost job look
-    queued; even at SCAN_LIMIT the odds are below one in a billion per sweep.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        # Open addressing with linear probing, at most 60% full; 0 marks a free slot.
-        self._slots = array("q", [0]) * max(8, capacity * 5 // 3 + 1)
-
-    def _find(self, h: int) -> int:
-        slots, size = self._slots, len(self._slots)
-        i = h % size
-        while slots[i] and slots[i] != h:
-            i = (i + 1) % size
-        return i
-
-    def add(self, item: str) -> None:
-        h = hash(item) or 1
-        self._slots[self._find(h)] = h
-
-    def __contains__(self, item: object) -> bool:
-        h = hash(item) or 1
-        return self._slots[self._find(h)] == h
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,8 +9,8 @@ the commit's transaction; on PostgreSQL one statement with the commit). The next
 queued after the commit; its outbox entry is cleared by that job's claim, or by the
 sweep once it sees the job in RQ.
 
-This module decides what happens when; the statements themselves (the claim, the
-heartbeat, the commit, the history row, the release) are in ``sequence.claims``.
+This module decides what happens when; the statements are the state machine's
+(``sequence.transitions``), failure is ``sequence.failure``'s.
 """
 
 from __future__ import annotations
@@ -19,32 +19,27 @@ import logging
 import os
 import socket
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models.functions import Now
-from django.utils import timezone
 
-from sequence import claims, hooks, signals
-from sequence.claims import RELEASED, Claim
-
-# Kept importable from here: sequence.testing arms test_points, sequence.worker
-# releases the orphans.
-from sequence.claims import orphans as orphans
-from sequence.claims import release_orphans as release_orphans
-from sequence.claims import test_points as test_points
+from sequence import hooks, points, signals, transitions
+from sequence.claims import Claim
 from sequence.conf import settings
-from sequence.definitions import Sequence, StepSpec, find_step, get_sequence_class
+from sequence.definitions import SequenceDefinition, StepSpec
 from sequence.dispatch import dispatch, enqueue_retry, retry_of, timeout_of
 from sequence.exceptions import InvalidData, StepDeadlineExceeded, StepFenced, UnknownSequence
-from sequence.masking import mask_text
-from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Outcome, Status
+from sequence.failure import fail_for_good, record_failure
+from sequence.inline import Inline, MayInline, policy
+from sequence.models import SequenceRecord
+from sequence.registry import get_sequence_class, spec_for
+from sequence.rqview import LiveJobs
+from sequence.states import QUEUED, Status
 from sequence.validation import check_data
 
 logger = logging.getLogger("sequence")
@@ -64,14 +59,6 @@ class Execution:
     inline: Inline | None = None
 
 
-@dataclass(frozen=True)
-class Inline:
-    """How a worker lets a job run the next steps of its sequence (``INLINE_STEPS``)."""
-
-    rearm: Callable[[int], object]  # restart RQ's job timeout for the next step
-    stopping: Callable[[], bool]  # the worker was asked to stop
-
-
 execution: ContextVar[Execution | None] = ContextVar("sequence_execution", default=None)
 
 
@@ -82,11 +69,6 @@ class _Timeout:
 
 
 job_timeout = _Timeout()
-
-
-def spec_for(name: str, plan: list[str], index: int) -> StepSpec | None:
-    """The current definition of step ``index`` of a stored plan, if it still exists."""
-    return find_step(name, plan[index] if index < len(plan) else None)
 
 
 def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
@@ -107,7 +89,7 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     timeout = int((job and job.timeout) or settings.TIMEOUT)
 
     try:
-        claim = claims.take(sequence_id, step_index, epoch, worker, token, timeout, entered)
+        claim = transitions.claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
     except (OperationalError, InterfaceError):
         # The step did not start: RQ's retry of this job must not count as an attempt.
         if job is not None and job.retries_left:
@@ -121,9 +103,9 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
             and (record.status, record.step_index, record.epoch)
             == (Status.FAILED, step_index, epoch)
             and job is not None
-            and claims.requeued_by_hand(job)
+            and requeued_by_hand(job)
         ):
-            claim = claims.take(
+            claim = transitions.claim(
                 sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
             )
         if claim is None:
@@ -132,7 +114,7 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     if timeout > 0 and job is not None and job.started_at is not None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
     inline = context.inline if context is not None else None
-    may_inline = _inline_policy(inline, job, timeout, entered)
+    may_inline = policy(inline, job, timeout, entered)
     follow = _run_guarded(claim, retries_left, may_inline)
     while follow is not None and inline is not None:
         follow = _run_inline(follow, worker, token, inline, may_inline)
@@ -145,45 +127,13 @@ def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         # Whatever went wrong (the database went away while the failure was being
         # recorded, say), the claim must not stay held by a live worker.
         if not claim.settled:
-            claims.release_or_remember(claim)
+            release_or_remember(claim)
         raise
 
 
 # The next step, due and not queued, that this job runs itself:
 # (sequence id, step index, epoch, the sequence's queue, the step).
 Follow = tuple[int, int, int, str, StepSpec]
-MayInline = Callable[[StepSpec, str], bool]  # (the step, its sequence's queue)
-
-
-def _inline_policy(inline: Inline | None, job: Any, timeout: int, entered: float) -> MayInline:
-    """Whether the job may run a due step itself rather than queue it (``INLINE_STEPS``).
-
-    Only in a worker that lends the means (``SequenceWorker``), for steps of the job's
-    own queue whose timeout fits the job's (RQ's registries count on it) and that have
-    retries (the last attempt is always an RQ job's), while the worker is not stopping,
-    up to INLINE_STEPS steps and INLINE_SECONDS into the job.
-    """
-    limit = settings.INLINE_STEPS
-    if not limit or inline is None or job is None:
-        return lambda spec, queue: False
-    used = [0]
-
-    def may(spec: StepSpec, queue: str) -> bool:
-        if (
-            used[0] >= limit
-            or time.monotonic() - entered >= settings.INLINE_SECONDS
-            or (spec.cls.queue or queue) != job.origin
-            or timeout_of(spec) > timeout
-            # Its one attempt would fail for good outside an RQ job of its own, leaving
-            # nothing in RQ's failed registry to requeue.
-            or retry_of(spec).max == 0
-            or inline.stopping()
-        ):
-            return False
-        used[0] += 1
-        return True
-
-    return may
 
 
 def _run_inline(
@@ -200,7 +150,7 @@ def _run_inline(
     inline.rearm(timeout)
     entered = time.monotonic()
     try:
-        claim = claims.take(sequence_id, index, epoch, worker, token, timeout, entered)
+        claim = transitions.claim(sequence_id, index, epoch, worker, token, timeout, entered)
     except Exception:
         logger.exception("Sequence %s: could not claim step %s inline; queueing it.", *follow[:2])
         dispatch(sequence_id, index, epoch, queue, spec, confirm=False)
@@ -226,53 +176,49 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
     try:
         spec_cls = get_sequence_class(record.name)
     except UnknownSequence as exc:
-        _fail_for_good(claim, None, str(exc))
+        fail_for_good(claim, None, str(exc))
         return None
     spec = spec_cls.step_named(record.plan[step_index])
     if spec is None:
-        _fail_for_good(
+        fail_for_good(
             claim,
             spec_cls,
             f"Step {record.plan[step_index]!r} of {record.name} (version {record.version!r}) "
             "no longer exists; restore it or retry with a plan that has it.",
         )
         return None
-    handle = spec_cls._from_record(record)
-    claims.point("after_claim", claim)
+    handle = spec_cls._bind(record)
+    points.fire("after_claim", **claim.context())
     try:
         if spec.cls.atomic:
             with transaction.atomic():
                 data = _perform(spec, claim, handle)
-                claims.point("before_commit", claim)
-                moved = claims.commit(claim, data)
-            claims.point("commit_ack", claim)
+                points.fire("before_commit", **claim.context())
+                moved = transitions.commit(claim, data)
+            points.fire("commit_ack", **claim.context())
         else:
             data = _perform(spec, claim, handle)
-            claims.point("before_commit", claim)
-            moved = claims.commit_result(claim, data)
+            points.fire("before_commit", **claim.context())
+            moved = transitions.commit_result(claim, data)
     except StepFenced as exc:
         logger.warning("Sequence %s step %s: %s", record.pk, step_index, exc)
-        claims.release(claim, f"{type(exc).__name__}: {exc}")
+        release(claim, f"{type(exc).__name__}: {exc}")
         return None
     except Exception as exc:
         if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
             # A lost connection: record the failure on a fresh one.
             connection.close()
-        if _record_failure(claim, spec_cls, spec, exc, will_retry=retries_left > 0):
+        if record_failure(claim, spec_cls, spec, exc, will_retry=retries_left > 0):
             raise
         return None
-    claims.point("after_commit", claim)
+    points.fire("after_commit", **claim.context())
     return _after_commit(claim, spec_cls, spec, moved, data, may_inline)
 
 
 def _current(sequence_id: int) -> SequenceRecord | None:
     """The row as it is now, with whether its outbox entry is overdue."""
-    from sequence.recovery import overdue
-
     return (
-        SequenceRecord.objects.filter(pk=sequence_id)
-        .annotate(overdue=overdue(settings.DISPATCH_GRACE))
-        .first()
+        SequenceRecord.objects.filter(pk=sequence_id).with_overdue(settings.DISPATCH_GRACE).first()
     )
 
 
@@ -282,8 +228,6 @@ def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epo
     Only an overdue outbox entry whose job RQ no longer holds is queued again here (the
     sweep would do the same later); anything else would just add a duplicate.
     """
-    from sequence.recovery import LiveJobs
-
     if record is None:
         logger.warning("Sequence %s no longer exists; its step job ends.", sequence_id)
         return
@@ -293,24 +237,21 @@ def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epo
     )  # fmt: skip
     if (
         getattr(record, "overdue", False)
-        and record.status in (Status.PENDING, Status.RETRYING)
+        and record.status in QUEUED
         and record.epoch > epoch
         and record.pk not in LiveJobs().live([record])
     ):
-        dispatch(
-            record.pk, record.step_index, record.epoch, record.queue,
-            spec_for(record.name, record.plan, record.step_index),
-        )  # fmt: skip
+        dispatch(record.pk, record.step_index, record.epoch, record.queue, spec_for(record))
 
 
-def _perform(spec: StepSpec, claim: Claim, handle: Sequence) -> dict[str, Any]:
+def _perform(spec: StepSpec, claim: Claim, handle: SequenceDefinition) -> dict[str, Any]:
     record = claim.record
     step = spec.cls(
         data=record.data,
         sequence=handle,
         attempt=record.attempt,
         idempotency_key=f"{record.pk}:{record.step_index}:{spec.name}",
-        heartbeat=lambda: claims.heartbeat(claim),
+        heartbeat=lambda: transitions.heartbeat(claim),
     )
     result = step.perform()
     if result is not None:
@@ -336,7 +277,7 @@ def _check_deadline(claim: Claim, name: str) -> None:
 
 def _after_commit(
     claim: Claim,
-    cls: type[Sequence],
+    cls: type[SequenceDefinition],
     spec: StepSpec,
     was: str,
     data: dict[str, Any],
@@ -354,14 +295,15 @@ def _after_commit(
     elif was == Status.RUNNING and not last:
         # Unconfirmed: the next claim clears the outbox entry (one write less per step).
         dispatch(record.pk, next_index, record.epoch + 1, record.queue, next_spec, confirm=False)
-        claims.point(
-            "after_dispatch", claim, step=next_index, epoch=record.epoch + 1,
+        points.fire(
+            "after_dispatch",
+            **claim.context(step=next_index, epoch=record.epoch + 1),
             queue=record.queue, spec=next_spec,
         )  # fmt: skip
     record.data = data
     record.step_index = next_index
     record.status = Status.COMPLETED if last else Status.PENDING
-    handle = cls._from_record(record)
+    handle = cls._bind(record)
     hooks.send(
         signals.step_completed, cls, sequence=handle,
         step=spec.name, step_index=next_index - 1, attempt=record.attempt,
@@ -372,127 +314,58 @@ def _after_commit(
     return follow
 
 
-def _record_failure(
-    claim: Claim, cls: type[Sequence], spec: StepSpec, exc: Exception, *, will_retry: bool
-) -> bool:
-    """Record a failed attempt; True if RQ should see the exception (and maybe retry)."""
-    error = mask_text(f"{type(exc).__name__}: {exc}", claim.record.data)
-    tb = mask_text(traceback.format_exc(), claim.record.data)
-    fields = {**RELEASED, "error": error}
-    with transaction.atomic():
-        failed = False
-        if will_retry:
-            changed = claim.retrying = bool(
-                claim.mine()
-                .filter(status=Status.RUNNING)
-                .update(status=Status.RETRYING, updated_at=Now(), **fields)
-            )
-        else:
-            changed = failed = bool(
-                claim.mine()
-                .filter(status__in=[Status.RUNNING, Status.PAUSED])
-                .update(status=Status.FAILED, finished_at=Now(), updated_at=Now(), **fields)
-            )
-        # Paused or canceled meanwhile: keep that status, but release the claim.
-        changed = changed or claim.mine().update(updated_at=Now(), **fields)
-        if not changed:
-            logger.warning(
-                "Sequence %s step %s failed after losing its claim: %s",
-                claim.record.pk, claim.record.step_index, error,
-            )  # fmt: skip
-            claim.settled = True
-            return False
-        claims.record_attempt(claim, Outcome.FAILED, error, tb)
-    claim.settled = True
-    record = claim.record
-    record.error = error
-    record.status = Status.FAILED if failed else Status.RETRYING
-    handle = cls._from_record(record)
-    hooks.send(
-        signals.step_failed, cls, sequence=handle, step=spec.name,
-        step_index=record.step_index, attempt=record.attempt, error=error, will_retry=will_retry,
-    )  # fmt: skip
-    if failed:
-        announce_failure(record, cls, handle, error, claim.worker)
-    return True
+def requeued_by_hand(job: Any) -> bool:
+    """Whether this job was queued again after it failed for good (``rq requeue``).
 
-
-def _fail_for_good(claim: Claim, cls: type[Sequence] | None, error: str) -> None:
-    """Fail the sequence at once, without retries: its plan cannot run here."""
-    logger.error("Sequence %s: %s", claim.record.pk, error)
-    with transaction.atomic():
-        # A sequence canceled since the claim stays canceled; it only gives the claim back.
-        failable = claim.mine().filter(status__in=[Status.RUNNING, Status.PAUSED])
-        if not failable.update(
-            status=Status.FAILED, error=error, finished_at=Now(), updated_at=Now(), **RELEASED
-        ):
-            claim.mine().update(updated_at=Now(), **RELEASED)
-            claim.settled = True
-            return
-        claims.record_attempt(claim, Outcome.FAILED, error)
-    claim.settled = True
-    if cls is not None:
-        claim.record.status, claim.record.error = Status.FAILED, error
-        handle = cls._from_record(claim.record)
-        hooks.call(handle.on_failure, error)
-        hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
-
-
-def announce_failure(
-    record: SequenceRecord, cls: type[Sequence], handle: Sequence, error: str, worker: str
-) -> None:
-    """After a sequence failed for good: compensations, ``on_failure``, the signal."""
-    compensate(record, cls, handle, worker)
-    hooks.call(handle.on_failure, error)
-    hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
-
-
-def compensate(record: SequenceRecord, cls: type[Sequence], handle: Sequence, worker: str) -> None:
-    """Run compensate() of each completed step, last first, recording each outcome."""
-    for index in reversed(range(record.step_index)):
-        spec = cls.step_named(record.plan[index])
-        if spec is None or not spec.compensates:
-            continue
-        step = spec.cls(
-            data=record.data, sequence=handle, attempt=1,
-            idempotency_key=f"{record.pk}:{index}:{spec.name}",
-        )  # fmt: skip
-        started = timezone.now()
-        try:
-            step.compensate()  # type: ignore[attr-defined]
-        except Exception as exc:
-            outcome, error, tb = (
-                Outcome.COMPENSATION_FAILED,
-                mask_text(f"{type(exc).__name__}: {exc}", record.data),
-                mask_text(traceback.format_exc(), record.data),
-            )
-            logger.exception("Compensation of %s for sequence %s failed", spec.name, record.pk)
-        else:
-            outcome, error, tb = Outcome.COMPENSATED, "", ""
-        StepAttempt.objects.create(
-            sequence_id=record.pk, step_index=index, step=spec.name, epoch=record.epoch,
-            attempt=1, outcome=outcome, started_at=started, finished_at=timezone.now(),
-            worker=worker, error=error, traceback=tb,
-        )  # fmt: skip
-
-
-def job_failed(job: Any, connection: Any, exc_type: Any, exc: Any, tb: Any) -> None:
-    """RQ's failure callback: an abandoned job's sequence is checked at once.
-
-    RQ calls this after every failed attempt, which ``run_step`` has already recorded,
-    and for a job it found abandoned (its worker stopped sending heartbeats). Only the
-    latter matters, and only if the sequence still shows that job's claim as dead by
-    the sweep's own rules: a worker wrongly reported as gone changes nothing.
+    A failed sequence's step runs again only then: a duplicate of the failed job that
+    was already queued when it failed must not run the step once more.
     """
-    from rq.exceptions import AbandonedJobError
+    from rq.results import Result
 
-    if exc_type is not AbandonedJobError and not isinstance(exc, AbandonedJobError):
-        return
     try:
-        from sequence.recovery import check_sequence
-
-        sequence_id, _step_index, epoch = job.args
-        check_sequence(int(sequence_id), int(epoch), reason=f"RQ found job {job.id} abandoned")
+        result = job.latest_result()
     except Exception:
-        # Raising here would stop RQ's registry cleanup; the sweep will look again.
-        logger.exception("Checking the sequence of abandoned job %s failed", job.id)
+        logger.exception("Could not read the results of job %s", job.id)
+        return False
+    if result is None or result.type != Result.Type.FAILED or job.enqueued_at is None:
+        return False
+    enqueued: datetime = job.enqueued_at
+    if enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=result.created_at.tzinfo)
+    return bool(enqueued > result.created_at)
+
+
+# Claims this process could not release because the database was unreachable; the
+# worker's maintenance thread retries them (sequence.worker).
+orphans: list[Claim] = []
+
+
+def release(claim: Claim, error: str) -> None:
+    """Give up a claim without a result; queue the step again if it is due."""
+    with transaction.atomic():
+        if transitions.release(claim, error):
+            record = claim.record
+            args = (record.pk, record.step_index, record.epoch + 1, record.queue, spec_for(record))
+            transaction.on_commit(lambda: dispatch(*args), robust=True)
+
+
+def release_or_remember(claim: Claim) -> None:
+    """Release the claim, or leave it to the worker to release once the database is back."""
+    try:
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+        release(claim, "the worker could not finish the job; the step runs again")
+    except Exception:
+        logger.exception(
+            "Sequence %s: could not release the claim on step %s; retrying in the background.",
+            claim.record.pk, claim.record.step_index,
+        )  # fmt: skip
+        orphans.append(claim)
+
+
+def release_orphans() -> None:
+    """Release the claims this process could not release earlier (database back)."""
+    while orphans:
+        claim = orphans[0]
+        release(claim, "the worker could not finish the job; the step runs again")
+        orphans.pop(0)

@@ -14,14 +14,17 @@ from croniter import croniter
 from django.utils import timezone
 
 from sequence.conf import settings
-from sequence.definitions import Schedule, Sequence, registered
+from sequence.definitions import Schedule, SequenceDefinition
+from sequence.models import SequenceRecord
+from sequence.registry import registered
+from sequence.starting import start
 
 logger = logging.getLogger("sequence")
 
 
 @dataclass(frozen=True)
 class Tick:
-    sequence: type[Sequence]
+    sequence: type[SequenceDefinition]
     schedule: Schedule
     at: datetime
 
@@ -49,17 +52,16 @@ def due(now: datetime | None = None, window: int | None = None) -> list[Tick]:
     return ticks
 
 
-def run_due(now: datetime | None = None) -> list[Sequence]:
+def run_due(now: datetime | None = None) -> list[SequenceDefinition]:
     """Start the sequence of every due tick not started yet; return the new handles."""
-    from sequence.models import SequenceRecord
-
     started = []
     for tick in due(now):
         seen = SequenceRecord.objects.filter(name=tick.sequence.name, key=tick.key)
         if seen.exists():
             continue
         try:
-            started.append(tick.sequence.start(tick.schedule.make_data(), key=tick.key))
+            record = start(tick.sequence, tick.schedule.make_data(), key=tick.key)
+            started.append(tick.sequence._bind(record))
         except Exception:
             logger.exception(
                 "Schedule %s of %s could not start", tick.schedule.name, tick.sequence.name

@@ -17,11 +17,11 @@ from sequence.models import SequenceRecord
 from sequence.validation import check_data
 
 if TYPE_CHECKING:
-    from sequence.definitions import Sequence
+    from sequence.definitions import SequenceDefinition
 
 
 def start(
-    cls: type[Sequence],
+    cls: type[SequenceDefinition],
     data: Mapping[str, Any] | None,
     *,
     key: str | None = None,
@@ -59,7 +59,7 @@ def start(
 
     def first_step() -> None:
         dispatch(pk, 0, 0, record.queue, spec)
-        hooks.send(signals.sequence_started, cls, sequence=cls._from_record(record))
+        hooks.send(signals.sequence_started, cls, sequence=cls._bind(record))
 
     transaction.on_commit(first_step, robust=True)
     # The in-memory copy shows the database's Now() as this process's clock.

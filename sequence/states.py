@@ -18,13 +18,17 @@ class Status(models.TextChoices):
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING, Status.RETRYING})
+# Statuses in which a job for the current step should be in RQ (queued, scheduled...).
+QUEUED = frozenset({Status.PENDING, Status.RETRYING})
+# Paused or canceled while a step ran: its result is kept, nothing further starts.
+HELD = frozenset({Status.PAUSED, Status.CANCELED})
 
 # action -> {from status: the statuses it may lead to}. Every status change is one of
-# these, made by a conditional UPDATE whose WHERE clause names the "from" statuses, so
-# two changes racing each other cannot both apply to the same row.
+# these, made by a conditional UPDATE in sequence.transitions whose WHERE clause names
+# the "from" statuses, so two changes racing each other cannot both apply to one row.
 #
-# Asked for by people and code (sequence.transitions): pause, resume, cancel, retry.
-# Made by running a step (sequence.runner, sequence.claims, sequence.recovery): the rest.
+# Asked for by people and code (sequence.steering): pause, resume, cancel, retry.
+# Made by running a step (sequence.runner) and by the sweep (sequence.recovery): the rest.
 Transitions = dict[str, dict[Status, frozenset[Status]]]
 
 
@@ -38,14 +42,24 @@ def _table() -> Transitions:
         "resume": {Z: frozenset({R, P})},
         "cancel": {P: frozenset({X}), R: frozenset({X}), T: frozenset({X}), Z: frozenset({X})},
         "retry": {F: frozenset({P})},
-        # A job takes its step; from failed only when the failed RQ job was requeued by
-        # hand. A running step is never claimed again: only the sweep takes it over.
+        # A job takes its queued or retrying step; a failed one only when its RQ job was
+        # requeued by hand. A running step is never claimed again: only the sweep takes
+        # it over, so that recoveries are counted.
         "claim": {P: frozenset({R}), T: frozenset({R}), F: frozenset({R})},
-        # A step's result is saved. Paused or canceled meanwhile: the result is kept and
-        # nothing further starts (a paused sequence whose last step commits is completed).
-        "commit": {R: frozenset({P, C}), Z: frozenset({Z, C}), X: frozenset({X})},
+        # A job takes back its own claim (same token) whose acknowledgement was lost.
+        "reclaim": {R: frozenset({R})},
+        # A running step extends its lease; anything else tells it to stop.
+        "heartbeat": {R: frozenset({R})},
+        # A running step's result is saved: the next step is due, or the sequence is done.
+        "commit": {R: frozenset({P, C})},
+        # Paused or canceled meanwhile: the result is kept and nothing further starts (a
+        # paused sequence whose last step commits is completed).
+        "commit_held": {Z: frozenset({Z, C}), X: frozenset({X})},
         # An attempt raised: retrying if RQ has retries left, failed otherwise.
         "fail": {R: frozenset({T, F}), Z: frozenset({Z, F}), X: frozenset({X})},
+        # A claim given up without a result: the step is queued again (paused or canceled:
+        # only the claim is dropped).
+        "release": {R: frozenset({T}), Z: frozenset({Z}), X: frozenset({X})},
         # The sweep: a lost claim is retried (or failed past SEQUENCE_MAX_RECOVERIES); a lost
         # dispatch is queued again under a new epoch; a paused or canceled sequence whose
         # worker died only gets its claim released.
@@ -73,9 +87,12 @@ IDEMPOTENT: dict[str, frozenset[Status]] = {
 REQUESTS = ("pause", "resume", "cancel", "retry")
 
 
-def sources(action: str) -> frozenset[Status]:
-    """The statuses ``action`` may start from."""
-    return frozenset(TRANSITIONS[action])
+def sources(action: str, target: Status | None = None) -> frozenset[Status]:
+    """The statuses ``action`` may start from (those from which it may reach ``target``)."""
+    table = TRANSITIONS[action]
+    if target is None:
+        return frozenset(table)
+    return frozenset(source for source, targets in table.items() if target in targets)
 
 
 def allows(action: str, source: str, target: str) -> bool:

@@ -25,9 +25,15 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import BaseWorker
 
+from sequence import checks, faults, runner
 from sequence.conf import settings
-from sequence.definitions import registered
-from sequence.dispatch import SequenceJob, get_queue
+from sequence.dispatch import get_queue
+from sequence.inline import Inline
+from sequence.jobs import SequenceJob
+from sequence.models import WorkerBeat
+from sequence.recovery import recover_claim, recover_worker, sweep
+from sequence.registry import registered
+from sequence.schedules import run_due
 
 logger = logging.getLogger("sequence")
 
@@ -45,8 +51,6 @@ class DeadlineDeathPenalty(UnixSignalDeathPenalty):
 
     def handle_death_penalty(self, signum: Any, frame: Any) -> None:
         if self._exception is JobTimeoutException:
-            from sequence import runner
-
             runner.job_timeout.fired = True
         super().handle_death_penalty(signum, frame)  # type: ignore[no-untyped-call]
 
@@ -59,8 +63,6 @@ class _SequenceWorkerMixin:
     death_penalty_class: type[BaseDeathPenalty] = DeadlineDeathPenalty
 
     def perform_job(self, job: Any, queue: Any) -> bool:
-        from sequence import runner
-
         runner.job_timeout.fired = False
         close_old_connections()
         execution = getattr(self, "execution", None)
@@ -82,18 +84,12 @@ class _SequenceWorkerMixin:
         return None
 
 
-# The old name, kept for code that mixed it in.
-_DatabaseHygiene = _SequenceWorkerMixin
-
-
 class SequenceWorker(_SequenceWorkerMixin, SimpleWorker):
     """Runs step jobs in the worker process, keeping its database connection between jobs."""
 
     def _inline(self) -> Any:
-        from sequence import runner
-
         # A step run inline gets its own full timeout: RQ's alarm is set again for it.
-        return runner.Inline(rearm=signal.alarm, stopping=lambda: self._stop_requested)
+        return Inline(rearm=signal.alarm, stopping=lambda: self._stop_requested)
 
 
 class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
@@ -115,8 +111,6 @@ class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
         if execution is None:
             return
         try:
-            from sequence.recovery import recover_claim
-
             sequence_id, _step_index, epoch = job.args
             signal = (
                 f" (signal {os.WTERMSIG(ret_val)})" if ret_val and os.WIFSIGNALED(ret_val) else ""
@@ -154,9 +148,6 @@ def register(name: str, queue_names: list[str]) -> None:
     Without beats (SEQUENCE_WORKER_HEARTBEAT = 0) no row is kept: a row that never beats
     would soon make the worker look dead.
     """
-    from sequence.models import WorkerBeat
-    from sequence.recovery import recover_worker
-
     recover_worker(name, reason=f"worker {name} restarted while it held the step")
     if not settings.WORKER_HEARTBEAT:
         WorkerBeat.objects.filter(name=name).delete()
@@ -176,8 +167,6 @@ def register(name: str, queue_names: list[str]) -> None:
 
 def beat(name: str) -> None:
     """Show the worker is alive (database clock)."""
-    from sequence.models import WorkerBeat
-
     if not WorkerBeat.objects.filter(name=name).update(last_seen=Now(), stopped_at=None):
         # Registration failed (the database was down when the worker started).
         WorkerBeat.objects.get_or_create(
@@ -193,8 +182,6 @@ def beat(name: str) -> None:
 
 def unregister(name: str) -> None:
     """Record that the worker stopped: the sweep takes back any claim it still held."""
-    from sequence.models import WorkerBeat
-
     WorkerBeat.objects.filter(name=name).update(last_seen=Now(), stopped_at=Now())
 
 
@@ -230,15 +217,13 @@ class Maintenance(threading.Thread):
 
     def _tick(self, next_sweep: float) -> float:
         """One round of the thread's work; returns when the next sweep is due."""
-        from sequence import runner
-
         close_old_connections()
         if self.heartbeat:
             self._guard("liveness beat", beat, self.worker_name)
         if runner.orphans:
             self._guard("releasing orphaned claims", runner.release_orphans)
         if self.schedules:
-            self._guard("cron schedules", _schedules)
+            self._guard("cron schedules", run_due)
         if self.sweep_interval and time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + self.sweep_interval
             if self._my_turn():
@@ -265,19 +250,11 @@ class Maintenance(threading.Thread):
             return True
 
 
-def _schedules() -> None:
-    from sequence.schedules import run_due
-
-    run_due()
-
-
 # KiB of SQLite page cache the maintenance thread's connection may keep (default 2,000).
 SWEEP_PAGE_CACHE = 256
 
 
 def _sweep() -> None:
-    from sequence.recovery import sweep
-
     if connection.vendor == "sqlite":
         # The sweep reads each page once per batch, and SQLite empties a connection's page
         # cache whenever another connection wrote since its last read (every step does).
@@ -291,12 +268,9 @@ def run_worker(
     queue_names: list[str], *, kind: str = "simple", burst: bool = False, **kwargs: Any
 ) -> None:
     """Work on ``queue_names`` with the scheduler (for retry delays), beats and the sweep."""
-    from sequence import testing
-    from sequence.checks_reliability import log_deployment_warnings
-
     if settings.TEST_POINTS:
-        testing.install(settings.TEST_POINTS)
-    log_deployment_warnings(queue_names)
+        faults.install(settings.TEST_POINTS)
+    checks.log_deployment_warnings(queue_names)
     stop = threading.Event()
     first = _build_when_possible(queue_names, kind, kwargs, 0, stop)
     if first is None:

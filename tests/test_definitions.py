@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sequence import ConfigurationError, InvalidData, Retry, Sequence, SequenceFailed, Step
-from sequence.definitions import get_sequence_class, registered
+from sequence.registry import get_sequence_class, registered
 from sequence.models import SequenceRecord
 from testproject.testapp.sequences import A, Checkout, Signup, ThreeSteps, Versioned
 

@@ -9,9 +9,9 @@ from rq.registry import FailedJobRegistry
 
 from sequence import SequenceCanceled, SequenceFailed, SequenceTimeout
 from sequence.dispatch import get_queue, job_id
+from sequence.faults import SimulatedCrash, armed, deliver
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
-from sequence.testing import SimulatedCrash, armed, deliver
 from sequence.worker import build_worker
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import BadOutputSequence, Compensating, ThreeSteps

@@ -14,9 +14,9 @@ from django.test import override_settings
 from rq.registry import FailedJobRegistry
 
 from sequence.dispatch import get_queue, job_id
+from sequence.faults import armed, sweep
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
-from sequence.testing import armed, sweep
 from sequence.worker import build_worker
 from testproject.testapp.faults import FixableChain
 from testproject.testapp.models import Ledger, Payment

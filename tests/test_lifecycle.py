@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from sequence import InvalidData, InvalidTransition, UnknownSequence, signals, transitions
+from sequence import InvalidData, InvalidTransition, UnknownSequence, signals, steering
 from sequence.dispatch import get_queue
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import (
@@ -154,7 +154,7 @@ def test_each_request_from_each_status_moves_does_nothing_or_raises(action, stat
     before = SequenceRecord.objects.get(pk=record.pk)
     if expected == RAISES:
         with pytest.raises(InvalidTransition, match=f"Cannot {action} .*: it is {status}"):
-            transitions.ACTIONS[action](record.pk)
+            steering.ACTIONS[action](record.pk)
         after = SequenceRecord.objects.get(pk=record.pk)
         assert (after.status, after.epoch, after.updated_at) == (
             before.status,
@@ -162,7 +162,7 @@ def test_each_request_from_each_status_moves_does_nothing_or_raises(action, stat
             before.updated_at,
         )
         return
-    result = transitions.ACTIONS[action](record.pk)
+    result = steering.ACTIONS[action](record.pk)
     after = SequenceRecord.objects.get(pk=record.pk)
     assert result.status == after.status
     if expected == SAME:
@@ -181,16 +181,16 @@ def test_each_request_from_each_status_moves_does_nothing_or_raises(action, stat
 def test_requests_on_an_unknown_sequence_say_so():
     for action in REQUESTS:
         with pytest.raises(UnknownSequence, match="No sequence has the id 424242"):
-            transitions.ACTIONS[action](424242)
+            steering.ACTIONS[action](424242)
 
 
 @pytest.mark.django_db
 def test_retry_refuses_data_that_cannot_be_stored_and_changes_nothing():
     record = make_record(status=F, step_index=1, data={"n": 1})
     with pytest.raises(InvalidData, match="set"):
-        transitions.retry(record.pk, {"bad": {1, 2}})
+        steering.retry(record.pk, {"bad": {1, 2}})
     with pytest.raises(InvalidData, match="takes a dict"):
-        transitions.retry(record.pk, ["not", "a", "dict"])  # type: ignore[arg-type]
+        steering.retry(record.pk, ["not", "a", "dict"])  # type: ignore[arg-type]
     record.refresh_from_db()
     assert (record.status, record.data) == (F, {"n": 1})
 
@@ -338,7 +338,7 @@ def test_retry_merges_corrections_and_runs_the_failed_step_with_fresh_attempts()
 def test_people_pausing_at_once_all_see_it_paused_and_it_is_announced_once(received):
     paused = received(signals.sequence_paused)
     seq = ThreeSteps.start({})
-    results = in_threads(8, lambda i: transitions.pause(seq.id))
+    results = in_threads(8, lambda i: steering.pause(seq.id))
     assert [r.status for r in results] == [Z] * 8
     assert len(paused.calls) == 1
     assert paused.calls[0]["sequence"].id == seq.id
@@ -350,7 +350,7 @@ def test_resuming_twice_at_once_queues_the_next_step_once(received):
     seq = ThreeSteps.start({})
     seq.pause()
     before = set(queued_jobs())
-    results = in_threads(2, lambda i: transitions.resume(seq.id))
+    results = in_threads(2, lambda i: steering.resume(seq.id))
     assert [r.status for r in results] == [P, P]
     new_jobs = set(queued_jobs()) - before
     record = SequenceRecord.objects.get(pk=seq.id)
@@ -369,12 +369,12 @@ def test_a_storm_of_pauses_resumes_and_cancels_never_runs_a_step_twice():
             if action == "cancel" and (i + round_) % 3:
                 continue
             with contextlib.suppress(InvalidTransition):  # e.g. pausing a canceled one
-                transitions.ACTIONS[action](target)
+                steering.ACTIONS[action](target)
 
     in_threads(6, churn)
     for seq in sequences:
         if status_of(seq.id) == Z:
-            transitions.resume(seq.id)
+            steering.resume(seq.id)
     run_jobs()
     for seq in sequences:
         record = SequenceRecord.objects.get(pk=seq.id)
@@ -392,12 +392,12 @@ def test_signals_for_requests_wait_for_the_commit_and_vanish_on_rollback(receive
     canceled = received(signals.sequence_canceled)
     seq = ThreeSteps.start({})
     with transaction.atomic():
-        transitions.pause(seq.id)
+        steering.pause(seq.id)
         assert paused.calls == []
     assert len(paused.calls) == 1
     try:
         with transaction.atomic():
-            transitions.cancel(seq.id)
+            steering.cancel(seq.id)
             raise RuntimeError("roll back")
     except RuntimeError:
         pass

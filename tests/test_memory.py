@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 from rq import Queue
 
-from sequence import recovery, worker
+from sequence import recovery, rqview, worker
 from sequence.dispatch import ENTRY_POINT, get_queue, job_id
 from sequence.models import SequenceRecord
 from testproject.testapp.faults import FaultChain
@@ -128,7 +128,7 @@ def test_the_sweep_holds_one_batch_at_a_time():
 
 def test_a_queue_listing_is_exact_and_small():
     ids = [job_id(n, n % 7, n % 3) for n in range(20_000)]
-    listing = recovery._IdSet(len(ids))
+    listing = rqview._IdSet(len(ids))
     for jid in ids:
         listing.add(jid)
     assert all(jid in listing for jid in ids)

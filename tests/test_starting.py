@@ -109,7 +109,7 @@ def test_data_over_the_size_limit_is_refused(settings):
 
 
 def test_unknown_sequence_name_is_refused():
-    from sequence.definitions import get_sequence_class
+    from sequence.registry import get_sequence_class
 
     with pytest.raises(UnknownSequence, match=r"'nope\.Missing'"):
         get_sequence_class("nope.Missing")

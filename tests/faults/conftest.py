@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from sequence import testing
+from sequence import faults
 from sequence.dispatch import get_queue
 from sequence.models import SequenceRecord
 from sequence.states import Status
@@ -122,9 +122,9 @@ def fault_settings(settings: Any, journal_triggers: None) -> Iterator[None]:
     for key, value in FAULT_SETTINGS.items():
         setattr(settings, f"SEQUENCE_{key}", value)
     get_queue.cache_clear()
-    testing.disarm_all()
+    faults.disarm_all()
     yield
-    testing.disarm_all()
+    faults.disarm_all()
     get_queue.cache_clear()
 
 
@@ -225,7 +225,7 @@ def settle(
     deadline = time.monotonic() + timeout
     while True:
         if sweep:
-            testing.sweep(grace=1)
+            faults.sweep(grace=1)
         now = statuses(ids)
         if all(status in done for status in now.values()):
             return now

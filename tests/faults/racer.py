@@ -2,7 +2,7 @@
 
 ``python -m tests.faults.racer START THREADS ROUNDS ID...``: in round r, at the wall-clock
 time START + r * SPACING, every thread delivers the job (id, step r, epoch r) of every
-sequence, in its own order, through ``sequence.testing.deliver``.
+sequence, in its own order, through ``sequence.faults.deliver``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     django.setup()
     from django.db import connection
 
-    from sequence import testing
+    from sequence import faults
 
     start, threads, rounds = float(argv[0]), int(argv[1]), int(argv[2])
     ids = [int(x) for x in argv[3:]]
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
                 order = ids[:]
                 rng.shuffle(order)
                 for seq_id in order:
-                    testing.deliver(seq_id, step, step, worker=f"racer-{os.getpid()}-{number}")
+                    faults.deliver(seq_id, step, step, worker=f"racer-{os.getpid()}-{number}")
         except BaseException as exc:
             errors.append(exc)
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core import checks as django_checks
 
-from sequence import checks_reliability as checks
+from sequence import checks
 
 from ..conftest import wait_for
 

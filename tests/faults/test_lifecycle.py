@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sequence import InvalidTransition, Sequence, testing
+from sequence import InvalidTransition, Sequence, faults
 from sequence.models import SequenceRecord
 from sequence.states import Status
 from testproject.testapp.faults import BeatingChain, FaultChain, FixableChain
@@ -77,7 +77,7 @@ def test_pause_resume_cancel_and_retry_race_steps_in_flight(fleet):
 def test_pausing_a_heartbeating_step_stops_it_and_resume_runs_it_again():
     """In one process: the step's first heartbeat finds its sequence paused."""
     seq = BeatingChain.start({"beats": 2})
-    testing.deliver(seq.id, 0, 0, worker="w1")
+    faults.deliver(seq.id, 0, 0, worker="w1")
     paused = []
 
     def pause_once(context):
@@ -85,15 +85,15 @@ def test_pausing_a_heartbeating_step_stops_it_and_resume_runs_it_again():
             paused.append(Sequence.get(context["sequence"]))
             paused[0].pause()
 
-    with testing.armed("heartbeat", pause_once, sequence=seq.id):
-        testing.deliver(seq.id, 1, 1, worker="w2")
+    with faults.armed("heartbeat", pause_once, sequence=seq.id):
+        faults.deliver(seq.id, 1, 1, worker="w2")
     record = SequenceRecord.objects.get(pk=seq.id)
     assert (record.status, record.step_index, record.claim_token) == ("paused", 1, None)
     assert BodyRun.objects.filter(seq_id=seq.id, step="Beating", note="fenced").count() == 1
     Sequence.get(seq.id).resume()
     record.refresh_from_db()
     while record.status != Status.COMPLETED:
-        testing.deliver(record.pk, record.step_index, record.epoch, worker="w3")
+        faults.deliver(record.pk, record.step_index, record.epoch, worker="w3")
         record.refresh_from_db()
     runs = BodyRun.objects.filter(seq_id=seq.id, step="Beating").exclude(note="fenced")
     assert runs.count() == 2  # stopped once, run again after resume

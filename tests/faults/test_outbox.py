@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sequence import testing
+from sequence import faults
 from sequence.dispatch import enqueue_step, get_queue, job_id
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
@@ -51,7 +51,7 @@ def test_crash_after_commit_before_enqueue_is_recovered_by_the_sweep_alone(fleet
     assert not StepAttempt.objects.filter(sequence_id__in=ids, outcome="lost").exists()
     if proc.poll() is not None:
         fleet.start(env=no_sweep, kind=kind)
-    result = testing.sweep(grace=1)
+    result = faults.sweep(grace=1)
     assert sorted(result.redispatched) == sorted(ids)
     settle(ids, sweep=False, timeout=30)
     report = check(

@@ -23,7 +23,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sequence import InvalidTransition, Sequence, testing
+from sequence import InvalidTransition, Sequence, faults
 from sequence.dispatch import get_queue
 from sequence.models import SequenceRecord, WorkerBeat
 from sequence.states import Status
@@ -61,7 +61,7 @@ class Interleavings(RuleBasedStateMachine):
 
     def _deliver(self, job: tuple[int, int, int], worker: str | None = None) -> None:
         self.seen.append(job)
-        testing.deliver(*job, worker=worker or self._worker())
+        faults.deliver(*job, worker=worker or self._worker())
         TOTALS["deliveries"] += 1
 
     @rule()
@@ -84,7 +84,7 @@ class Interleavings(RuleBasedStateMachine):
         if job is None:
             return
         worker = self._worker()
-        with testing.armed(point, "raise"), contextlib.suppress(testing.SimulatedCrash):
+        with faults.armed(point, "raise"), contextlib.suppress(faults.SimulatedCrash):
             self._deliver(job, worker)
         # The process "died": its beats stop (it shows as stopped at once).
         WorkerBeat.objects.create(
@@ -125,7 +125,7 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.ids)
     @rule()
     def sweep(self) -> None:
-        testing.sweep(grace=0)
+        faults.sweep(grace=0)
         TOTALS["sweeps"] += 1
 
     @invariant()
@@ -143,7 +143,7 @@ class Interleavings(RuleBasedStateMachine):
                 continue
             for record in SequenceRecord.objects.filter(pk__in=self.ids, status="paused"):
                 Sequence.get(record.pk).resume()
-            if not testing.sweep(grace=0) and self.queue.count == 0:
+            if not faults.sweep(grace=0) and self.queue.count == 0:
                 break
         final = {Status.COMPLETED, Status.CANCELED, Status.FAILED}
         assert_ok(check("14 hypothesis", self.ids, expect=final, write=False))

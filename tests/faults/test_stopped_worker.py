@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from sequence import testing
+from sequence import faults
 from sequence.models import SequenceRecord, StepAttempt
 from testproject.testapp.faults import BeatingChain, FaultChain
 from testproject.testapp.models import BodyRun
@@ -77,28 +77,28 @@ def test_a_late_commit_and_heartbeat_after_the_lease_ran_out_are_fenced(settings
         SequenceRecord.objects.filter(pk=context["sequence"]).update(
             lease_until=timezone.now() - timedelta(seconds=1)
         )
-        assert context["sequence"] in testing.sweep().redispatched
+        assert context["sequence"] in faults.sweep().redispatched
         record = SequenceRecord.objects.get(pk=context["sequence"])
         quiet = (
-            testing.armed("heartbeat", lambda c: None),
-            testing.armed("before_commit", lambda c: None),
+            faults.armed("heartbeat", lambda c: None),
+            faults.armed("before_commit", lambda c: None),
         )
         with quiet[0], quiet[1]:
-            testing.deliver(record.pk, record.step_index, record.epoch, worker="successor")
+            faults.deliver(record.pk, record.step_index, record.epoch, worker="successor")
 
-    with testing.armed("before_commit", expire_and_take_over, sequence=plain.id, step=0):
-        testing.deliver(plain.id, 0, 0, worker="late")
+    with faults.armed("before_commit", expire_and_take_over, sequence=plain.id, step=0):
+        faults.deliver(plain.id, 0, 0, worker="late")
     done = StepAttempt.objects.get(sequence_id=plain.id, step="Work", outcome="succeeded")
     assert done.worker == "successor"
-    testing.deliver(beating.id, 0, 0, worker="first")
+    faults.deliver(beating.id, 0, 0, worker="first")
     record = SequenceRecord.objects.get(pk=beating.id)
-    with testing.armed("heartbeat", expire_and_take_over, sequence=beating.id, step=1):
-        testing.deliver(beating.id, 1, record.epoch, worker="late")
+    with faults.armed("heartbeat", expire_and_take_over, sequence=beating.id, step=1):
+        faults.deliver(beating.id, 1, record.epoch, worker="late")
     assert BodyRun.objects.filter(seq_id=beating.id, step="Beating", note="fenced").count() == 1
     for seq in (plain, beating):
         record = SequenceRecord.objects.get(pk=seq.id)
         while record.status != "completed":
-            testing.deliver(record.pk, record.step_index, record.epoch, worker="finisher")
+            faults.deliver(record.pk, record.step_index, record.epoch, worker="finisher")
             record.refresh_from_db()
     assert_ok(
         check(

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rq import Queue
 
-from sequence import testing
+from sequence import faults
 from sequence.dispatch import ENTRY_POINT, get_queue, job_id
 from sequence.models import SequenceRecord
 from testproject.testapp.faults import FaultChain
@@ -63,7 +63,7 @@ def test_a_sweep_over_ten_thousand_sequences_is_batched_and_pipelined(settings, 
     before = _commands(redis)
     began = time.monotonic()
     with CaptureQueriesContext(connection) as queries:
-        result = testing.sweep(grace=30)
+        result = faults.sweep(grace=30)
     elapsed = time.monotonic() - began
     commands = _commands(redis) - before
 

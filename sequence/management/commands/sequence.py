@@ -9,6 +9,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sequence import cli
 from sequence.conf import settings
+from sequence.recovery import sweep
+from sequence.schedules import run_due
+from sequence.worker import run_worker
 
 
 class Command(BaseCommand):
@@ -76,8 +79,6 @@ class Command(BaseCommand):
     def handle_worker(
         self, queues: list[str], burst: bool, worker_class: str, name: str | None, **_: Any
     ) -> None:
-        from sequence.worker import run_worker
-
         run_worker(queues or [settings.QUEUE], kind=worker_class, burst=burst, name=name)
 
     def handle_recover(
@@ -86,8 +87,6 @@ class Command(BaseCommand):
         import time
 
         from django.db import close_old_connections
-
-        from sequence.recovery import sweep
 
         while True:
             close_old_connections()
@@ -115,8 +114,6 @@ class Command(BaseCommand):
         import time
 
         from django.db import close_old_connections
-
-        from sequence.schedules import run_due
 
         while True:
             close_old_connections()

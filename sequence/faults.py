@@ -1,4 +1,5 @@
-"""Helpers for tests: test points in the step protocol, in-process delivery, and sweeps.
+"""Fault injection for this project's own test suite (not for users' tests: see
+``sequence.testing``): arming test points, delivering a step job in-process, sweeping.
 
 Test points are named places in the runner and the sweep (see ``POINTS``) where a test
 can crash, stop or stall a worker, or inject an error. They do nothing unless a test
@@ -28,31 +29,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-POINTS = (
-    # runner.run_step, in the order a step passes them
-    "before_claim",  # the job is about to claim its step (each try, if the first lost its connection)
-    "after_claim",  # the claim is committed; the step has not started
-    "before_commit",  # the step ran; its result is not committed (atomic: inside the transaction)
-    "commit_ack",  # the commit is durable; the worker has not yet seen it succeed
-    "after_commit",  # committed; the next step is not queued yet (the outbox holds it)
-    "after_dispatch",  # the next step is queued and the outbox cleared
-    "heartbeat",  # a step called self.heartbeat()
-    # recovery.sweep
-    "sweep_before_dispatch",  # a recovery is committed; its job is not queued yet
-)
+from django.db import OperationalError
 
-Context = Mapping[str, Any]
-Action = Callable[[Context], None]
+from sequence import points, recovery, runner
+from sequence.dispatch import enqueue_step
+from sequence.points import POINTS, Action, Context
 
 
 class SimulatedCrash(BaseException):
     """Raised by the ``raise`` action: the runner lets it through, as if the process died."""
-
-
-def _runner_points() -> dict[str, Action]:
-    from sequence import runner
-
-    return runner.test_points
 
 
 def arm(point: str, action: str | Action, **filters: Any) -> Callable[[], None]:
@@ -60,12 +45,12 @@ def arm(point: str, action: str | Action, **filters: Any) -> Callable[[], None]:
     if point not in POINTS:
         raise ValueError(f"Unknown test point {point!r}; choose one of {POINTS!r}.")
     handler = _filtered(_action(action), filters)
-    points = _runner_points()
-    points[point] = handler
+    armed = points.armed
+    armed[point] = handler
 
     def disarm() -> None:
-        if points.get(point) is handler:
-            del points[point]
+        if armed.get(point) is handler:
+            del armed[point]
 
     return disarm
 
@@ -82,7 +67,7 @@ def armed(point: str, action: str | Action, **filters: Any) -> Iterator[None]:
 
 def disarm_all() -> None:
     """Disarm every test point in this process."""
-    _runner_points().clear()
+    points.armed.clear()
 
 
 def install(spec: Mapping[str, Any] | None) -> None:
@@ -95,7 +80,7 @@ def install(spec: Mapping[str, Any] | None) -> None:
             handlers.append(_filtered(_action(entry.pop("do")), entry))
         if point not in POINTS:
             raise ValueError(f"Unknown test point {point!r}; choose one of {POINTS!r}.")
-        _runner_points()[point] = _chain(handlers)
+        points.armed[point] = _chain(handlers)
 
 
 def _chain(handlers: list[Action]) -> Action:
@@ -159,8 +144,6 @@ def _action(action: str | Action) -> Action:
     if name == "error":
 
         def error(context: Context) -> None:
-            from django.db import OperationalError
-
             raise OperationalError(f"simulated lost database connection at {dict(context)!r}")
 
         return error
@@ -189,8 +172,6 @@ def hold(path: str, timeout: float = 60) -> None:
 
 
 def _duplicate(context: Context) -> None:
-    from sequence.dispatch import enqueue_step
-
     for _ in range(2):
         enqueue_step(
             context["sequence"],
@@ -205,8 +186,6 @@ def deliver(
     sequence_id: int, step_index: int, epoch: int, *, worker: str = "test", token: str | None = None
 ) -> None:
     """Run one step job in this process, as worker ``worker`` would (no RQ involved)."""
-    from sequence import runner
-
     reset = runner.execution.set(runner.Execution(worker=worker, token=token))
     try:
         runner.run_step(sequence_id, step_index, epoch)
@@ -216,6 +195,4 @@ def deliver(
 
 def sweep(grace: float = 0) -> Any:
     """Run one recovery sweep now, treating every unconfirmed dispatch as overdue."""
-    from sequence.recovery import sweep as run_sweep
-
-    return run_sweep(grace)
+    return recovery.sweep(grace)

@@ -1,0 +1,131 @@
+"""Pause, resume, cancel and retry, as people and code ask for them.
+
+The handle, the admin and the command call these. Each is one of the state machine's
+conditional updates (``sequence.transitions``); here is what goes around it: the
+signal once the change commits, the next job queued, a canceled job taken out of RQ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+from sequence import hooks, registry, signals, transitions
+from sequence.definitions import SequenceDefinition
+from sequence.dispatch import dispatch, get_queue, job_id, queue_for
+from sequence.exceptions import InvalidData, UnknownSequence
+from sequence.models import SequenceRecord
+from sequence.states import TRANSITIONS, Status
+from sequence.validation import check_data
+
+logger = logging.getLogger("sequence")
+
+
+def _announce(signal: Signal, record: SequenceRecord, **kwargs: Any) -> None:
+    """Send ``signal`` once the transaction that made the change commits."""
+    try:
+        handle = registry.load(record, SequenceDefinition)
+    except UnknownSequence:
+        logger.warning("Sequence %s: %r is not registered; no signal sent.", record.pk, record.name)
+        return
+    transaction.on_commit(
+        lambda: hooks.send(signal, type(handle), sequence=handle, **kwargs), robust=True
+    )
+
+
+def _dispatch_on_commit(record: SequenceRecord) -> None:
+    args = (record.pk, record.step_index, record.epoch, record.queue, registry.spec_for(record))
+    transaction.on_commit(lambda: dispatch(*args), robust=True)
+
+
+def pause(sequence_id: int | str) -> SequenceRecord:
+    """Stop after the step in flight; a queued job finds the sequence paused and ends."""
+    with transaction.atomic():
+        record, changed = transitions.pause(sequence_id)
+        if changed:
+            _announce(signals.sequence_paused, record)
+    return record
+
+
+def resume(sequence_id: int | str) -> SequenceRecord:
+    """Carry on from the next step, queued once under a new epoch."""
+    with transaction.atomic():
+        record, changed = transitions.resume(sequence_id)
+        if changed:
+            if record.status == Status.PENDING:
+                _dispatch_on_commit(record)
+            _announce(signals.sequence_resumed, record)
+    return record
+
+
+def cancel(sequence_id: int | str) -> SequenceRecord:
+    """End the sequence ``canceled``; its queued job is canceled and would do nothing."""
+    with transaction.atomic():
+        record, changed = transitions.cancel(sequence_id)
+        if changed:
+            _announce(signals.sequence_canceled, record)
+            # The job may still sit in RQ: take it out. If a worker has it already, its
+            # claim or its commit finds the sequence canceled and starts nothing.
+            transaction.on_commit(lambda: _cancel_job(record), robust=True)
+    return record
+
+
+def _cancel_job(record: SequenceRecord) -> None:
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+
+    queue = get_queue(queue_for(registry.spec_for(record), record.queue))
+    try:
+        # Fetched by id, not through queue.fetch_job, which ignores a job of another queue.
+        job = queue.job_class.fetch(
+            job_id(record.pk, record.step_index, record.epoch),
+            connection=queue.connection,
+            serializer=queue.serializer,
+        )
+        if job.get_status() in ("queued", "scheduled", "deferred"):
+            job.cancel()
+    except (InvalidJobOperation, NoSuchJobError):
+        pass
+
+
+def retry(
+    sequence_id: int | str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    replace: bool = False,
+    epoch: int | None = None,
+) -> SequenceRecord:
+    """Run the failed step again with fresh attempts, after merging ``data`` into the data.
+
+    ``replace=True`` stores ``data`` instead of merging it (the admin's edited data);
+    ``epoch`` refuses the retry if the sequence moved since that epoch was read (the
+    admin's form was filled in against an older copy).
+    """
+    if data is not None and not isinstance(data, Mapping):
+        raise InvalidData(
+            f"retry(data=...) takes a dict of corrections, not {type(data).__name__} {data!r:.80}."
+        )
+
+    def merge(record: SequenceRecord) -> dict[str, Any]:
+        merged = dict(data or {}) if replace else {**record.data, **(data or {})}
+        check_data(merged)
+        return merged
+
+    with transaction.atomic():
+        record, changed = transitions.retry(sequence_id, merge, epoch)
+        if changed:
+            _dispatch_on_commit(record)
+            _announce(signals.sequence_retried, record)
+    return record
+
+
+ACTIONS: dict[str, Callable[..., SequenceRecord]] = {
+    "pause": pause,
+    "resume": resume,
+    "cancel": cancel,
+    "retry": retry,
+}
+assert set(ACTIONS) <= set(TRANSITIONS)
