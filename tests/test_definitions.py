@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sequence import ConfigurationError, InvalidData, Retry, Sequence, SequenceFailed, Step
-from sequence.registry import get_sequence_class, registered
 from sequence.models import SequenceRecord
+from sequence.registry import get_sequence_class, registered
 from testproject.testapp.sequences import A, Checkout, Signup, ThreeSteps, Versioned
 
 from .conftest import wait_for
