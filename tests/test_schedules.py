@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import threading
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -272,3 +274,49 @@ def test_describe_shows_each_schedules_last_started_and_next_tick(use_schedules)
             "next_tick": "2027-01-01T00:00+00:00",
         },
     ]
+
+
+def test_the_schedules_command_lists_every_schedule(use_schedules):
+    use_schedules(Schedule("report", cron="0 9 * * *"), Schedule("idle", cron="0 0 1 1 *"))
+    schedules.run_due(datetime(2026, 6, 1, 9, 0, 30, tzinfo=UTC))
+    out = io.StringIO()
+    call_command("sequence", "schedules", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == [
+        "SEQUENCE",
+        "SCHEDULE",
+        "CRON",
+        "TIME",
+        "ZONE",
+        "LAST",
+        "TICK",
+        "NEXT",
+        "TICK",
+    ]
+    report = next(line for line in lines if " report " in line)
+    assert report.startswith("testapp.Nightly  report")
+    assert "0 9 * * *" in report
+    assert "UTC" in report
+    assert "2026-06-01T09:00+00:00" in report
+    idle = next(line for line in lines if " idle " in line)
+    assert " never " in idle
+
+
+def test_the_schedules_command_prints_json_for_programs(use_schedules):
+    use_schedules(Schedule("half", cron="*/30 * * * *"))
+    out = io.StringIO()
+    call_command("sequence", "schedules", "--json", stdout=out)
+    rows = [r for r in json.loads(out.getvalue()) if r["sequence"] == "testapp.Nightly"]
+    assert [(r["schedule"], r["cron"], r["time_zone"], r["last_tick"]) for r in rows] == [
+        ("half", "*/30 * * * *", "UTC", None)
+    ]
+    upcoming = datetime.fromisoformat(rows[0]["next_tick"])
+    assert timezone.now() < upcoming <= timezone.now() + timedelta(minutes=30)
+    assert upcoming.minute in (0, 30)
+
+
+def test_the_schedules_command_says_when_there_are_none(monkeypatch):
+    monkeypatch.setattr(schedules, "registered", dict)
+    out = io.StringIO()
+    call_command("sequence", "schedules", stdout=out)
+    assert out.getvalue() == "No schedules.\n"
