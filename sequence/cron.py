@@ -18,7 +18,8 @@ instants itself, because a wall time can happen once, twice or never:
   instant after the gap, so a daily ``30 1 * * *`` in London still runs that day.
 
 So an every-N-minutes schedule fires every N minutes of real time through both changes
-(for N dividing the shift, as every 60-minute shift does), and a daily one once a day.
+(when N divides the shift, as any N dividing 60 does for the usual one-hour shift), and a
+daily one once a day. docs/schedules.md says the same for users.
 
 croniter's own time-zone handling (7.0) differs: it fires a repeated wall time twice
 whatever the hour field, so a daily ``30 1 * * *`` runs twice on the autumn night.
