@@ -1,18 +1,22 @@
 """Cron schedules: start one sequence per tick, however many schedulers run.
 
-Each tick starts its sequence with the start key ``schedule:<name>:<tick>``; the
-unique key makes a second scheduler's start for the same tick return the first one.
+Each tick starts its sequence with the start key ``schedule:<name>:<tick>``, the tick
+written with its UTC offset in ``settings.TIME_ZONE`` (so the two 01:30s of an autumn
+night differ); the unique key makes a second scheduler's start for the same tick return
+the first one. Which instants are ticks is decided in :mod:`sequence.cron`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from django.utils import timezone
 
+from sequence import cron
 from sequence.conf import settings
 from sequence.definitions import Schedule, SequenceDefinition
 from sequence.models import SequenceRecord
@@ -30,25 +34,38 @@ class Tick:
 
     @property
     def key(self) -> str:
-        return f"schedule:{self.schedule.name}:{self.at.isoformat(timespec='minutes')}"
+        return key_prefix(self.schedule) + self.at.isoformat(timespec="minutes")
+
+
+def key_prefix(schedule: Schedule) -> str:
+    """The start keys of a schedule's ticks begin with this."""
+    return f"schedule:{schedule.name}:"
+
+
+def time_zone() -> ZoneInfo:
+    """The zone schedules run in: ``settings.TIME_ZONE`` (not the active one of a request)."""
+    return timezone.get_default_timezone()
 
 
 def latest_tick(schedule: Schedule, now: datetime) -> datetime:
-    """The last time at or before ``now`` the schedule fires, in the current time zone."""
-    local = timezone.localtime(now)
-    return croniter(schedule.cron, local + timedelta(microseconds=1)).get_prev(datetime)  # type: ignore[no-any-return]
+    """The last time at or before ``now`` the schedule fires, in ``settings.TIME_ZONE``."""
+    return cron.latest_tick(schedule.cron, time_zone(), now)
 
 
 def due(now: datetime | None = None, window: int | None = None) -> list[Tick]:
-    """Ticks that fired within the last ``window`` seconds."""
+    """Ticks that fired within the last ``window`` seconds; a schedule that fails is logged."""
     now = now or timezone.now()
     window = settings.SCHEDULE_WINDOW if window is None else window
     ticks = []
-    for cls in registered().values():
-        for schedule in cls.schedules:
+    for cls, schedule in _schedules():
+        try:
             at = latest_tick(schedule, now)
-            if now - at <= timedelta(seconds=window):
-                ticks.append(Tick(cls, schedule, at))
+        except Exception:
+            logger.exception("Schedule %s of %s: no tick found", schedule.name, cls.name)
+            continue
+        # In UTC: datetimes sharing one zone subtract by wall time, ignoring fold.
+        if now.astimezone(UTC) - at.astimezone(UTC) <= timedelta(seconds=window):
+            ticks.append(Tick(cls, schedule, at))
     return ticks
 
 
@@ -67,3 +84,52 @@ def run_due(now: datetime | None = None) -> list[SequenceDefinition]:
                 "Schedule %s of %s could not start", tick.schedule.name, tick.sequence.name
             )
     return started
+
+
+def describe(now: datetime | None = None) -> list[dict[str, Any]]:
+    """One row per schedule: where it runs, the last tick started and the next one."""
+    now = now or timezone.now()
+    tz = time_zone()
+    rows = []
+    for cls, schedule in _schedules():
+        last = _last_started(cls, schedule)
+        try:
+            upcoming: str | None = cron.next_tick(schedule.cron, tz, now).isoformat(
+                timespec="minutes"
+            )
+        except Exception:
+            logger.exception("Schedule %s of %s: no next tick", schedule.name, cls.name)
+            upcoming = None
+        rows.append(
+            {
+                "sequence": cls.name,
+                "schedule": schedule.name,
+                "cron": schedule.cron,
+                "time_zone": str(tz),
+                "last_tick": last[0] if last else None,
+                "last_id": last[1] if last else None,
+                "next_tick": upcoming,
+            }
+        )
+    return rows
+
+
+def _schedules() -> list[tuple[type[Sequence], Schedule]]:
+    return [(cls, s) for cls in registered().values() for s in cls.schedules]
+
+
+def _last_started(cls: type[Sequence], schedule: Schedule) -> tuple[str, int] | None:
+    """The tick (as its key writes it) and id of the newest sequence the schedule started."""
+    from sequence.models import SequenceRecord
+
+    prefix = key_prefix(schedule)
+    records = SequenceRecord.objects.filter(name=cls.name, key__startswith=prefix)
+    # Schedule "a" must not claim the keys of a sibling named "a:b".
+    for other in cls.schedules:
+        if other is not schedule and key_prefix(other).startswith(prefix):
+            records = records.exclude(key__startswith=key_prefix(other))
+    newest = records.order_by("-id").values_list("key", "id").first()
+    if newest is None:
+        return None
+    key, pk = newest
+    return str(key).removeprefix(prefix), pk

@@ -54,6 +54,12 @@ class Command(BaseCommand):
         schedule.add_argument(
             "--loop", type=float, metavar="SECONDS", help="Look every SECONDS instead of once."
         )
+        listing = sub.add_parser(
+            "schedules", help="List every schedule with its last and next tick."
+        )
+        listing.add_argument(
+            "--json", action="store_true", dest="as_json", help="Print JSON for programs."
+        )
 
         cli.add_parsers(sub)
 
@@ -122,3 +128,25 @@ class Command(BaseCommand):
             if not loop:
                 return
             time.sleep(loop)
+
+    def handle_schedules(self, as_json: bool = False, **_: Any) -> None:
+        from sequence.schedules import describe
+
+        rows = describe()
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            self.stdout.write("No schedules.")
+            return
+        table = [["SEQUENCE", "SCHEDULE", "CRON", "TIME ZONE", "LAST TICK", "NEXT TICK"]]
+        table += [
+            [*(row[k] for k in ("sequence", "schedule", "cron", "time_zone")),
+             row["last_tick"] or "never", row["next_tick"] or "unknown (see the log)"]
+            for row in rows
+        ]  # fmt: skip
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            self.stdout.write(
+                "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            )
