@@ -1,4 +1,4 @@
-"""The declarations: ``Step``, ``Retry``, ``Schedule``, and what a ``Sequence`` declares.
+"""The declarations: ``Step``, ``Schedule``, and what a ``Sequence`` declares.
 
 Nothing here runs or changes a sequence: the verbs of a handle (start, pause, retry...)
 are in ``sequence.handle``, the registry of sequences by name in ``sequence.registry``.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.apps import apps
 
+from sequence.cron import check_cron
 from sequence.exceptions import ConfigurationError, InvalidData
 from sequence.retry import Retry
 
@@ -29,6 +30,9 @@ class Schedule:
     name: str
     cron: str
     data: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        check_cron(self.name, self.cron)
 
     def make_data(self) -> dict[str, Any]:
         data = self.data() if callable(self.data) else self.data

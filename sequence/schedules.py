@@ -114,14 +114,12 @@ def describe(now: datetime | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _schedules() -> list[tuple[type[Sequence], Schedule]]:
+def _schedules() -> list[tuple[type[SequenceDefinition], Schedule]]:
     return [(cls, s) for cls in registered().values() for s in cls.schedules]
 
 
-def _last_started(cls: type[Sequence], schedule: Schedule) -> tuple[str, int] | None:
+def _last_started(cls: type[SequenceDefinition], schedule: Schedule) -> tuple[str, int] | None:
     """The tick (as its key writes it) and id of the newest sequence the schedule started."""
-    from sequence.models import SequenceRecord
-
     prefix = key_prefix(schedule)
     records = SequenceRecord.objects.filter(name=cls.name, key__startswith=prefix)
     # Schedule "a" must not claim the keys of a sibling named "a:b".

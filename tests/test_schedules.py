@@ -320,3 +320,17 @@ def test_the_schedules_command_says_when_there_are_none(monkeypatch):
     out = io.StringIO()
     call_command("sequence", "schedules", stdout=out)
     assert out.getvalue() == "No schedules.\n"
+
+
+@pytest.mark.parametrize("cron", ["0 25 * * *", "every day", "0 0 30 2 *"])
+def test_an_invalid_cron_is_a_configuration_error_naming_the_schedule(cron):
+    from sequence import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="nightly_report") as raised:
+
+        class Broken(Sequence):
+            name = "tests.BrokenSchedule"
+            steps = [A]
+            schedules = [Schedule("nightly_report", cron=cron)]
+
+    assert repr(cron) in str(raised.value) or cron in str(raised.value)

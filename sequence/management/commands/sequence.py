@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from sequence import cli
 from sequence.conf import settings
 from sequence.recovery import sweep
-from sequence.schedules import run_due
+from sequence.schedules import describe, run_due
 from sequence.worker import run_worker
 
 
@@ -130,8 +130,6 @@ class Command(BaseCommand):
             time.sleep(loop)
 
     def handle_schedules(self, as_json: bool = False, **_: Any) -> None:
-        from sequence.schedules import describe
-
         rows = describe()
         if as_json:
             self.stdout.write(json.dumps(rows, indent=2))
