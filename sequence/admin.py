@@ -165,6 +165,16 @@ class SequenceAdmin(ModelAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return SequenceChangeList
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list, with the health warnings and counts above it (read on every load)."""
+        from sequence.health import gather, summary
+
+        health = gather(lost_jobs=False, whole_table=False)
+        context = {"sequence_health": health, "sequence_health_summary": summary(health)}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
     ) -> tuple[QuerySet[Any], bool]:

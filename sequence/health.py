@@ -85,6 +85,8 @@ class Health:
     failed_last_hour: int
     stuck: Stuck
     waiting_without_worker: int
+    # False: finished statuses count only the sequences finished within the last hour.
+    whole_table: bool = True
     problems: tuple[str, ...] = field(default=())
 
     @property
@@ -108,14 +110,17 @@ class Health:
         return found
 
 
-def gather(*, lost_jobs: bool = True) -> Health:
+def gather(*, lost_jobs: bool = True, whole_table: bool = True) -> Health:
     """Read the health of every queue and sequence; changes nothing.
 
-    ``lost_jobs=False`` skips looking jobs up in Redis row by row (the admin's list does):
-    two database statements in all, and ``Stuck.lost_jobs`` is 0 and not checked.
+    The admin's list passes both False: ``lost_jobs=False`` skips looking jobs up in
+    Redis row by row (two database statements in all; ``Stuck.lost_jobs`` is 0 and not
+    checked), and ``whole_table=False`` counts finished sequences only if they finished
+    within the hour, so the statement reads the rows in flight and the recent ones
+    through their indexes instead of every row ever kept.
     """
     grace = float(settings.DISPATCH_GRACE)
-    groups = _groups(grace)
+    groups = _groups(grace, whole_table)
     by_status = {str(status): 0 for status in Status}
     failed_last_hour = dead = overdue = maybe_lost = 0
     used: dict[str, None] = dict.fromkeys(_defined_queues())
@@ -153,6 +158,7 @@ def gather(*, lost_jobs: bool = True) -> Health:
         failed_last_hour=failed_last_hour,
         stuck=stuck,
         waiting_without_worker=without,
+        whole_table=whole_table,
         problems=tuple(_problems(queues, stuck, grace)),
     )
 
@@ -168,7 +174,7 @@ def _defined_queues() -> Iterable[str]:
                 yield spec.cls.queue
 
 
-def _groups(grace: float) -> list[dict[str, Any]]:
+def _groups(grace: float, whole_table: bool) -> list[dict[str, Any]]:
     """One statement: records by status, queue, sequence and current step, with counts.
 
     The current step is read only for rows still in flight (it picks the queue their
@@ -176,16 +182,18 @@ def _groups(grace: float) -> list[dict[str, Any]]:
     the rows. Stuck rows are counted with the sweep's own querysets as subqueries.
     """
     step = Case(When(status__in=list(TERMINAL), then=Value(None)), default=_CurrentStep())
-    rows = (
-        SequenceRecord.objects.order_by()
-        .values("status", "queue", "name", step=step)
-        .annotate(
-            n=Count("pk"),
-            recent=Count("pk", filter=Q(finished_at__gte=_ago(RECENT.total_seconds()))),
-            dead=Count("pk", filter=Q(pk__in=_dead_claims().values("pk"))),
-            overdue=Count("pk", filter=Q(pk__in=_overdue(grace).values("pk"))),
-            maybe_lost=Count("pk", filter=Q(pk__in=_maybe_lost(grace).values("pk"))),
+    records = SequenceRecord.objects.order_by()
+    if not whole_table:
+        in_flight = [status for status in Status if status not in TERMINAL]
+        records = records.filter(
+            Q(status__in=in_flight) | Q(finished_at__gte=_ago(RECENT.total_seconds()))
         )
+    rows = records.values("status", "queue", "name", step=step).annotate(
+        n=Count("pk"),
+        recent=Count("pk", filter=Q(finished_at__gte=_ago(RECENT.total_seconds()))),
+        dead=Count("pk", filter=Q(pk__in=_dead_claims().values("pk"))),
+        overdue=Count("pk", filter=Q(pk__in=_overdue(grace).values("pk"))),
+        maybe_lost=Count("pk", filter=Q(pk__in=_maybe_lost(grace).values("pk"))),
     )
     return [dict(row) for row in rows]
 
@@ -318,6 +326,19 @@ def _text(value: Any) -> str:
 
 
 # -- for people ---------------------------------------------------------------------------
+
+
+def summary(health: Health) -> list[str]:
+    """The counts as short phrases: sequences in flight by status, the last hour, stuck."""
+    phrases = [
+        f"{health.by_status.get(status, 0)} {Status(status).label.lower()}"
+        for status in Status
+        if status not in TERMINAL
+    ]
+    phrases.append(f"{health.failed_last_hour} failed in the last hour")
+    floor = "" if health.stuck.lost_checked else "+"
+    phrases.append(f"{health.stuck.total}{floor} stuck")
+    return phrases
 
 
 def _age(seconds: float | None) -> str:

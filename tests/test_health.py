@@ -13,6 +13,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from sequence import recovery
@@ -238,3 +239,52 @@ def test_the_command_prints_a_report_and_json_and_fails_when_unhealthy():
         "dead_claims": 0, "overdue_outbox": 0, "lost_jobs": 0, "lost_checked": True, "total": 0,
     }  # fmt: skip
     assert [q["name"] for q in report["queues"]] == list(QUEUES)
+
+
+# -- the admin's list -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_admin_list_shows_the_warnings_and_counts_above_the_table(admin_client):
+    from django.urls import reverse
+
+    url = reverse("admin:sequence_sequencerecord_changelist")
+    ThreeSteps.start({})
+    make_record(status=Status.FAILED, finished_at=timezone.now())
+    make_record(status=Status.COMPLETED, finished_at=timezone.now() - timedelta(days=2))
+    make_record(
+        status=Status.RUNNING, claim_token="t", lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(url)
+    health_queries = [
+        q["sql"]
+        for q in captured.captured_queries
+        if "GROUP BY" in q["sql"] or '"sequence_worker"' in q["sql"]
+    ]
+    assert len(health_queries) == 2, health_queries
+    html = response.content.decode()
+    assert html.index('id="sequence-health"') < html.index('id="result_list"')
+    assert (
+        '<li class="warning">queue &#x27;default&#x27; has no live worker: 1 sequence waits on it; '
+        "start `python manage.py sequence worker default`</li>"
+    ) in html
+    assert "1 sequence holds a claim whose lease ran out" in html
+    assert (
+        "1 pending · 1 running · 0 retrying · 0 paused · 1 failed in the last hour · 1+ stuck"
+        in html
+    )
+    # Counted in the last hour only: the old completed row is not read.
+    assert response.context["sequence_health"].by_status["completed"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_list_has_no_warnings_when_all_is_well(admin_client, workers):
+    from django.urls import reverse
+
+    workers.start(queues=QUEUES)
+    wait_for(lambda: gather().healthy, message="the worker's first beat")
+    response = admin_client.get(reverse("admin:sequence_sequencerecord_changelist"))
+    html = response.content.decode()
+    assert 'class="warning"' not in html
+    assert "0 pending · 0 running · 0 retrying · 0 paused · 0 failed in the last hour" in html
