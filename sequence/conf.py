@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_TTL": 0,
     # Seconds after its time a schedule tick may still start (covers scheduler restarts).
     "SCHEDULE_WINDOW": 300,
+    # Bearer token that opens /metrics (sequence.urls) to a scraper that is not logged
+    # in as staff, as django-rq's RQ_API_TOKEN does; "" lets only staff in.
+    "METRICS_TOKEN": "",
 }
 
 
@@ -68,6 +71,7 @@ class Settings:
     TEST_POINTS: Any
     RESULT_TTL: int
     SCHEDULE_WINDOW: int
+    METRICS_TOKEN: str
 
 
 settings = Settings()
