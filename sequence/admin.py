@@ -24,9 +24,11 @@ from django.views.decorators.http import require_POST
 
 from sequence import display, steering, timeline
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
+from sequence.health import gather, summary
 from sequence.masking import MASK, mask_data, mask_text, unmask_data
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.paginator import EstimatedCountPaginator
+from sequence.registry import registered
 from sequence.states import REQUESTS, Status, available
 
 if TYPE_CHECKING:
@@ -72,8 +74,6 @@ class NameFilter(admin.SimpleListFilter):
     parameter_name = "name"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        from sequence.registry import registered
-
         return [(name, name) for name in sorted(registered())]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -164,6 +164,14 @@ class SequenceAdmin(ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return SequenceChangeList
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list, with the health warnings and counts above it (read on every load)."""
+        health = gather(lost_jobs=False, whole_table=False)
+        context = {"sequence_health": health, "sequence_health_summary": summary(health)}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str

@@ -44,6 +44,9 @@ class Defaults:
     RESULT_TTL: int = 0
     # Seconds after its time a schedule tick may still start (covers scheduler restarts).
     SCHEDULE_WINDOW: int = 300
+    # Bearer token that opens /metrics (sequence.urls) to a scraper that is not logged
+    # in as staff, as django-rq's RQ_API_TOKEN does; "" lets only staff in.
+    METRICS_TOKEN: str = ""
 
 
 class Settings(Defaults):

@@ -47,7 +47,7 @@ from sequence.states import QUEUED
 logger = logging.getLogger("sequence")
 
 # Fields the sweep reads; ``data`` is loaded only for a sequence it fails. Of the plan
-# only the current step's name is read (``_CurrentStep``): a whole plan is a list of
+# only the current step's name is read (``CurrentStep``): a whole plan is a list of
 # every step's name, which in a batch of rows would cost more than the rest together.
 FIELDS = (
     "id", "name", "step_index", "epoch", "queue", "status", "attempt", "recoveries",
@@ -77,7 +77,7 @@ class SweepResult:
         return bool(self.redispatched or self.failed or self.released or self.confirmed)
 
 
-def _dead_claims() -> QuerySet[SequenceRecord]:
+def dead_claims() -> QuerySet[SequenceRecord]:
     # lease_until is set exactly while a claim is held (the partial index covers it).
     dead = dead_workers().values("name")
     return (
@@ -91,11 +91,11 @@ def _dead_claims() -> QuerySet[SequenceRecord]:
     )
 
 
-def _overdue(grace: float) -> QuerySet[SequenceRecord]:
+def overdue(grace: float) -> QuerySet[SequenceRecord]:
     return SequenceRecord.objects.filter(dispatch_due__lt=ago(grace))
 
 
-def _maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
+def maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
     return SequenceRecord.objects.filter(
         status__in=QUEUED,
         dispatch_due__isnull=True,
@@ -104,7 +104,7 @@ def _maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
     )
 
 
-class _CurrentStep(Func):
+class CurrentStep(Func):
     """The name of the row's current step, ``plan[step_index]``, read in the database."""
 
     # SQLite: JSON_EXTRACT(plan, '$[' || step_index || ']')
@@ -122,9 +122,9 @@ class _CurrentStep(Func):
         )
 
 
-def _read(queryset: QuerySet[SequenceRecord]) -> QuerySet[SequenceRecord]:
+def read(queryset: QuerySet[SequenceRecord]) -> QuerySet[SequenceRecord]:
     """The sweep's view of rows: ``FIELDS`` and the current step's name."""
-    return queryset.only(*FIELDS).annotate(current_step_name=_CurrentStep())
+    return queryset.only(*FIELDS).annotate(current_step_name=CurrentStep())
 
 
 def _batches(queryset: QuerySet[SequenceRecord], size: int) -> Iterator[list[SequenceRecord]]:
@@ -135,7 +135,7 @@ def _batches(queryset: QuerySet[SequenceRecord], size: int) -> Iterator[list[Seq
     """
     last = 0
     while True:
-        batch = list(_read(queryset.filter(id__gt=last)).order_by("id")[:size])
+        batch = list(read(queryset.filter(id__gt=last)).order_by("id")[:size])
         if not batch:
             return
         yield batch
@@ -151,7 +151,7 @@ def sweep(grace: float | None = None) -> SweepResult:
     size = max(1, int(settings.SWEEP_BATCH))
     result = SweepResult()
     jobs = LiveJobs()
-    for batch in _batches(_dead_claims(), size):
+    for batch in _batches(dead_claims(), size):
         for record in batch:
             holder = record.claimed_by or "?"
             if getattr(record, "lease_ran_out", False):
@@ -162,9 +162,9 @@ def sweep(grace: float | None = None) -> SweepResult:
     # Lost jobs before overdue entries: an entry the sweep confirms turns its row into
     # one the lost-job pass reads, so in the other order every confirmed row would be
     # looked up in Redis twice, or remembered (memory growing with the rows in flight).
-    for batch in _batches(_maybe_lost(grace), size):
+    for batch in _batches(maybe_lost(grace), size):
         _lost_jobs(batch, jobs, result)
-    for batch in _batches(_overdue(grace), size):
+    for batch in _batches(overdue(grace), size):
         _overdue_entries(batch, jobs, result)
     WorkerBeat.objects.filter(last_seen__lt=ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
     if result.redispatched or result.failed or result.released:
@@ -246,7 +246,7 @@ def recover_claim(sequence_id: int, epoch: int, token: str, *, reason: str) -> S
     was killed calls this with the horse's execution id.
     """
     result = SweepResult()
-    record = _read(
+    record = read(
         SequenceRecord.objects.filter(pk=sequence_id, epoch=epoch, claim_token=token)
     ).first()
     if record is not None:
@@ -267,6 +267,6 @@ def recover_worker(name: str, *, reason: str) -> SweepResult:
 def check_sequence(sequence_id: int, epoch: int, *, reason: str) -> SweepResult:
     """Apply the sweep's dead-claim rule to one sequence now (RQ reported its job abandoned)."""
     result = SweepResult()
-    for record in _read(_dead_claims().filter(pk=sequence_id, epoch=epoch)):
+    for record in read(dead_claims().filter(pk=sequence_id, epoch=epoch)):
         recover(record, result, reason=reason)
     return result

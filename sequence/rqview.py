@@ -54,7 +54,10 @@ class LiveJobs:
     else (no job, finished, failed, stopped, canceled) is not.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, mark: bool = True) -> None:
+        # mark=False: write nothing to Redis (a health check); a job a worker took but
+        # has not started then counts as live, since judging it needs the mark.
+        self._mark = mark
         self._listed: dict[str, _IdSet | None] = {}
 
     def live(self, records: Iterable[SequenceRecord]) -> set[int]:
@@ -176,6 +179,8 @@ class LiveJobs:
         """
         if not taken:
             return set()
+        if not self._mark:
+            return {record.pk for record, _ in taken}
         now = time.time()
         with connection.pipeline(transaction=False) as pipe:
             for _, jid in taken:

@@ -61,6 +61,13 @@ class Command(BaseCommand):
             "--json", action="store_true", dest="as_json", help="Print JSON for programs."
         )
 
+        health = sub.add_parser(
+            "health", help="Report workers, backlog and stuck sequences; exit 1 when unhealthy."
+        )
+        health.add_argument(
+            "--json", action="store_true", dest="as_json", help="Print JSON for programs."
+        )
+
         cli.add_parsers(sub)
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
@@ -115,6 +122,19 @@ class Command(BaseCommand):
             if not loop:
                 return
             time.sleep(loop)
+
+    def handle_health(self, as_json: bool = False, **_: Any) -> None:
+        from sequence.health import gather, report_lines
+
+        health = gather()
+        if as_json:
+            self.stdout.write(json.dumps(health.as_dict(), indent=2))
+        else:
+            for line in report_lines(health):
+                self.stdout.write(line)
+        if not health.healthy:
+            # After the report: exit status 1 from a shell, an exception from call_command.
+            raise CommandError(f"Unhealthy: {len(health.problems)} problems (see the report).")
 
     def handle_schedule(self, loop: float | None, **_: Any) -> None:
         import time
