@@ -1,10 +1,11 @@
 # django-rq-sequence: build, check, test and demo.
 #
 #   make demo        100 sequences on two real workers, with a live progress bar
-#   make test        everything CI runs: lint, types, Django checks, the suite on
-#                    Python 3.12 + newest Django 6 and Python 3.11 + Django 5.2 LTS,
-#                    each on SQLite and PostgreSQL
-#   make lint | typecheck | check | pytest | bench | clean
+#   make test        everything CI runs: lint, types, Django checks, the docs' strict
+#                    build, the package build, the suite on Python 3.12 + newest
+#                    Django 6 and Python 3.11 + Django 5.2 LTS, each on SQLite and PostgreSQL
+#   make docs        builds the documentation site and serves it on a free local port
+#   make lint | typecheck | check | docs-build | package | pytest | bench | clean
 #
 # The environments are made here from nothing (.venvs/) and only rebuilt when
 # pyproject.toml or scripts/requirements/ change. Redis: $REDIS_URL, else 127.0.0.1:6379,
@@ -19,9 +20,11 @@ MAKEFLAGS += --no-print-directory
 ENV_MAIN := .venvs/py312-django6
 ENV_LTS := .venvs/py311-django52
 ENV_BENCH := .venvs/bench
+ENV_DEMO := .venvs/demo
 PY := $(ENV_MAIN)/bin/python
 PY_LTS := $(ENV_LTS)/bin/python
 PY_BENCH := $(ENV_BENCH)/bin/python
+PY_DEMO := $(ENV_DEMO)/bin/python
 REQS := scripts/requirements
 
 # The suite's passes: name, environment, database, Redis database (one per pass, so
@@ -39,7 +42,8 @@ PYTEST_ARGS ?=
 # both databases. LTS_PYTEST_ARGS= runs the whole suite there too.
 LTS_PYTEST_ARGS ?= -m "not slow" --ignore=tests/faults
 
-.PHONY: help env envs lint format typecheck check static pytest test passes bench demo clean \
+.PHONY: help env envs lint format typecheck check docs-build docs package static pytest test \
+	passes bench demo clean \
 	$(addprefix pass-,$(PASSES))
 
 help:
@@ -47,8 +51,8 @@ help:
 
 # -- environments ---------------------------------------------------------------
 
-$(ENV_MAIN)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/lint.txt $(REQS)/django6.txt scripts/mkenv.sh
-	scripts/mkenv.sh $(ENV_MAIN) 3.12 3.12.1 $(REQS)/django6.txt $(REQS)/test.txt $(REQS)/lint.txt
+$(ENV_MAIN)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/lint.txt $(REQS)/docs.txt $(REQS)/django6.txt scripts/mkenv.sh
+	scripts/mkenv.sh $(ENV_MAIN) 3.12 3.12.1 $(REQS)/django6.txt $(REQS)/test.txt $(REQS)/lint.txt $(REQS)/docs.txt
 
 $(ENV_LTS)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django52.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_LTS) 3.11 3.11.7 $(REQS)/django52.txt $(REQS)/test.txt
@@ -57,6 +61,11 @@ $(ENV_LTS)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django52.txt scri
 # the environment the suite runs in.
 $(ENV_BENCH)/.installed: pyproject.toml $(REQS)/django6.txt bench/requirements.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_BENCH) 3.12 3.12.1 $(REQS)/django6.txt bench/requirements.txt
+
+# The demo's own: the project and Django only, so a first `make demo` does not build the
+# test environment (linters, type stubs, a browser driver).
+$(ENV_DEMO)/.installed: pyproject.toml $(REQS)/django6.txt scripts/mkenv.sh
+	scripts/mkenv.sh $(ENV_DEMO) 3.12 3.12.1 $(REQS)/django6.txt
 
 env: $(ENV_MAIN)/.installed
 envs: $(ENV_MAIN)/.installed $(ENV_LTS)/.installed
@@ -83,7 +92,31 @@ check: envs
 		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py makemigrations --check --dry-run; \
 	done
 
-static: lint typecheck check
+# The documentation site (mkdocs.yml), strict: a broken link or anchor, a missing snippet
+# or a docstring mkdocstrings cannot read fails the build.
+docs-build: env
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir $(CURDIR)/var/site
+
+# Builds the site, then serves it (rebuilding on changes) until Ctrl-C.
+docs: docs-build
+	@export NO_MKDOCS_2_WARNING=1; \
+	port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	echo "== docs: http://127.0.0.1:$$port/ (Ctrl-C stops)"; \
+	exec $(PY) -m mkdocs serve --strict --dev-addr 127.0.0.1:$$port
+
+# The release files: the sdist, and the wheel built from it, into a scratch directory;
+# their metadata and README as PyPI renders them (twine --strict); and no test files in
+# the sdist (MANIFEST.in leaves them out).
+package: env
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	$(PY) -m build --quiet --outdir "$$out" . ; \
+	$(PY) -m twine check --strict "$$out"/*; \
+	if tar tzf "$$out"/*.tar.gz | grep -E '^[^/]+/(tests|testproject|bench|examples|scripts)/'; then \
+		echo "== package: the sdist ships the files above; prune them in MANIFEST.in"; exit 1; \
+	fi; \
+	echo "== package: $$(cd "$$out" && ls | tr '\n' ' ')ok"
+
+static: lint typecheck check docs-build package
 
 # -- tests -----------------------------------------------------------------------
 
@@ -132,12 +165,12 @@ bench: $(ENV_BENCH)/.installed
 
 # A fresh SQLite database and Redis database 1 (flushed; nothing else is touched).
 DEMO_DB := $(CURDIR)/var/demo.sqlite3
-demo: env
+demo: $(ENV_DEMO)/.installed
 	@rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	@rc=0; export SEQUENCE_DB_NAME=$(DEMO_DB); unset DATABASE_URL; \
-	export REDIS_URL=$$($(PY) scripts/redis_url.py --name demo --db 1); \
-	$(PY) manage.py migrate --verbosity 0 && $(PY) manage.py demo --flush || rc=$$?; \
-	$(PY) scripts/redis_url.py --name demo --stop; exit $$rc
+	export REDIS_URL=$$($(PY_DEMO) scripts/redis_url.py --name demo --db 1); \
+	$(PY_DEMO) manage.py migrate --verbosity 0 && $(PY_DEMO) manage.py demo --flush || rc=$$?; \
+	$(PY_DEMO) scripts/redis_url.py --name demo --stop; exit $$rc
 
 clean:
-	rm -rf .venvs test-output var/demo.sqlite3* var/check.sqlite3* .mypy_cache .ruff_cache
+	rm -rf .venvs test-output var/demo.sqlite3* var/check.sqlite3* var/site .mypy_cache .ruff_cache

@@ -534,8 +534,9 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
         README_START,
         "`sequence` as a multiple of the hand-written chain, on the same worker class and "
         "database in one run; the last column is `sequence` with inline steps as a "
-        "multiple of Celery's chain ([bench/RESULTS.md](bench/RESULTS.md) has the "
-        "spreads, the targets and the machine):",
+        "multiple of Celery's chain ([bench/RESULTS.md]("
+        "https://github.com/django-rq-sequence/django-rq-sequence/blob/main/bench/RESULTS.md"
+        ") has the spreads, the targets and the machine):",
         "",
         *headline(results),
         README_END,
