@@ -276,7 +276,7 @@ def queries_section(results: dict[str, Any], targets: Targets) -> list[str]:
         "",
         "Counted with Django's `CaptureQueriesContext` (which counts BEGIN and COMMIT), "
         "running `sequence.runner.run_step` in the driver process on a 5-step sequence. "
-        "Pinned by `tests/test_queries.py`.",
+        "Pinned by `tests/test_transitions.py`.",
         "",
         "| database | start a sequence | enqueues: autocommit / in a transaction before "
         "commit / after commit | per step (steps 1-5) |",
