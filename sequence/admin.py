@@ -97,6 +97,25 @@ class RetryForm(forms.Form):
         % {"mask": MASK},
     )
     epoch = forms.IntegerField(widget=forms.HiddenInput)
+    from_step = forms.ChoiceField(
+        label=_("Carry on from"),
+        required=False,
+        help_text=_(
+            "The failed step of the stored plan, or a step of the sequence's current plan: "
+            "the sequence then moves onto the current plan and version (the way back after "
+            "a deploy removed a step)."
+        ),
+    )
+    force = forms.BooleanField(
+        label=_("Retry although its compensations ran"),
+        required=False,
+        help_text=_("Its steps' work was undone; running them again may act on undone work."),
+    )
+
+    def __init__(self, *args: Any, plan: list[str] = (), **kwargs: Any) -> None:  # type: ignore[assignment]
+        super().__init__(*args, **kwargs)
+        choices = [("", _("the failed step, on the stored plan"))] + [(n, n) for n in plan]
+        self.fields["from_step"].choices = choices  # type: ignore[attr-defined]
 
     def clean_sequence_data(self) -> dict[str, Any]:
         text = self.cleaned_data["sequence_data"]
@@ -452,14 +471,18 @@ class SequenceAdmin(ModelAdmin):
                 messages.ERROR,
             )
             return HttpResponseRedirect(detail_url)
+        cls = registered().get(record.name)
+        plan = cls.plan_names() if cls is not None else []
         if request.method == "POST":
-            form = RetryForm(request.POST)
+            form = RetryForm(request.POST, plan=plan)
             if form.is_valid():
                 edited = unmask_data(form.cleaned_data["sequence_data"], record.data)
                 try:
                     record = steering.retry(
-                        record.pk, edited, replace=True, epoch=form.cleaned_data["epoch"]
-                    )
+                        record.pk, edited, replace=True, epoch=form.cleaned_data["epoch"],
+                        from_step=form.cleaned_data["from_step"] or None,
+                        force=form.cleaned_data["force"],
+                    )  # fmt: skip
                 except (InvalidTransition, InvalidData) as exc:
                     form.add_error(None, str(exc))
                 else:
@@ -473,12 +496,13 @@ class SequenceAdmin(ModelAdmin):
                     return HttpResponseRedirect(detail_url)
         else:
             form = RetryForm(
+                plan=plan,
                 initial={
                     "sequence_data": json.dumps(
                         mask_data(record.data), indent=2, ensure_ascii=False, sort_keys=True
                     ),
                     "epoch": record.epoch,
-                }
+                },
             )
         context = {
             **self.admin_site.each_context(request),
@@ -490,6 +514,7 @@ class SequenceAdmin(ModelAdmin):
             "error": mask_text(record.error, record.data),
             "detail_url": detail_url,
             "failed_step": record.current_step,
+            "compensated": record.compensated,
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.retry_template, context)

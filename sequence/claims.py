@@ -49,6 +49,16 @@ class Claim:
     settled: bool = False
     # True once a failed attempt was recorded with a retry to come.
     retrying: bool = False
+    # True once a failed attempt was its last before RQ's retries ran out (Fail, or an
+    # error Retry.on leaves out): RQ must not retry the job.
+    final: bool = False
+    # Set when the unit is a compensation: the plan index it undoes (else the step's).
+    undo_index: int | None = None
+
+    @property
+    def index(self) -> int:
+        """The plan index of the unit this claim runs."""
+        return self.record.step_index if self.undo_index is None else self.undo_index
 
     @property
     def lease_seconds(self) -> int:
@@ -63,7 +73,7 @@ class Claim:
         """What a test point sees of this claim."""
         r = self.record
         return {
-            "sequence": r.pk, "step": r.step_index, "epoch": r.epoch,
+            "sequence": r.pk, "step": self.index, "epoch": r.epoch,
             "attempt": r.attempt, "worker": self.worker, **extra,
         }  # fmt: skip
 
@@ -71,7 +81,7 @@ class Claim:
         """The history row of this attempt, ending with ``outcome``."""
         r = self.record
         return history.Entry(
-            r.pk, r.step_index, r.plan[r.step_index], r.epoch, r.attempt, outcome,
+            r.pk, self.index, r.plan[self.index], r.epoch, r.attempt, outcome,
             self.started_at, self.worker, error, tb,
         )  # fmt: skip
 

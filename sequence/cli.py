@@ -148,12 +148,28 @@ def add_parsers(sub: Any) -> None:
     ):
         p = add(action, text)
         p.add_argument("ids", nargs="+", type=sequence_id, metavar="ID", help="Sequence ids.")
+        if action == "cancel":
+            p.add_argument(
+                "--compensate",
+                action="store_true",
+                help="Undo the completed steps first (their compensate()), last first.",
+            )
         if action == "retry":
             p.add_argument(
                 "--data",
                 type=json_object,
                 default=None,
                 help="Corrections merged into the data first, as a JSON object or @file.json.",
+            )
+            p.add_argument(
+                "--from-step",
+                metavar="NAME",
+                help="Move onto the sequence's current plan and version, from this step.",
+            )
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="Retry even though its compensations ran.",
             )
 
     p = add("prune", "Delete finished sequences and their history once they are old.")
@@ -378,7 +394,14 @@ PAST = {"pause": "paused", "resume": "resumed", "cancel": "canceled", "retry": "
 
 
 def handle_action(
-    out: Output, action: str, ids: list[int], data: dict[str, Any] | None = None, **_: Any
+    out: Output,
+    action: str,
+    ids: list[int],
+    data: dict[str, Any] | None = None,
+    from_step: str | None = None,
+    force: bool = False,
+    compensate: bool = False,
+    **_: Any,
 ) -> None:
     results: list[dict[str, Any]] = []
     for sequence_id in dict.fromkeys(ids):  # each id once, in the order given
@@ -387,7 +410,9 @@ def handle_action(
         )
         try:
             if action == "retry":
-                record = steering.retry(sequence_id, data)
+                record = steering.retry(sequence_id, data, from_step=from_step, force=force)
+            elif action == "cancel":
+                record = steering.cancel(sequence_id, compensate=compensate)
             else:
                 record = steering.ACTIONS[action](sequence_id)
         except (UnknownSequence, InvalidTransition, InvalidData) as exc:

@@ -185,6 +185,24 @@ class SequenceDefinition:
         return cls._by_name.get(name)
 
     @classmethod
+    def index_of(cls, name: str) -> int | None:
+        """The index of the first plan item called ``name`` (in full, or its step's name)."""
+        names = cls.plan_names()
+        for candidates in (names, [n.split(" ", 1)[0].rsplit(".", 1)[-1] for n in names]):
+            if name in candidates:
+                return candidates.index(name)
+        return None
+
+    @classmethod
+    def last_undo(cls, plan: list[str], before: int) -> int | None:
+        """The index of the last step before ``before`` in ``plan`` that has an undo."""
+        for index in reversed(range(min(before, len(plan)))):
+            spec = cls._by_name.get(plan[index])
+            if spec is not None and spec.compensates:
+                return index
+        return None
+
+    @classmethod
     def clean(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate starting data with ``schema``; return the data to store."""
         if data is None:

@@ -18,7 +18,9 @@ from rq.serializers import JSONSerializer
 from sequence.conf import settings
 from sequence.definitions import StepSpec
 from sequence.models import SequenceRecord
+from sequence.registry import spec_for
 from sequence.retry import Retry
+from sequence.states import Status
 
 logger = logging.getLogger("sequence")
 
@@ -27,9 +29,21 @@ ENTRY_POINT = "sequence.runner.run_step"
 FAILURE_CALLBACK = "sequence.jobs.job_failed"
 
 
-def job_id(sequence_id: int, step_index: int, epoch: int) -> str:
+# The kinds of unit a job runs: a step, or the compensation (undo) of a completed step.
+STEP, UNDO = "step", "undo"
+
+
+def job_id(sequence_id: int, step_index: int, epoch: int, kind: str = STEP) -> str:
     """The id of the job that runs ``step_index`` of a sequence under ``epoch``."""
-    return f"seq-{sequence_id}-{step_index}-{epoch}"
+    suffix = "" if kind == STEP else f"-{kind}"
+    return f"seq-{sequence_id}-{step_index}-{epoch}{suffix}"
+
+
+def unit_of(record: SequenceRecord) -> tuple[int, str]:
+    """The unit a row's next job runs: (plan index, kind)."""
+    if record.status == Status.COMPENSATING and record.undo_index is not None:
+        return record.undo_index, UNDO
+    return record.step_index, STEP
 
 
 @cache
@@ -61,15 +75,18 @@ def enqueue_step(
     *,
     retry: Retry | None = None,
     delay: int = 0,
+    kind: str = STEP,
 ) -> None:
     """Queue one step job. Safe to repeat: the job id names the step and epoch."""
     rq_queue = get_queue(queue_for(spec, queue))
+    what = "compensation of step" if kind == UNDO else "step"
     options: dict[str, Any] = {
-        "args": (sequence_id, step_index, epoch),
-        "job_id": job_id(sequence_id, step_index, epoch),
+        "args": (sequence_id, step_index, epoch) + ((kind,) if kind != STEP else ()),
+        "job_id": job_id(sequence_id, step_index, epoch, kind),
         "retry": (retry or retry_of(spec)).to_rq(),
         "result_ttl": settings.RESULT_TTL,
-        "description": f"sequence {sequence_id} step {step_index}",
+        "description": f"sequence {sequence_id} {what} {step_index}"
+        + (f" ({spec.name})" if spec is not None else ""),
         "on_failure": Callback(FAILURE_CALLBACK),
     }
     timeout = timeout_of(spec)
@@ -110,6 +127,7 @@ def dispatch(
     spec: StepSpec | None,
     *,
     confirm: bool = True,
+    kind: str = STEP,
 ) -> bool:
     """Queue a due step and clear its outbox entry; False leaves it for the sweep.
 
@@ -117,7 +135,7 @@ def dispatch(
     once it sees the job in RQ. The runner passes it to save a write per step.
     """
     try:
-        enqueue_step(sequence_id, step_index, epoch, queue, spec)
+        enqueue_step(sequence_id, step_index, epoch, queue, spec, kind=kind)
     except Exception:
         logger.exception(
             "Could not queue step %s of sequence %s; the recovery sweep will.",
@@ -128,6 +146,13 @@ def dispatch(
     if confirm:
         confirm_dispatch({epoch: [sequence_id]})
     return True
+
+
+def dispatch_record(record: SequenceRecord, *, confirm: bool = True) -> bool:
+    """Queue the unit the row says is due (its step, or the compensation the walk is at)."""
+    index, kind = unit_of(record)
+    spec = spec_for(record, index)
+    return dispatch(record.pk, index, record.epoch, record.queue, spec, confirm=confirm, kind=kind)
 
 
 def confirm_dispatch(queued: dict[int, list[int]]) -> None:

@@ -1,7 +1,11 @@
-"""Failure: a failed attempt recorded, a sequence failed for good, and what follows it.
+"""Failure and compensation: a failed attempt recorded, a sequence failed for good, and
+its completed steps undone, last first, each compensation a unit of work of its own.
 
-After a sequence fails for good its completed steps' compensations run, last first,
-then ``on_failure`` and the ``sequence_failed`` signal.
+A sequence that fails for good with completed steps that define ``compensate()`` is
+``compensating``: one compensation job at a time walks back through them (claimed,
+fenced and recorded like a step, retried with the step's ``Retry``, recovered by the
+sweep). When the walk ends the sequence is failed (or canceled, when a cancel asked for
+the compensations), and ``on_failure`` and the signal follow, once.
 """
 
 from __future__ import annotations
@@ -9,94 +13,175 @@ from __future__ import annotations
 import logging
 import traceback
 
-from django.utils import timezone
+from django.db import transaction
 
-from sequence import history, hooks, signals, transitions
+from sequence import hooks, signals, transitions
 from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
+from sequence.dispatch import UNDO, dispatch, dispatch_record, retry_of
+from sequence.exceptions import Fail, UnknownSequence
 from sequence.masking import mask_text
 from sequence.models import SequenceRecord
-from sequence.states import Outcome, Status
+from sequence.registry import get_sequence_class
+from sequence.states import Status
 
 logger = logging.getLogger("sequence")
 
 
+def final_because(exc: BaseException, spec: StepSpec | None, retries_left: int) -> str | None:
+    """Why this failed attempt is the last (for the worker's log), or None to retry it."""
+    if isinstance(exc, Fail):
+        return "it raised Fail, which is never retried"
+    if not retry_of(spec).retries(exc):
+        return f"{type(exc).__name__} is not one of the errors its Retry(on=...) retries"
+    if retries_left <= 0:
+        return "it has no retries left"
+    return None
+
+
+def _error(exc: BaseException, data: dict[str, object]) -> tuple[str, str]:
+    message = str(exc) if isinstance(exc, Fail) else f"{type(exc).__name__}: {exc}"
+    return mask_text(message, data), mask_text(traceback.format_exc(), data)
+
+
 def record_failure(
-    claim: Claim, cls: type[SequenceDefinition], spec: StepSpec, exc: Exception, *, will_retry: bool
+    claim: Claim, cls: type[SequenceDefinition], spec: StepSpec, exc: Exception, retries_left: int
 ) -> bool:
-    """Record a failed attempt; True if RQ should see the exception (and maybe retry)."""
+    """Record a failed attempt; True if RQ should see the exception.
+
+    A last attempt (no retries left, ``Fail``, or an error ``Retry.on`` does not cover)
+    fails the sequence, compensating first if a completed step has an undo; the claim's
+    ``final`` tells the runner to stop RQ's own retries.
+    """
     record = claim.record
-    error = mask_text(f"{type(exc).__name__}: {exc}", record.data)
-    tb = mask_text(traceback.format_exc(), record.data)
-    status = transitions.fail(claim, error, tb, will_retry=will_retry)
+    error, tb = _error(exc, record.data)
+    reason = final_because(exc, spec, retries_left)
+    claim.final = reason is not None
+    undo_from = None if reason is None else cls.last_undo(record.plan, record.step_index)
+    with transaction.atomic():
+        status = transitions.fail(claim, error, tb, will_retry=reason is None, undo_from=undo_from)
+        if status == Status.COMPENSATING:
+            transaction.on_commit(lambda: _dispatch_undo(record, undo_from), robust=True)
+    name = f"{record.name} #{record.pk} step {spec.name} (attempt {record.attempt})"
     if status is None:
-        logger.warning(
-            "Sequence %s step %s failed after losing its claim: %s",
-            record.pk, record.step_index, error,
-        )  # fmt: skip
+        logger.warning("Sequence %s failed after losing its claim: %s", name, error)
         return False
-    record.error, record.status = error, status
-    handle = cls._bind(record)
+    if reason is None:
+        logger.warning("Sequence %s failed: %s; RQ retries it.", name, error)
+    else:
+        logger.error("Sequence %s failed for good, as %s: %s", name, reason, error)
+    fresh = SequenceRecord.objects.get(pk=record.pk) if reason is not None else record
+    fresh.error = error
+    handle = cls._bind(fresh)
     hooks.send(
         signals.step_failed, cls, sequence=handle, step=spec.name,
         step_index=record.step_index, attempt=record.attempt, error=error,
         will_retry=status == Status.RETRYING,
     )  # fmt: skip
     if status == Status.FAILED:
-        announce_failure(record, cls, handle, error, claim.worker)
+        announce_failure(handle, error)
     return True
 
 
 def fail_for_good(claim: Claim, cls: type[SequenceDefinition] | None, error: str) -> None:
     """Fail the sequence at once, without retries: its plan cannot run here."""
-    logger.error("Sequence %s: %s", claim.record.pk, error)
-    if transitions.fail(claim, error, will_retry=False) != Status.FAILED or cls is None:
+    record = claim.record
+    logger.error("Sequence %s #%s: %s", record.name, record.pk, error)
+    undo_from = None if cls is None else cls.last_undo(record.plan, record.step_index)
+    with transaction.atomic():
+        status = transitions.fail(claim, error, will_retry=False, undo_from=undo_from)
+        if status == Status.COMPENSATING:
+            transaction.on_commit(lambda: _dispatch_undo(record, undo_from), robust=True)
+    if cls is None or status not in (Status.FAILED, Status.COMPENSATING):
         return
-    claim.record.status, claim.record.error = Status.FAILED, error
-    handle = cls._bind(claim.record)
+    handle = cls._bind(SequenceRecord.objects.get(pk=record.pk))
+    hooks.send(
+        signals.step_failed, cls, sequence=handle, step=record.plan[record.step_index],
+        step_index=record.step_index, attempt=record.attempt, error=error, will_retry=False,
+    )  # fmt: skip
+    if status == Status.FAILED:
+        announce_failure(handle, error)
+
+
+def _dispatch_undo(record: SequenceRecord, index: int | None) -> None:
+    """Queue the first compensation of a walk that just began."""
+    if index is None:
+        return
+    cls = get_sequence_class(record.name)
+    spec = cls.step_named(record.plan[index])
+    dispatch(record.pk, index, record.epoch, record.queue, spec, kind=UNDO)
+
+
+def announce_failure(handle: SequenceDefinition, error: str) -> None:
+    """After a sequence failed for good (and its compensations ran): the hook, the signal."""
     hooks.call(handle.on_failure, error)
-    hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
+    hooks.send(signals.sequence_failed, type(handle), sequence=handle, error=error)
 
 
-def announce_failure(
-    record: SequenceRecord,
-    cls: type[SequenceDefinition],
-    handle: SequenceDefinition,
-    error: str,
-    worker: str,
-) -> None:
-    """After a sequence failed for good: compensations, ``on_failure``, the signal."""
-    compensate(record, cls, handle, worker)
-    hooks.call(handle.on_failure, error)
-    hooks.send(signals.sequence_failed, cls, sequence=handle, error=error)
+def after_walk(record: SequenceRecord) -> None:
+    """A compensation ended: queue the next one, or announce how the sequence ended."""
+    if record.status == Status.COMPENSATING:
+        dispatch_record(record)
+        return
+    try:
+        cls = get_sequence_class(record.name)
+    except UnknownSequence:
+        return
+    handle = cls._bind(record)
+    if record.status == Status.CANCELED:
+        hooks.send(signals.sequence_canceled, cls, sequence=handle)
+    else:
+        announce_failure(handle, record.error)
 
 
-def compensate(
-    record: SequenceRecord, cls: type[SequenceDefinition], handle: SequenceDefinition, worker: str
-) -> None:
-    """Run compensate() of each completed step, last first, recording each outcome."""
-    for index in reversed(range(record.step_index)):
-        spec = cls.step_named(record.plan[index])
-        if spec is None or not spec.compensates:
-            continue
-        step = spec.cls(
-            data=record.data, sequence=handle, attempt=1,
-            idempotency_key=f"{record.pk}:{index}:{spec.name}",
-        )  # fmt: skip
-        started = timezone.now()
-        try:
-            step.compensate()  # type: ignore[attr-defined]
-        except Exception as exc:
-            outcome, error, tb = (
-                Outcome.COMPENSATION_FAILED,
-                mask_text(f"{type(exc).__name__}: {exc}", record.data),
-                mask_text(traceback.format_exc(), record.data),
-            )
-            logger.exception("Compensation of %s for sequence %s failed", spec.name, record.pk)
-        else:
-            outcome, error, tb = Outcome.COMPENSATED, "", ""
-        history.write(
-            history.Entry(
-                record.pk, index, spec.name, record.epoch, 1, outcome, started, worker, error, tb
-            )
+def run_undo(claim: Claim, retries_left: int) -> None:
+    """Run the claimed compensation; record it, and walk on (or raise for RQ's retry).
+
+    It sees the data as last committed. A compensation that fails for good is recorded,
+    named in the sequence's error, and the walk goes on.
+    """
+    record = claim.record
+    index = claim.index
+    try:
+        cls = get_sequence_class(record.name)
+    except UnknownSequence as exc:
+        _walked(claim, None, str(exc), "")
+        return
+    spec = cls.step_named(record.plan[index])
+    undo_next = cls.last_undo(record.plan, index)
+    if spec is None or not spec.compensates:
+        error = f"step {record.plan[index]!r} no longer exists or has no compensate()"
+        _walked(claim, undo_next, error, "")
+        return
+    step = spec.cls(
+        data=record.data, sequence=cls._bind(record), attempt=record.attempt,
+        idempotency_key=f"{record.pk}:{index}:{spec.name}",
+        heartbeat=lambda: transitions.heartbeat(claim),
+    )  # fmt: skip
+    try:
+        step.compensate()  # type: ignore[attr-defined]
+    except Exception as exc:
+        error, tb = _error(exc, record.data)
+        reason = final_because(exc, spec, retries_left)
+        name = f"{record.name} #{record.pk}: the compensation of {spec.name}"
+        if reason is None:
+            logger.warning("Sequence %s failed: %s; RQ retries it.", name, error)
+            if transitions.undo_failed(claim, error, tb):
+                raise
+            return
+        logger.error("Sequence %s failed for good, as %s: %s", name, reason, error)
+        _walked(
+            claim, undo_next, error, tb, note=f"; the compensation of {spec.name} failed: {error}"
         )
+        return
+    _walked(claim, undo_next, "", "")
+
+
+def _walked(claim: Claim, undo_next: int | None, error: str, tb: str, note: str = "") -> None:
+    if not note and error:
+        note = f"; the compensation of step {claim.index} failed: {error}"
+    with transaction.atomic():
+        status = transitions.undo_done(claim, undo_next, error, tb, note)
+    if status is None:
+        return
+    after_walk(SequenceRecord.objects.get(pk=claim.record.pk))

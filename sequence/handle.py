@@ -12,7 +12,12 @@ from typing import Any, Self
 
 from sequence import registry, steering
 from sequence.definitions import SequenceDefinition
-from sequence.exceptions import SequenceCanceled, SequenceFailed, SequenceTimeout
+from sequence.exceptions import (
+    SequenceCanceled,
+    SequenceFailed,
+    SequenceTimeout,
+    UnknownSequence,
+)
 from sequence.models import SequenceRecord
 from sequence.starting import start
 from sequence.states import Status
@@ -45,9 +50,27 @@ class Sequence(SequenceDefinition):
         return cls._bind(start(cls, data, key=key, queue=queue))
 
     @classmethod
-    def get(cls, id: int | str) -> Self:
-        """Load the sequence with this id; ``Sequence.get`` finds its class."""
-        return registry.load(SequenceRecord.objects.find(id), cls)
+    def get(cls, id: int | str | None = None, *, key: str | None = None) -> Self:
+        """Load the sequence with this id, or the one started with this ``key``.
+
+        ``Sequence.get`` finds its class; ``MySequence.get(key=...)`` looks among its own.
+        """
+        if (id is None) == (key is None):
+            raise TypeError("get() takes a sequence id or key=..., not both or neither.")
+        if key is None:
+            return registry.load(SequenceRecord.objects.find(id), cls)  # type: ignore[arg-type]
+        record = SequenceRecord.objects.filter(key=key)
+        if getattr(cls, "step_specs", None):
+            record = record.filter(name=cls.name)
+        found = list(record.order_by("-id")[:2])
+        if not found:
+            raise UnknownSequence(f"No {cls.__name__} was started with the key {key!r}.")
+        if len(found) > 1:
+            raise UnknownSequence(
+                f"Several sequences were started with the key {key!r}; "
+                f"use {found[0].name.rsplit('.', 1)[-1]}.get(key=...) to say which."
+            )
+        return registry.load(found[0], cls)
 
     def refresh(self) -> None:
         """Reload the state from the database."""
@@ -83,10 +106,23 @@ class Sequence(SequenceDefinition):
         """Continue a paused sequence from its next step."""
         self._load(steering.resume(self.id))
 
-    def cancel(self) -> None:
-        """Start no further step; the sequence ends ``canceled``."""
-        self._load(steering.cancel(self.id))
+    def cancel(self, compensate: bool = False) -> None:
+        """Start no further step; the sequence ends ``canceled``.
 
-    def retry(self, data: Mapping[str, Any] | None = None) -> None:
-        """Run the failed step again, after merging ``data`` into the data."""
-        self._load(steering.retry(self.id, data))
+        With ``compensate=True`` the completed steps' compensations run first, last first.
+        """
+        self._load(steering.cancel(self.id, compensate=compensate))
+
+    def retry(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        from_step: str | None = None,
+        force: bool = False,
+    ) -> None:
+        """Run the failed step again, after merging ``data`` into the data.
+
+        ``from_step`` moves the sequence onto its class's current plan and version and
+        carries on from that step. After compensations ran, ``force=True`` is needed.
+        """
+        self._load(steering.retry(self.id, data, from_step=from_step, force=force))

@@ -84,7 +84,7 @@ def job_failed(job: Any, connection: Any, exc_type: Any, exc: Any, tb: Any) -> N
     if exc_type is not AbandonedJobError and not isinstance(exc, AbandonedJobError):
         return
     try:
-        sequence_id, _step_index, epoch = job.args
+        sequence_id, epoch = job.args[0], job.args[2]
         check_sequence(int(sequence_id), int(epoch), reason=f"RQ found job {job.id} abandoned")
     except Exception:
         # Raising here would stop RQ's registry cleanup; the sweep will look again.

@@ -83,6 +83,9 @@ class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
     def canceled(self) -> SequenceQuerySet:
         return self.filter(status=Status.CANCELED)
 
+    def compensating(self) -> SequenceQuerySet:
+        return self.filter(status=Status.COMPENSATING)
+
 
 class SequenceRecord(models.Model):
     """One started sequence: its data, where it is, and who may move it."""
@@ -110,6 +113,10 @@ class SequenceRecord(models.Model):
     lease_until = models.DateTimeField(null=True, blank=True)
     # The outbox: set in the commit that makes a dispatch due, cleared once it is queued.
     dispatch_due = models.DateTimeField(null=True, blank=True)
+    # The compensation walk: the plan index being compensated (NULL: none ran since the
+    # last retry; -1: the walk is over), and the status the sequence ends in after it.
+    undo_index = models.IntegerField(_("compensating step"), null=True, blank=True)
+    ends_as = models.CharField(_("ends as"), max_length=16, blank=True)
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -166,6 +173,11 @@ class SequenceRecord(models.Model):
         return Progress(self.steps_done, self.total_steps)
 
     @property
+    def compensated(self) -> bool:
+        """Whether compensations ran (or are running) since the last retry."""
+        return self.undo_index is not None
+
+    @property
     def current_step(self) -> str | None:
         """The step running or next to run; None once completed."""
         if self.status == Status.COMPLETED or self.step_index >= len(self.plan):
@@ -186,6 +198,10 @@ class StepAttempt(models.Model):
     started_at = models.DateTimeField(_("started"))
     finished_at = models.DateTimeField(_("finished"))
     worker = models.CharField(_("worker"), max_length=200, blank=True)
+    # The compensation walk: the plan index being compensated (NULL: none ran since the
+    # last retry; -1: the walk is over), and the status the sequence ends in after it.
+    undo_index = models.IntegerField(_("compensating step"), null=True, blank=True)
+    ends_as = models.CharField(_("ends as"), max_length=16, blank=True)
     error = models.TextField(_("error"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
 

@@ -31,18 +31,18 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import BooleanField, Case, CharField, F, Func, Q, QuerySet, When
+from django.db.models import BooleanField, Case, CharField, F, Func, IntegerField, Q, QuerySet, When
 from django.db.models.functions import Now
 
 from sequence import points, transitions
 from sequence.conf import settings
 from sequence.definitions import StepSpec
-from sequence.dispatch import confirm_dispatch, dispatch
-from sequence.failure import announce_failure
+from sequence.dispatch import confirm_dispatch, dispatch_record, unit_of
+from sequence.failure import after_walk
 from sequence.models import SequenceRecord, WorkerBeat, ago
-from sequence.registry import find_step, get_sequence_class
+from sequence.registry import find_step, registered
 from sequence.rqview import LiveJobs, dead_workers, step_name
-from sequence.states import QUEUED
+from sequence.states import MOVING, Status
 
 logger = logging.getLogger("sequence")
 
@@ -52,6 +52,7 @@ logger = logging.getLogger("sequence")
 FIELDS = (
     "id", "name", "step_index", "epoch", "queue", "status", "attempt", "recoveries",
     "claim_token", "claimed_by", "claimed_at", "lease_until", "dispatch_due", "updated_at",
+    "undo_index", "ends_as",
 )  # fmt: skip
 
 # Worker rows not seen for this long are deleted.
@@ -97,7 +98,7 @@ def overdue(grace: float) -> QuerySet[SequenceRecord]:
 
 def maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
     return SequenceRecord.objects.filter(
-        status__in=QUEUED,
+        status__in=MOVING,
         dispatch_due__isnull=True,
         lease_until__isnull=True,
         updated_at__lt=ago(grace),
@@ -105,7 +106,8 @@ def maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
 
 
 class CurrentStep(Func):
-    """The name of the row's current step, ``plan[step_index]``, read in the database."""
+    """The name of the row's current unit's step, read in the database: ``plan[step_index]``,
+    or ``plan[undo_index]`` while compensating."""
 
     # SQLite: JSON_EXTRACT(plan, '$[' || step_index || ']')
     template = "JSON_EXTRACT(%(expressions)s || ']')"
@@ -113,7 +115,12 @@ class CurrentStep(Func):
     output_field = CharField()
 
     def __init__(self) -> None:
-        super().__init__(F("plan"), F("step_index"))
+        index = Case(
+            When(status=Status.COMPENSATING, undo_index__gte=0, then=F("undo_index")),
+            default=F("step_index"),
+            output_field=IntegerField(),
+        )
+        super().__init__(F("plan"), index)
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
         # plan ->> step_index
@@ -180,7 +187,7 @@ def _lost_jobs(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult)
 
 
 def _overdue_entries(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult) -> None:
-    active = [r for r in batch if r.status in QUEUED]
+    active = [r for r in batch if r.status in MOVING]
     live = jobs.live(active)
     # Paused, canceled, finished or claimed (nothing to queue), or queued after all.
     done = [r for r in batch if r.pk in live or r not in active]
@@ -214,29 +221,46 @@ def _clear_outbox(records: list[SequenceRecord]) -> list[int]:
 def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None:
     """Move one stuck row on, if it is still as read: re-dispatch, release or fail it."""
     step = _step(record)
+    undo_from, undo_next = _undo_positions(record)
     with transaction.atomic():
-        outcome = transitions.recover(record, step, reason)
+        outcome = transitions.recover(
+            record, step, reason, undo_from=undo_from, undo_next=undo_next
+        )
         if outcome == "failed":
             result.failed.append(record.pk)
-            transaction.on_commit(lambda: _announce_failed(record.pk), robust=True)
         elif outcome == "released":
             result.released.append(record.pk)
-        elif outcome == "redispatched":
+        elif outcome in ("redispatched", "undone"):
             result.redispatched.append(record.pk)
-            args = (record.pk, record.step_index, record.epoch + 1, record.queue)
-            spec = _spec(record)
-
-            def redispatch() -> None:
-                points.fire("sweep_before_dispatch", sequence=args[0], step=args[1], epoch=args[2])
-                dispatch(*args, spec)
-
-            transaction.on_commit(redispatch, robust=True)
+        if outcome in ("failed", "redispatched", "undone"):
+            transaction.on_commit(lambda: _moved(record.pk, outcome), robust=True)
 
 
-def _announce_failed(sequence_id: int) -> None:
+def _undo_positions(record: SequenceRecord) -> tuple[int | None, int | None]:
+    """For a claim recovered too often: where a compensation walk would start, or go on.
+
+    Read only then (rarely): it needs the whole plan, which the sweep does not load.
+    """
+    if record.claim_token is None or record.recoveries < settings.MAX_RECOVERIES:
+        return None, None
+    cls = registered().get(record.name)
+    if cls is None:
+        return None, None
+    plan = SequenceRecord.objects.values_list("plan", flat=True).get(pk=record.pk)
+    if record.status == Status.COMPENSATING:
+        return None, cls.last_undo(plan, record.undo_index or 0)
+    return cls.last_undo(plan, record.step_index), None
+
+
+def _moved(sequence_id: int, outcome: str) -> None:
+    """After a recovery committed: queue what is due, or announce the end."""
     record = SequenceRecord.objects.get(pk=sequence_id)
-    cls = get_sequence_class(record.name)
-    announce_failure(record, cls, cls._bind(record), record.error, "recovery sweep")
+    if record.status in MOVING:
+        index, _kind = unit_of(record)
+        points.fire("sweep_before_dispatch", sequence=record.pk, step=index, epoch=record.epoch)
+        dispatch_record(record)
+    elif outcome != "redispatched":
+        after_walk(record)
 
 
 def recover_claim(sequence_id: int, epoch: int, token: str, *, reason: str) -> SweepResult:

@@ -14,7 +14,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from sequence.conf import settings
-from sequence.dispatch import get_queue, job_id, queue_for, server_of
+from sequence.dispatch import get_queue, job_id, queue_for, server_of, unit_of
 from sequence.models import SequenceRecord, WorkerBeat, ago
 from sequence.registry import find_step
 
@@ -69,7 +69,8 @@ class LiveJobs:
             where = servers.get(queue.name)
             if where is None:
                 where = servers[queue.name] = server_of(queue)
-            jid = job_id(record.pk, record.step_index, record.epoch)
+            index, kind = unit_of(record)
+            jid = job_id(record.pk, index, record.epoch, kind)
             groups.setdefault(where, []).append((record, queue, jid))
         live: set[int] = set()
         for items in groups.values():

@@ -32,14 +32,22 @@ from sequence import hooks, points, signals, transitions
 from sequence.claims import Claim
 from sequence.conf import settings
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import dispatch, enqueue_retry, retry_of, timeout_of
+from sequence.dispatch import (
+    STEP,
+    UNDO,
+    dispatch,
+    dispatch_record,
+    enqueue_retry,
+    retry_of,
+    timeout_of,
+)
 from sequence.exceptions import InvalidData, StepDeadlineExceeded, StepFenced, UnknownSequence
-from sequence.failure import fail_for_good, record_failure
+from sequence.failure import fail_for_good, record_failure, run_undo
 from sequence.inline import Inline, MayInline, policy
 from sequence.models import SequenceRecord
 from sequence.registry import get_sequence_class, spec_for
 from sequence.rqview import LiveJobs
-from sequence.states import QUEUED, Status
+from sequence.states import MOVING, Status
 from sequence.validation import check_data
 
 logger = logging.getLogger("sequence")
@@ -71,8 +79,9 @@ class _Timeout:
 job_timeout = _Timeout()
 
 
-def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
-    """Run step ``step_index`` of a sequence, if the job is still the one the row expects."""
+def run_step(sequence_id: int, step_index: int, epoch: int, kind: str = STEP) -> None:
+    """Run step ``step_index`` of a sequence (with ``kind="undo"``, its compensation), if
+    the job is still the one the row expects."""
     from rq import get_current_job
 
     entered = time.monotonic()
@@ -87,7 +96,9 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
     retries_left = (job.retries_left or 0) if job is not None else 0
     # The job was queued with the step's timeout: the lease must outlast it.
     timeout = int((job and job.timeout) or settings.TIMEOUT)
-
+    if kind == UNDO:
+        _run_undo(sequence_id, step_index, epoch, worker, token, timeout, entered, retries_left)
+        return
     try:
         claim = transitions.claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
     except (OperationalError, InterfaceError):
@@ -115,9 +126,39 @@ def run_step(sequence_id: int, step_index: int, epoch: int) -> None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
     inline = context.inline if context is not None else None
     may_inline = policy(inline, job, timeout, entered)
-    follow = _run_guarded(claim, retries_left, may_inline)
+    try:
+        follow = _run_guarded(claim, retries_left, may_inline)
+    except Exception:
+        if claim.final and job is not None:
+            job.retries_left = 0  # Fail, or an error its Retry.on leaves out: RQ stops here
+        raise
     while follow is not None and inline is not None:
         follow = _run_inline(follow, worker, token, inline, may_inline)
+
+
+def _run_undo(
+    sequence_id: int,
+    index: int,
+    epoch: int,
+    worker: str,
+    token: str,
+    timeout: int,
+    entered: float,
+    retries_left: int,
+) -> None:
+    claim = transitions.claim_undo(sequence_id, index, epoch, worker, token, timeout, entered)
+    if claim is None:
+        logger.info(
+            "Sequence %s: the compensation of step %s under epoch %s is stale; job ends.",
+            sequence_id, index, epoch,
+        )  # fmt: skip
+        return
+    try:
+        run_undo(claim, retries_left)
+    except Exception:
+        if not claim.settled:
+            release_or_remember(claim)
+        raise
 
 
 def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
@@ -208,7 +249,7 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
             # A lost connection: record the failure on a fresh one.
             connection.close()
-        if record_failure(claim, spec_cls, spec, exc, will_retry=retries_left > 0):
+        if record_failure(claim, spec_cls, spec, exc, retries_left):
             raise
         return None
     points.fire("after_commit", **claim.context())
@@ -237,11 +278,11 @@ def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epo
     )  # fmt: skip
     if (
         getattr(record, "overdue", False)
-        and record.status in QUEUED
+        and record.status in MOVING
         and record.epoch > epoch
         and record.pk not in LiveJobs().live([record])
     ):
-        dispatch(record.pk, record.step_index, record.epoch, record.queue, spec_for(record))
+        dispatch_record(record)
 
 
 def _perform(spec: StepSpec, claim: Claim, handle: SequenceDefinition) -> dict[str, Any]:

@@ -11,6 +11,7 @@ class Status(models.TextChoices):
     RUNNING = "running", _("Running")  # a step is executing
     RETRYING = "retrying", _("Retrying")  # an attempt failed; RQ will run it again
     PAUSED = "paused", _("Paused")  # no step starts until resumed
+    COMPENSATING = "compensating", _("Compensating")  # completed steps are being undone
     COMPLETED = "completed", _("Completed")  # every step committed
     FAILED = "failed", _("Failed")  # a step ran out of retries
     CANCELED = "canceled", _("Canceled")  # stopped on request
@@ -20,6 +21,8 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING, Status.RETRYING})
 # Statuses in which a job for the current step should be in RQ (queued, scheduled...).
 QUEUED = frozenset({Status.PENDING, Status.RETRYING})
+# Statuses in which, with no claim held, a job (a step's or a compensation's) is due.
+MOVING = QUEUED | {Status.COMPENSATING}
 # Paused or canceled while a step ran: its result is kept, nothing further starts.
 HELD = frozenset({Status.PAUSED, Status.CANCELED})
 
@@ -34,14 +37,22 @@ Transitions = dict[str, dict[Status, frozenset[Status]]]
 
 def _table() -> Transitions:
     P, R, T, Z = Status.PENDING, Status.RUNNING, Status.RETRYING, Status.PAUSED
-    C, F, X = Status.COMPLETED, Status.FAILED, Status.CANCELED
+    C, F, X, K = Status.COMPLETED, Status.FAILED, Status.CANCELED, Status.COMPENSATING
     return {
         "pause": {P: frozenset({Z}), R: frozenset({Z}), T: frozenset({Z})},
         # To running while the step in flight still holds its claim (it commits and
         # queues its successor itself); to pending, with the next step queued, otherwise.
         "resume": {Z: frozenset({R, P})},
-        "cancel": {P: frozenset({X}), R: frozenset({X}), T: frozenset({X}), Z: frozenset({X})},
+        # With compensate=True, to compensating first when a completed step has an undo.
+        "cancel": {
+            P: frozenset({X, K}),
+            R: frozenset({X, K}),
+            T: frozenset({X, K}),
+            Z: frozenset({X, K}),
+        },
         "retry": {F: frozenset({P})},
+        # retry(from_step=...): onto the class's current plan, from the named step.
+        "rewind": {F: frozenset({P}), Z: frozenset({P})},
         # A job takes its queued or retrying step; a failed one only when its RQ job was
         # requeued by hand. A running step is never claimed again: only the sweep takes
         # it over, so that recoveries are counted.
@@ -55,20 +66,27 @@ def _table() -> Transitions:
         # Paused or canceled meanwhile: the result is kept and nothing further starts (a
         # paused sequence whose last step commits is completed).
         "commit_held": {Z: frozenset({Z, C}), X: frozenset({X})},
-        # An attempt raised: retrying if RQ has retries left, failed otherwise.
-        "fail": {R: frozenset({T, F}), Z: frozenset({Z, F}), X: frozenset({X})},
+        # An attempt raised: retrying if it is retried, else failed, or compensating first
+        # when a completed step has an undo.
+        "fail": {R: frozenset({T, F, K}), Z: frozenset({Z, F, K}), X: frozenset({X})},
+        # A job takes the compensation the walk is at (compensating stays compensating).
+        "compensate": {K: frozenset({K})},
+        # A compensation ended (done, or failed for good): the walk goes on, or the
+        # sequence ends as it was going to (failed, or canceled).
+        "undo": {K: frozenset({K, F, X})},
         # A claim given up without a result: the step is queued again (paused or canceled:
         # only the claim is dropped).
-        "release": {R: frozenset({T}), Z: frozenset({Z}), X: frozenset({X})},
+        "release": {R: frozenset({T}), Z: frozenset({Z}), X: frozenset({X}), K: frozenset({K})},
         # The sweep: a lost claim is retried (or failed past SEQUENCE_MAX_RECOVERIES); a lost
         # dispatch is queued again under a new epoch; a paused or canceled sequence whose
         # worker died only gets its claim released.
         "recover": {
-            R: frozenset({T, F}),
+            R: frozenset({T, F, K}),
             P: frozenset({P}),
             T: frozenset({T}),
             Z: frozenset({Z}),
             X: frozenset({X}),
+            K: frozenset({K}),
         },
     }
 

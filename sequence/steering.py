@@ -16,10 +16,10 @@ from django.dispatch import Signal
 
 from sequence import hooks, registry, signals, transitions
 from sequence.definitions import SequenceDefinition
-from sequence.dispatch import dispatch, get_queue, job_id, queue_for
-from sequence.exceptions import InvalidData, UnknownSequence
+from sequence.dispatch import dispatch_record, get_queue, job_id, queue_for
+from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.models import SequenceRecord
-from sequence.states import TRANSITIONS, Status
+from sequence.states import TRANSITIONS, Status, sources
 from sequence.validation import check_data
 
 logger = logging.getLogger("sequence")
@@ -38,8 +38,7 @@ def _announce(signal: Signal, record: SequenceRecord, **kwargs: Any) -> None:
 
 
 def _dispatch_on_commit(record: SequenceRecord) -> None:
-    args = (record.pk, record.step_index, record.epoch, record.queue, registry.spec_for(record))
-    transaction.on_commit(lambda: dispatch(*args), robust=True)
+    transaction.on_commit(lambda: dispatch_record(record), robust=True)
 
 
 def pause(sequence_id: int | str) -> SequenceRecord:
@@ -62,19 +61,33 @@ def resume(sequence_id: int | str) -> SequenceRecord:
     return record
 
 
-def cancel(sequence_id: int | str) -> SequenceRecord:
-    """End the sequence ``canceled``; its queued job is canceled and would do nothing."""
+def cancel(sequence_id: int | str, *, compensate: bool = False) -> SequenceRecord:
+    """End the sequence ``canceled``; its queued job is canceled and would do nothing.
+
+    With ``compensate``, the completed steps that define ``compensate()`` are undone
+    first, last first, and the sequence ends canceled after them.
+    """
+
+    def undo_from(record: SequenceRecord) -> int | None:
+        cls = registry.registered().get(record.name)
+        return None if cls is None else cls.last_undo(record.plan, record.step_index)
+
     with transaction.atomic():
-        record, changed = transitions.cancel(sequence_id)
+        before = SequenceRecord.objects.find(sequence_id)
+        record, changed = transitions.cancel(sequence_id, undo_from if compensate else None)
         if changed:
-            _announce(signals.sequence_canceled, record)
             # The job may still sit in RQ: take it out. If a worker has it already, its
             # claim or its commit finds the sequence canceled and starts nothing.
-            transaction.on_commit(lambda: _cancel_job(record), robust=True)
+            transaction.on_commit(lambda: _cancel_job(before), robust=True)
+            if record.status == Status.COMPENSATING:
+                _dispatch_on_commit(record)
+            else:
+                _announce(signals.sequence_canceled, record)
     return record
 
 
 def _cancel_job(record: SequenceRecord) -> None:
+    """Take the job of the row's step (as read before the cancel) out of RQ."""
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
     queue = get_queue(queue_for(registry.spec_for(record), record.queue))
@@ -97,9 +110,13 @@ def retry(
     *,
     replace: bool = False,
     epoch: int | None = None,
+    from_step: str | None = None,
+    force: bool = False,
 ) -> SequenceRecord:
     """Run the failed step again with fresh attempts, after merging ``data`` into the data.
 
+    ``from_step`` moves a failed or paused sequence onto its class's current plan and
+    version and goes on from that step. After compensations ran, only with ``force``.
     ``replace=True`` stores ``data`` instead of merging it (the admin's edited data);
     ``epoch`` refuses the retry if the sequence moved since that epoch was read (the
     admin's form was filled in against an older copy).
@@ -115,11 +132,45 @@ def retry(
         return merged
 
     with transaction.atomic():
-        record, changed = transitions.retry(sequence_id, merge, epoch)
+        if from_step is not None:
+            record, changed = _rewind(sequence_id, from_step, merge, epoch)
+        else:
+            record, changed = transitions.retry(sequence_id, merge, epoch, force=force)
         if changed:
             _dispatch_on_commit(record)
             _announce(signals.sequence_retried, record)
     return record
+
+
+def _rewind(
+    sequence_id: int | str,
+    from_step: str,
+    merge: Callable[[SequenceRecord], dict[str, Any]],
+    epoch: int | None,
+) -> tuple[SequenceRecord, bool]:
+    """Onto the class's current plan, pending at ``from_step``."""
+    record = SequenceRecord.objects.find(sequence_id)
+    if record.status not in sources("rewind"):
+        allowed = " or ".join(sorted(sources("rewind")))
+        raise InvalidTransition(
+            f"Cannot retry {record} from a step: it is {record.status}; that applies to a "
+            f"sequence that is {allowed}."
+        )
+    if epoch is not None and record.epoch != epoch:
+        raise InvalidTransition(
+            f"Cannot retry {record}: it changed since you loaded it; look again and retry."
+        )
+    cls = registry.get_sequence_class(record.name)
+    plan = cls.plan_names()
+    index = cls.index_of(from_step)
+    if index is None:
+        raise InvalidData(
+            f"{record.name} has no step {from_step!r}; its current plan (version "
+            f"{cls.version!r}) is {plan!r}. Retry from one of those."
+        )
+    if not transitions.rewind(record, plan, str(cls.version), index, merge(record)):
+        raise InvalidTransition(f"Cannot retry {record}: it changed meanwhile; try again.")
+    return SequenceRecord.objects.find(sequence_id), True
 
 
 ACTIONS: dict[str, Callable[..., SequenceRecord]] = {

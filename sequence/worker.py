@@ -111,7 +111,7 @@ class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
         if execution is None:
             return
         try:
-            sequence_id, _step_index, epoch = job.args
+            sequence_id, epoch = job.args[0], job.args[2]
             signal = (
                 f" (signal {os.WTERMSIG(ret_val)})" if ret_val and os.WIFSIGNALED(ret_val) else ""
             )

@@ -17,7 +17,7 @@ from sequence.models import SequenceRecord, StepAttempt
 from sequence.paginator import EstimatedCountPaginator
 from sequence.states import Status
 from testproject.testapp.models import Ledger
-from testproject.testapp.sequences import Compensating, ThreeSteps
+from testproject.testapp.sequences import BadOutputSequence, Compensating, ThreeSteps
 
 from .lifecycle_support import job_status, make_record, make_user, queued_jobs, run_jobs
 
@@ -483,7 +483,11 @@ def test_retry_with_edited_data_keeps_masked_secrets_and_finishes_the_sequence(a
     del edited["trail"]
     response = admin_client.post(
         retry_url(seq.id),
-        {"sequence_data": json.dumps(edited), "epoch": form.context["form"].initial["epoch"]},
+        {
+            "sequence_data": json.dumps(edited),
+            "epoch": form.context["form"].initial["epoch"],
+            "force": "on",  # its compensations ran
+        },
         follow=True,
     )
     assert messages_of(response) == [
@@ -515,7 +519,7 @@ def test_retry_form_rejects_bad_json_and_a_stale_copy(admin_client):
 
 @pytest.mark.django_db(transaction=True)
 def test_retry_action_on_the_list_reruns_the_failed_step(admin_client):
-    seq = Compensating.start({})
+    seq = BadOutputSequence.start({})
     run_jobs()
     response = admin_client.post(
         LIST_URL, {"action": "retry_selected", "_selected_action": [seq.id]}, follow=True
@@ -546,3 +550,14 @@ def test_retry_form_for_a_sequence_that_has_not_failed_sends_you_back(admin_clie
     assert messages_of(response) == [
         f"testapp.ThreeSteps #{record.pk} is running; only a failed sequence can be retried."
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_action_on_the_list_leaves_a_compensated_sequence_alone_and_says_why(admin_client):
+    seq = Compensating.start({})
+    run_jobs()  # Broken fails twice; Undo is compensated
+    response = admin_client.post(
+        LIST_URL, {"action": "retry_selected", "_selected_action": [seq.id]}, follow=True
+    )
+    assert any("its compensations ran" in m for m in messages_of(response))
+    assert SequenceRecord.objects.get(pk=seq.id).status == Status.FAILED

@@ -276,7 +276,10 @@ def test_retry_merges_corrections_and_the_sequence_finishes():
     run_jobs()
     assert SequenceRecord.objects.get(pk=seq.id).status == Status.FAILED
     assert "the JSON is str 'x'; give an object" in failing("retry", str(seq.id), "--data", '"x"')
-    out, _ = sequence("retry", str(seq.id), "--data", '{"fixed": true}')
+    assert "retry with force=True (--force" in failing(
+        "retry", str(seq.id), "--data", '{"fixed": true}'
+    )
+    out, _ = sequence("retry", str(seq.id), "--data", '{"fixed": true}', "--force")
     assert out.strip() == f"#{seq.id} retried: failed -> pending"
     run_jobs()
     record = SequenceRecord.objects.get(pk=seq.id)

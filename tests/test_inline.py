@@ -92,8 +92,8 @@ def test_a_step_failing_inline_gets_its_retries_as_rq_jobs_then_compensates():
     seq = Compensating.start({})
     finished, failed = run_burst()
     # Job 1 ran Undo, then Broken inline (attempt 1 failed, its retry was queued);
-    # job 2 is that retry, which fails for good.
-    assert (finished, failed) == (1, 1)
+    # job 2 is that retry, which fails for good; job 3 is Undo's compensation.
+    assert (finished, failed) == (2, 1)
     seq.refresh()
     assert seq.status == Status.FAILED
     assert history(seq.id) == [

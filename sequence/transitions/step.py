@@ -1,53 +1,29 @@
-"""The state machine: every change of a sequence's status, each one conditional UPDATE.
+"""The statements on a step's path: claim, heartbeat, commit, fail, release.
 
-Each statement names, in its WHERE clause, the statuses ``states.TRANSITIONS`` lets its
-action start from, and the fence it needs (the epoch, the claim token, the lease): of
-two changes racing each other exactly one applies, and no lock is held while a step
-runs. Nothing here queues a job or sends a signal: a statement reports what it changed,
-and its caller (the runner, the sweep, the steering requests) acts on that after commit.
-
-The statements on every step's path (the claim and the commit) are hand-written SQL.
-The claim needs the row back from its ``UPDATE`` (``RETURNING``), which
-``QuerySet.update()`` does not give, and on PostgreSQL it skips the WAL flush. Building
-the commit through the ORM cost about 1 ms of CPU per step (py-spy, bench/), the largest
-share of sequence's own work in a step; on PostgreSQL it and its history row are one
-statement. The rarer statements use the ORM.
+The claim and the usual commit are hand-written SQL: see the package's docstring.
+Pinned by tests/test_transitions.py (statements per step) and tests/test_delivery.py
+(fencing against duplicate and stale jobs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Case, F, QuerySet, Value, When
+from django.db.models import Case, F, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from sequence import history, points
 from sequence.claims import Claim, lease_seconds, now_plus_sql, now_sql
-from sequence.conf import settings
-from sequence.exceptions import InvalidTransition, StepDeadlineExceeded, StepFenced
+from sequence.exceptions import StepDeadlineExceeded, StepFenced
 from sequence.models import SequenceRecord, StepAttempt, ago
-from sequence.states import IDEMPOTENT, TERMINAL, TRANSITIONS, Outcome, Status, sources
+from sequence.states import TERMINAL, TRANSITIONS, Outcome, Status, sources
+from sequence.transitions.base import RELEASED, status_in
 
 logger = logging.getLogger("sequence")
-
-# A claim given up: no holder, no lease.
-RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_until": None}
-
-
-def _rows(action: str, pk: int | str, target: Status | None = None) -> QuerySet[SequenceRecord]:
-    """The row, if it is in a status ``action`` may start from (to reach ``target``)."""
-    return SequenceRecord.objects.filter(pk=pk, status__in=sources(action, target))
-
-
-def _status_in(statuses: frozenset[Status]) -> tuple[str, list[Any]]:
-    """``status IN (...)`` for raw SQL, with its parameters."""
-    ordered = sorted(statuses)
-    return f"status IN ({', '.join(['%s'] * len(ordered))})", list(ordered)
 
 
 # -- the claim ----------------------------------------------------------------------------
@@ -83,8 +59,8 @@ def claim(
         # (synchronous, later in the same WAL) makes the claim durable before it.
         relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
     takes = sources("claim") & TERMINAL if failed else sources("claim") - TERMINAL
-    takes_sql, takes_args = _status_in(takes)
-    own_sql, own_args = _status_in(sources("reclaim"))
+    takes_sql, takes_args = status_in(takes)
+    own_sql, own_args = status_in(sources("reclaim"))
     sql = f"""
         UPDATE {table}
         SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
@@ -130,6 +106,12 @@ def claim(
         claimed_by=worker[:200],
     )
     deadline = entered + timeout if timeout > 0 else float("inf")
+    if failed:
+        # Run again by hand after it failed for good: its compensations (if they ran)
+        # no longer stand between it and a later retry().
+        SequenceRecord.objects.filter(pk=sequence_id, claim_token=token).update(
+            undo_index=None, ends_as=""
+        )
     return Claim(record, token, worker, timezone.now(), deadline, timeout)
 
 
@@ -218,7 +200,7 @@ def _commit_running(claim: Claim, data: dict[str, Any]) -> bool:
     last = record.step_index + 1 >= len(record.plan)
     table = connection.ops.quote_name(SequenceRecord._meta.db_table)
     now = now_sql()
-    running_sql, running_args = _status_in(sources("commit"))
+    running_sql, running_args = status_in(sources("commit"))
     deadline, deadline_args = "", list[Any]()
     if claim.timeout > 0:
         started_after, arg = now_plus_sql(-claim.timeout)
@@ -301,9 +283,14 @@ def _commit_held(claim: Claim, data: dict[str, Any]) -> None:
 # -- failure and giving a claim up ----------------------------------------------------------
 
 
-def fail(claim: Claim, error: str, tb: str = "", *, will_retry: bool) -> Status | None:
-    """Record a failed attempt: retrying, failed, or (paused or canceled) only released.
+def fail(
+    claim: Claim, error: str, tb: str = "", *, will_retry: bool, undo_from: int | None = None
+) -> Status | None:
+    """Record a failed attempt: retrying, or failed for good, or (paused or canceled
+    meanwhile) only released.
 
+    Failed for good with ``undo_from`` (the last completed step that has an undo), the
+    sequence is compensating from there, under a new epoch, its first compensation due.
     Returns the status the sequence now has, or None if the claim was no longer ours.
     """
     released = {**RELEASED, "error": error}
@@ -316,6 +303,13 @@ def fail(claim: Claim, error: str, tb: str = "", *, will_retry: bool) -> Status 
                 .update(status=Status.RETRYING, updated_at=Now(), **released)
             ):
                 status = Status.RETRYING
+        elif undo_from is not None:
+            if claim.mine().filter(status__in=sources("fail", Status.COMPENSATING)).update(
+                status=Status.COMPENSATING, undo_index=undo_from, ends_as=Status.FAILED,
+                attempt=0, recoveries=0, dispatch_due=Now(),
+                updated_at=Now(), **released,
+            ):  # fmt: skip
+                status = Status.COMPENSATING
         elif (
             claim.mine()
             .filter(status__in=sources("fail", Status.FAILED))
@@ -355,170 +349,3 @@ def release(claim: Claim, error: str) -> bool:
         history.write(claim.entry(Outcome.FAILED, error))
     claim.settled = True
     return due
-
-
-# -- the sweep ----------------------------------------------------------------------------
-
-
-def recover(record: SequenceRecord, step: str, reason: str) -> str:
-    """Move one stuck row on, if it is still as the sweep read it.
-
-    Returns what happened: ``"redispatched"`` (due again under a new epoch: queue it),
-    ``"failed"`` (its step was recovered SEQUENCE_MAX_RECOVERIES times), ``"released"``
-    (paused or canceled: only the claim is dropped), or ``""`` (it moved meanwhile).
-    Call it inside a transaction, and act on the answer once it commits.
-    """
-    lost_claim = record.claim_token is not None
-    rows = SequenceRecord.objects.filter(pk=record.pk, epoch=record.epoch, status=record.status)
-    rows = (
-        rows.filter(claim_token=record.claim_token)
-        if lost_claim
-        else rows.filter(claim_token__isnull=True)
-    )
-    rows = rows.filter(status__in=sources("recover"))
-    entry = history.Entry(
-        record.pk, record.step_index, step, record.epoch, record.attempt, Outcome.LOST,
-        record.claimed_at or record.updated_at, record.claimed_by,
-    )  # fmt: skip
-    if lost_claim and record.status in sources("recover", Status.FAILED):
-        if record.recoveries >= settings.MAX_RECOVERIES:
-            error = f"worker died during step {step} (recovered {record.recoveries} times)"
-            # A new epoch fences RQ's own retries of the job that kept dying.
-            if not rows.update(
-                status=Status.FAILED, epoch=F("epoch") + 1, error=error, dispatch_due=None,
-                finished_at=Now(), updated_at=Now(), **RELEASED,
-            ):  # fmt: skip
-                return ""
-            history.write(_with_error(entry, error))
-            return "failed"
-    elif lost_claim:
-        # Paused or canceled while its worker died: drop the claim, keep the status.
-        if not rows.update(recoveries=F("recoveries") + 1, updated_at=Now(), **RELEASED):
-            return ""
-        history.write(
-            _with_error(entry, f"{reason}; the step runs again when the sequence is resumed")
-        )
-        return "released"
-    if not rows.update(
-        status=Status.RETRYING if lost_claim else record.status,
-        epoch=F("epoch") + 1,
-        recoveries=F("recoveries") + (1 if lost_claim else 0),
-        dispatch_due=Now(), updated_at=Now(), **RELEASED,
-    ):  # fmt: skip
-        return ""
-    if lost_claim:
-        history.write(_with_error(entry, f"{reason}; recovered ({record.recoveries + 1})"))
-    return "redispatched"
-
-
-def _with_error(entry: history.Entry, error: str) -> history.Entry:
-    return history.Entry(**{**entry.__dict__, "error": error})
-
-
-# -- requests: pause, resume, cancel, retry -------------------------------------------------
-
-# A conditional update that found the row in another status re-reads it and tries
-# again while that status is still one the action starts from: the row changed between
-# the two statements. Each round means another request won a race, so few are needed.
-ROUNDS = 5
-
-
-def _refuse(action: str, record: SequenceRecord) -> SequenceRecord:
-    """Return ``record`` if ``action`` is a no-op in its status; raise otherwise."""
-    if record.status in IDEMPOTENT[action]:
-        return record
-    allowed = ", ".join(sorted(sources(action)))
-    raise InvalidTransition(
-        f"Cannot {action} {record}: it is {record.status}; {action} applies to a sequence "
-        f"that is {allowed}."
-    )
-
-
-def _apply(
-    action: str, sequence_id: int | str, update: Callable[[], int]
-) -> tuple[SequenceRecord, bool]:
-    """Run ``update`` until it changes the row or the row's status rules the action out.
-
-    Returns the row as it is afterwards, and whether this call changed it.
-    """
-    for _ in range(ROUNDS):
-        changed = update()
-        record = SequenceRecord.objects.find(sequence_id)
-        if changed:
-            return record, True
-        if record.status not in sources(action):
-            return _refuse(action, record), False
-    raise InvalidTransition(
-        f"Cannot {action} {record}: its status kept changing; try again."
-    )  # pragma: no cover - needs ROUNDS lost races in a row
-
-
-def pause(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
-    """Stop after the step in flight; a queued job finds the sequence paused and ends."""
-    return _apply(
-        "pause",
-        sequence_id,
-        lambda: _rows("pause", sequence_id).update(status=Status.PAUSED, updated_at=Now()),
-    )
-
-
-def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
-    """Running again if the step in flight still holds its claim, else pending (queue it)."""
-
-    def update() -> int:
-        # A step still in flight keeps its claim: it commits and queues its successor.
-        if (
-            _rows("resume", sequence_id, Status.RUNNING)
-            .filter(claim_token__isnull=False)
-            .update(status=Status.RUNNING, updated_at=Now())
-        ):
-            return 1
-        return (
-            _rows("resume", sequence_id, Status.PENDING)
-            .filter(claim_token__isnull=True)
-            .update(
-                status=Status.PENDING, epoch=F("epoch") + 1, dispatch_due=Now(), updated_at=Now()
-            )
-        )
-
-    return _apply("resume", sequence_id, update)
-
-
-def cancel(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
-    """End the sequence ``canceled``."""
-    return _apply(
-        "cancel",
-        sequence_id,
-        lambda: _rows("cancel", sequence_id).update(
-            status=Status.CANCELED, dispatch_due=None, finished_at=Now(), updated_at=Now()
-        ),
-    )
-
-
-def retry(
-    sequence_id: int | str, merge: Callable[[SequenceRecord], dict[str, Any]], epoch: int | None
-) -> tuple[SequenceRecord, bool]:
-    """Pending again with fresh attempts and the data ``merge`` makes of the row's.
-
-    ``epoch`` refuses the retry if the sequence moved since that epoch was read.
-    """
-    for _ in range(ROUNDS):
-        record = SequenceRecord.objects.find(sequence_id)
-        if record.status not in sources("retry"):
-            return _refuse("retry", record), False
-        if epoch is not None and record.epoch != epoch:
-            raise InvalidTransition(
-                f"Cannot retry {record}: it changed since you loaded it; look again and retry."
-            )
-        data = merge(record)
-        # Conditional on the epoch read above: data merged into a copy that changed
-        # meanwhile is not written.
-        same = _rows("retry", sequence_id).filter(epoch=record.epoch)
-        if same.update(
-            status=Status.PENDING, data=data, epoch=F("epoch") + 1, attempt=0,
-            recoveries=0, error="", finished_at=None, dispatch_due=Now(), updated_at=Now(),
-        ):  # fmt: skip
-            return SequenceRecord.objects.find(sequence_id), True
-    raise InvalidTransition(
-        f"Cannot retry sequence {sequence_id}: it kept changing; try again."
-    )  # pragma: no cover - needs ROUNDS lost races in a row

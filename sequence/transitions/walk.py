@@ -1,0 +1,101 @@
+"""The compensation walk: one compensation at a time, last completed step first.
+
+The walk's position is on the row (``undo_index``), so a crash resumes it where it
+stopped; each compensation is claimed and fenced by epoch and token like a step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Case, F, Q, TextField, Value, When
+from django.db.models.functions import Concat, Now
+from django.utils import timezone
+
+from sequence import history
+from sequence.claims import Claim, lease_seconds
+from sequence.models import SequenceRecord, ago
+from sequence.states import Outcome, Status, sources
+from sequence.transitions.base import RELEASED
+
+logger = logging.getLogger("sequence")
+
+
+# -- the compensation walk ------------------------------------------------------------------
+
+
+def walk_on(undo_next: int | None, note: str = "") -> dict[str, Any]:
+    """The changes that end one compensation: on to ``undo_next``, or the walk's end."""
+    fields: dict[str, Any] = {
+        "attempt": 0, "recoveries": 0, "updated_at": Now(), **RELEASED,
+    }  # fmt: skip
+    if note:
+        fields["error"] = Concat(F("error"), Value(note), output_field=TextField())
+    if undo_next is not None:
+        return {**fields, "undo_index": undo_next, "dispatch_due": Now()}
+    return {
+        **fields,
+        "undo_index": -1,
+        "dispatch_due": None,
+        "finished_at": Now(),
+        "status": Case(
+            When(ends_as=Status.CANCELED, then=Value(Status.CANCELED)),
+            default=Value(Status.FAILED),
+        ),
+    }
+
+
+def claim_undo(
+    sequence_id: int, index: int, epoch: int, worker: str, token: str, timeout: int, entered: float
+) -> Claim | None:
+    """Take the compensation the walk is at, if the row still expects it; None if stale."""
+    rows = SequenceRecord.objects.filter(
+        Q(claim_token__isnull=True) | Q(claim_token=token),
+        pk=sequence_id, epoch=epoch, undo_index=index, status__in=sources("compensate"),
+    )  # fmt: skip
+    if not rows.update(
+        claim_token=token, claimed_by=worker[:200], claimed_at=Now(),
+        lease_until=ago(-lease_seconds(timeout)), dispatch_due=None, updated_at=Now(),
+        attempt=Case(When(claim_token=token, then=F("attempt")), default=F("attempt") + 1),
+    ):  # fmt: skip
+        return None
+    record = SequenceRecord.objects.get(pk=sequence_id)
+    deadline = entered + timeout if timeout > 0 else float("inf")
+    return Claim(record, token, worker, timezone.now(), deadline, timeout, undo_index=index)
+
+
+def undo_failed(claim: Claim, error: str, tb: str) -> bool:
+    """Record a compensation attempt that raised and will be retried; False if not ours."""
+    with transaction.atomic():
+        if (
+            not claim.mine()
+            .filter(status__in=sources("compensate"))
+            .update(updated_at=Now(), **RELEASED)
+        ):
+            claim.settled = True
+            return False
+        history.write(claim.entry(Outcome.COMPENSATION_FAILED, error, tb))
+    claim.settled = True
+    return True
+
+
+def undo_done(
+    claim: Claim, undo_next: int | None, error: str = "", tb: str = "", note: str = ""
+) -> Status | None:
+    """End the claimed compensation (with ``error``: failed for good) and walk on.
+
+    Returns compensating (``undo_next`` is due), or the status the walk ended in, or
+    None if the claim was no longer ours.
+    """
+    outcome = Outcome.COMPENSATION_FAILED if error else Outcome.COMPENSATED
+    with transaction.atomic():
+        if not claim.mine().filter(status__in=sources("undo")).update(**walk_on(undo_next, note)):
+            claim.settled = True
+            return None
+        history.write(claim.entry(outcome, error, tb))
+    claim.settled = True
+    if undo_next is not None:
+        return Status.COMPENSATING
+    return Status.CANCELED if claim.record.ends_as == Status.CANCELED else Status.FAILED
