@@ -6,9 +6,10 @@ are in ``sequence.handle``, the registry of sequences by name in ``sequence.regi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.apps import apps
@@ -16,6 +17,7 @@ from django.apps import apps
 from sequence.cron import check_cron
 from sequence.exceptions import ConfigurationError, InvalidData
 from sequence.retry import Retry
+from sequence.validation import check_data
 
 if TYPE_CHECKING:
     from sequence.models import Progress, SequenceRecord
@@ -74,6 +76,11 @@ class Step:
         if self._heartbeat is not None:
             self._heartbeat()
 
+    @classmethod
+    def using(cls, **values: Any) -> Use:
+        """One use of this step in a plan, with ``values`` merged into the data before it runs."""
+        return Use(cls, values)
+
 
 class FunctionStep(Step):
     """A plain function ``fn(data)`` used as a step."""
@@ -85,37 +92,82 @@ class FunctionStep(Step):
 
 
 @dataclass(frozen=True)
+class Use:
+    """One use of a step or sub-sequence in a plan, with static values for its data.
+
+    Made by ``Step.using(**values)`` or ``Sequence.using(**values)``. The values are part
+    of the stored plan: a sequence in flight keeps them across deploys.
+    """
+
+    target: type[Step] | type[SequenceDefinition] | Callable[..., Any]
+    values: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        try:
+            check_data(
+                dict(self.values), what=f"{getattr(self.target, '__name__', self.target)}.using()"
+            )
+        except InvalidData as exc:
+            raise ConfigurationError(str(exc)) from None
+
+
+@dataclass(frozen=True)
 class StepSpec:
-    """A step as placed in a plan: its stable name and the class that runs it."""
+    """A step as placed in a plan: its stable name, the class that runs it, and the values
+    its use merges into the data before it runs.
+
+    The name is the step's (with its sub-sequences' names before it), followed by its
+    values as JSON when it has some: ``Assign {"team": "support"}``.
+    """
 
     name: str
     cls: type[Step]
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        """The name without the values."""
+        return self.name.partition(" ")[0]
 
     @property
     def compensates(self) -> bool:
         return callable(getattr(self.cls, "compensate", None))
 
+    def with_values(self, values: Mapping[str, Any]) -> StepSpec:
+        """The same step used with ``values``."""
+        return StepSpec(_named(self.base, values), self.cls, dict(values))
 
-def _step_spec(item: object, prefix: str) -> StepSpec:
+
+def _named(base: str, values: Mapping[str, Any]) -> str:
+    return f"{base} {json.dumps(values, sort_keys=True)}" if values else base
+
+
+def _step_spec(item: object, prefix: str, values: Mapping[str, Any]) -> StepSpec:
     if isinstance(item, type) and issubclass(item, Step):
-        return StepSpec(prefix + item.__name__, item)
+        return StepSpec(_named(prefix + item.__name__, values), item, dict(values))
     if callable(item) and hasattr(item, "__name__"):
         cls = type(item.__name__, (FunctionStep,), {"function": staticmethod(item)})
         cls.__module__ = getattr(item, "__module__", __name__)
-        return StepSpec(prefix + item.__name__, cls)
+        return StepSpec(_named(prefix + item.__name__, values), cls, dict(values))
     raise ConfigurationError(
         f"Step {item!r} must be a Step subclass, a function taking the data, "
         "or a Sequence subclass."
     )
 
 
-def _flatten(items: Iterable[object], prefix: str = "") -> list[StepSpec]:
+def _flatten(
+    items: Iterable[object], prefix: str = "", values: Mapping[str, Any] | None = None
+) -> list[StepSpec]:
     specs: list[StepSpec] = []
     for item in items:
+        used = dict(values or {})
+        if isinstance(item, Use):
+            used.update(item.values)
+            item = item.target
         if isinstance(item, type) and issubclass(item, SequenceDefinition):
-            specs.extend(_flatten(item.steps, f"{prefix}{item.__name__}."))
+            specs.extend(_flatten(item.steps, f"{prefix}{item.__name__}.", used))
         else:
-            specs.append(_step_spec(item, prefix))
+            specs.append(_step_spec(item, prefix, used))
     return specs
 
 
@@ -148,6 +200,7 @@ class SequenceDefinition:
     # Filled per subclass by __init_subclass__.
     step_specs: ClassVar[list[StepSpec]]
     _by_name: ClassVar[dict[str, StepSpec]]
+    _by_base: ClassVar[dict[str, StepSpec]]
 
     # Handle state.
     id: int
@@ -162,9 +215,10 @@ class SequenceDefinition:
         if "name" not in cls.__dict__:
             cls.name = _default_name(cls)
         cls.step_specs = _flatten(cls.steps)
-        cls._by_name = {}
+        cls._by_name, cls._by_base = {}, {}
         for spec in cls.step_specs:
-            other = cls._by_name.setdefault(spec.name, spec)
+            cls._by_name.setdefault(spec.name, spec)
+            other = cls._by_base.setdefault(spec.base, spec)
             if other.cls is not spec.cls:
                 raise ConfigurationError(
                     f"{cls.__qualname__} has two different steps named {spec.name!r}; "
@@ -181,8 +235,27 @@ class SequenceDefinition:
         return [spec.name for spec in cls.step_specs]
 
     @classmethod
+    def using(cls, **values: Any) -> Use:
+        """One use of this sequence as a sub-sequence, ``values`` merged into the data
+        before each of its steps runs."""
+        return Use(cls, values)
+
+    @classmethod
     def step_named(cls, name: str) -> StepSpec | None:
-        return cls._by_name.get(name)
+        """The step a stored plan names, as this class defines it now.
+
+        A use with values keeps the values the plan stored, whatever the class says now.
+        """
+        spec = cls._by_name.get(name)
+        if spec is not None or " " not in name:
+            return spec
+        base, _, raw = name.partition(" ")
+        spec = cls._by_base.get(base)
+        try:
+            values = json.loads(raw)
+        except ValueError:
+            return None
+        return None if spec is None or not isinstance(values, dict) else spec.with_values(values)
 
     @classmethod
     def index_of(cls, name: str) -> int | None:
@@ -197,7 +270,7 @@ class SequenceDefinition:
     def last_undo(cls, plan: list[str], before: int) -> int | None:
         """The index of the last step before ``before`` in ``plan`` that has an undo."""
         for index in reversed(range(min(before, len(plan)))):
-            spec = cls._by_name.get(plan[index])
+            spec = cls.step_named(plan[index])
             if spec is not None and spec.compensates:
                 return index
         return None

@@ -154,7 +154,7 @@ def run_undo(claim: Claim, retries_left: int) -> None:
         _walked(claim, undo_next, error, "")
         return
     step = spec.cls(
-        data=record.data, sequence=cls._bind(record), attempt=record.attempt,
+        data={**record.data, **spec.values}, sequence=cls._bind(record), attempt=record.attempt,
         idempotency_key=f"{record.pk}:{index}:{spec.name}",
         heartbeat=lambda: transitions.heartbeat(claim),
     )  # fmt: skip

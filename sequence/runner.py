@@ -225,7 +225,8 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             claim,
             spec_cls,
             f"Step {record.plan[step_index]!r} of {record.name} (version {record.version!r}) "
-            "no longer exists; restore it or retry with a plan that has it.",
+            "no longer exists; restore it, or move the sequence onto the current plan with "
+            "retry(from_step=...) (manage.py sequence retry ID --from-step NAME).",
         )
         return None
     handle = spec_cls._bind(record)
@@ -287,6 +288,8 @@ def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epo
 
 def _perform(spec: StepSpec, claim: Claim, handle: SequenceDefinition) -> dict[str, Any]:
     record = claim.record
+    if spec.values:
+        record.data.update(spec.values)  # this use's static values, merged as it runs
     step = spec.cls(
         data=record.data,
         sequence=handle,

@@ -173,7 +173,13 @@ def test_a_filter_the_planner_expects_to_match_many_rows_is_not_counted(admin_cl
     with CaptureQueriesContext(connection) as captured:
         html = text_of(admin_client.get(LIST_URL, {"status__exact": "failed"}))
     assert re.search(r"about \d+</span> sequence", html)
-    assert not [q for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
+    # The health summary above the table counts sequences in flight by status (one
+    # GROUP BY); the paginator counts nothing.
+    assert not [
+        q
+        for q in captured.captured_queries
+        if "COUNT(" in q["sql"].upper() and "GROUP BY" not in q["sql"].upper()
+    ]
 
 
 @pytest.mark.django_db

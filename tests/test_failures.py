@@ -74,7 +74,9 @@ def test_requeueing_the_failed_rq_job_resumes_the_sequence(workers):
     record = SequenceRecord.objects.get(pk=seq.id)
     failed_job = job_id(seq.id, record.step_index, record.epoch)
     registry = FailedJobRegistry(queue=get_queue("default"))
-    assert failed_job in registry.get_job_ids()
+    # RQ moves the job to its failed registry after the function raised, so after the
+    # failure (and the compensations) committed.
+    wait_for(lambda: failed_job in registry.get_job_ids(), timeout=10)
     Ledger.objects.create(sequence_id=seq.id, step="repair")
     registry.requeue(failed_job)  # what the django-rq dashboard and `rq requeue` do
     # The row says failed until a worker claims the requeued job.

@@ -198,3 +198,128 @@ class QueueHopping(Sequence):
     """Its first step on the "high" queue, the others on the sequence's queue."""
 
     steps = [OnHigh, Hop, Hop]
+
+
+# -- failure and compensation (tests/test_compensation.py, tests/faults/test_compensation.py)
+
+from testproject.testapp.saga import PlaceOrder  # noqa: E402, F401  (registers it)
+
+
+class Undoable(Record):
+    """Records its run; its compensation writes "<name>.undo" with the data it sees."""
+
+    def compensate(self) -> None:
+        name = type(self).__name__
+        mark(self, f"{name}.undo", self.sequence.id)
+        Ledger.objects.create(
+            sequence_id=self.sequence.id,
+            step=f"{name}.saw",
+            idempotency_key=",".join(sorted(self.data)),
+        )
+        time.sleep(float(self.data.get("undo_sleep", 0)))
+
+
+class First(Undoable):
+    pass
+
+
+class Second(Undoable):
+    pass
+
+
+class NoUndo(Record):
+    pass
+
+
+class HalfDone(Step):
+    """Sets data["half_done"], then fails for good (no retries)."""
+
+    retry = Retry(max=0)
+
+    def perform(self) -> None:
+        self.data["half_done"] = True
+        mark(self, "HalfDone", self.sequence.id)
+        raise RuntimeError("half way")
+
+
+class Saga(Sequence):
+    """First, NoUndo, Second complete; HalfDone fails: Second then First are undone."""
+
+    steps = [First, NoUndo, Second, HalfDone]
+
+    def on_failure(self, error: str) -> None:
+        Ledger.objects.create(
+            sequence_id=self.id, step="on_failure", idempotency_key=",".join(sorted(self.data))
+        )
+
+
+class FailingUndo(Record):
+    retry = Retry(max=1, interval=0)
+
+    def compensate(self) -> None:
+        mark(self, "FailingUndo.undo", self.sequence.id)
+        raise RuntimeError("cannot undo")
+
+
+class SagaWithFailingUndo(Sequence):
+    steps = [First, FailingUndo, HalfDone]
+
+
+class Inner2(Sequence):
+    steps = [Second]
+
+
+class SagaOfSubSequence(Sequence):
+    steps = [First, Inner2, HalfDone]
+
+
+class WaitsForCancel(Step):
+    """Waits (heartbeating) until data says stop or the step is fenced."""
+
+    def perform(self) -> None:
+        for _ in range(200):
+            self.heartbeat()
+            time.sleep(0.05)
+
+
+class Cancelable(Sequence):
+    steps = [First, Second, WaitsForCancel]
+
+
+class Pick(Step):
+    """A step used twice with different values (Step.using)."""
+
+    def perform(self) -> None:
+        self.data.setdefault("picked", []).append(self.data["team"])
+
+
+class Routing(Sequence):
+    steps = [Pick.using(team="support"), Pick.using(team="billing"), Inner2.using(team="x")]
+
+
+class NotRetriedError(Exception):
+    pass
+
+
+class RetriesOnlyTimeouts(Step):
+    retry = Retry(max=3, interval=0, on=(TimeoutError,))
+
+    def perform(self) -> None:
+        mark(self, "RetriesOnlyTimeouts", self.sequence.id)
+        raise NotRetriedError("not a timeout")
+
+
+class OnlyTimeouts(Sequence):
+    steps = [RetriesOnlyTimeouts]
+
+
+class BacksOff(Step):
+    retry = Retry(max=2, interval=1, backoff=3.0)
+
+    def perform(self) -> None:
+        mark(self, "BacksOff", self.sequence.id)
+        raise TimeoutError("still down")
+
+
+class BackingOff(Sequence):
+    steps = [BacksOff]
