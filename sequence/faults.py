@@ -32,7 +32,7 @@ from typing import Any
 from django.db import OperationalError
 
 from sequence import points, recovery, runner
-from sequence.dispatch import enqueue_step
+from sequence.dispatch import STEP, enqueue_step
 from sequence.points import POINTS, Action, Context
 
 
@@ -183,12 +183,19 @@ def _duplicate(context: Context) -> None:
 
 
 def deliver(
-    sequence_id: int, step_index: int, epoch: int, *, worker: str = "test", token: str | None = None
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    *,
+    worker: str = "test",
+    token: str | None = None,
+    kind: str = STEP,
 ) -> None:
-    """Run one step job in this process, as worker ``worker`` would (no RQ involved)."""
+    """Run one step job (or compensation job) in this process, as worker ``worker`` would
+    (no RQ involved)."""
     reset = runner.execution.set(runner.Execution(worker=worker, token=token))
     try:
-        runner.run_step(sequence_id, step_index, epoch)
+        runner.run_step(sequence_id, step_index, epoch, kind)
     finally:
         runner.execution.reset(reset)
 

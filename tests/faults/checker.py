@@ -15,6 +15,10 @@ Invariants, for every sequence the test started:
 6. Atomic steps (Effect) and idempotency-ledger steps (Payment) show their effect once
    per committed step, and never for an uncommitted one.
 7. Nothing is stuck: every sequence ended in a status the test expected.
+8. Compensations: once a walk ended, every completed step that defines compensate() has
+   exactly one final record (compensated, or its last compensation_failed), none is
+   compensated twice, and they ran last step first; a compensation is claimed only
+   while the sequence is compensating.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 from django.db import connection
 
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
+from sequence.states import Outcome, Status
 from testproject.testapp.models import BodyRun, Effect, Journal, Payment
 
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", Path(__file__).resolve().parents[2] / "test-output"))
@@ -201,10 +205,43 @@ def check(
             v.append(
                 f"#{seq_id}: ended {record.status} at step {record.step_index}, expected {sorted(allowed)}"
             )
+        v.extend(_compensation_violations(record))
     report.statuses = dict(statuses)
     if write:
         _write(report)
     return report
+
+
+def _compensation_violations(record: SequenceRecord) -> list[str]:
+    """Invariant 8 for one sequence."""
+    from sequence.registry import registered
+
+    seq_id = record.pk
+    rows = list(
+        StepAttempt.objects.filter(
+            sequence_id=seq_id,
+            outcome__in=[Outcome.COMPENSATED, Outcome.COMPENSATION_FAILED],
+        ).order_by("id")
+    )
+    found = []
+    compensated = Counter(r.step_index for r in rows if r.outcome == Outcome.COMPENSATED)
+    found += [f"#{seq_id}: step {i} compensated {n} times" for i, n in compensated.items() if n > 1]
+    order = list(dict.fromkeys(r.step_index for r in rows))
+    if order != sorted(order, reverse=True):
+        found.append(f"#{seq_id}: compensations out of order: {order}")
+    if record.undo_index != -1:
+        return found
+    cls = registered().get(record.name)
+    undoable = [
+        i
+        for i in range(record.step_index)
+        if cls is not None
+        and (spec := cls.step_named(record.plan[i])) is not None
+        and spec.compensates
+    ]
+    if sorted(set(order)) != undoable:
+        found.append(f"#{seq_id}: compensated {sorted(set(order))}, should be {undoable}")
+    return found
 
 
 def _write(report: Report) -> None:
