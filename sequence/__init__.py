@@ -20,6 +20,7 @@ from sequence.exceptions import (
 if TYPE_CHECKING:
     from sequence.definitions import Schedule, Step
     from sequence.handle import Sequence
+    from sequence.items import Sleep, WaitFor
     from sequence.retry import Retry
 
 # Names whose modules use the models: imported on first use, so that importing the
@@ -29,6 +30,8 @@ _LAZY = {
     "Schedule": "sequence.definitions",
     "Step": "sequence.definitions",
     "Sequence": "sequence.handle",
+    "Sleep": "sequence.items",
+    "WaitFor": "sequence.items",
 }
 
 __all__ = [
@@ -43,8 +46,10 @@ __all__ = [
     "SequenceError",
     "SequenceFailed",
     "SequenceTimeout",
+    "Sleep",
     "Step",
     "UnknownSequence",
+    "WaitFor",
 ]
 
 

@@ -58,12 +58,14 @@ DONE = {
     "resume": _("Resumed"),
     "cancel": _("Canceled"),
     "retry": _("Retried"),
+    "wake": _("Woke"),
 }
 BUTTONS = {
     "pause": _("Pause"),
     "resume": _("Resume"),
     "cancel": _("Cancel"),
     "retry": _("Retry"),
+    "wake": _("Wake now"),
 }
 
 
@@ -383,7 +385,7 @@ class SequenceAdmin(ModelAdmin):
                 "label": BUTTONS[action],
                 "url": self._url("action", record.pk, action=action),
             }
-            for action in available(record.status)
+            for action in [*available(record.status), *_wakeable(record)]
             if can_change
         ]
         context = {
@@ -402,6 +404,8 @@ class SequenceAdmin(ModelAdmin):
                 mask_data(record.data), indent=2, ensure_ascii=False, sort_keys=True
             ),
             "error": mask_text(record.error, record.data),
+            "waiting": display.waiting_text(record),
+            "events": [display.event_detail(e) for e in record.events.order_by("id")[:100]],
             "attempts": [
                 {
                     "attempt": a,
@@ -426,7 +430,7 @@ class SequenceAdmin(ModelAdmin):
 
     def action_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
         record = self._get(object_id)
-        if action not in REQUESTS:
+        if action not in (*REQUESTS, "wake"):
             raise PermissionDenied
         if not self.has_change_permission(request, record):
             raise PermissionDenied
@@ -518,6 +522,10 @@ class SequenceAdmin(ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.retry_template, context)
+
+
+def _wakeable(record: SequenceRecord) -> list[str]:
+    return ["wake"] if record.status == Status.SLEEPING else []
 
 
 def _when(moment: datetime | None) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import CommandError
 
-from sequence import display, steering
+from sequence import display, steering, waiting
 from sequence.exceptions import InvalidData, InvalidTransition, SequenceError, UnknownSequence
 from sequence.masking import mask_data, mask_text
 from sequence.models import SequenceRecord, StepAttempt
@@ -128,6 +128,18 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--tracebacks", action="store_true", help="Print each failed attempt's traceback."
     )
+
+    p = add("send", "Send an event to a sequence (a WaitFor of its plan takes it).")
+    p.add_argument("id", type=sequence_id, help="The sequence id.")
+    p.add_argument("event", help="The event's name, as its WaitFor names it.")
+    p.add_argument(
+        "--data", type=json_object, default=None,
+        help="The event's data, merged into the sequence's: a JSON object or @file.json.",
+    )  # fmt: skip
+    p.add_argument(
+        "--id", dest="event_id", metavar="EVENT_ID",
+        help="The sender's id for the event: sending the same id again is ignored.",
+    )  # fmt: skip
 
     p = add("start", "Start a sequence.")
     p.add_argument("sequence_name", metavar="NAME", help="Registered name, e.g. shop.Checkout.")
@@ -315,6 +327,8 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
         ["finished", display.local_time(record.finished_at) or "-"],
         ["duration", display.format_duration(display.duration(record))],
     ]
+    if waiting := display.waiting_text(record):
+        rows.insert(1, ["waiting", waiting])
     if record.error:
         rows.append(["error", out.command.style.ERROR(mask_text(record.error, record.data))])
     out.line(out.command.style.MIGRATE_HEADING(f"Sequence #{record.pk} {record.name}"))
@@ -330,6 +344,7 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
     out.line(out.command.style.MIGRATE_HEADING("Data"))
     for text in json.dumps(mask_data(record.data), indent=2, ensure_ascii=False).splitlines():
         out.line(f"  {text}")
+    _show_events(out, record)
     out.line()
     out.line(out.command.style.MIGRATE_HEADING(f"Attempts ({len(attempts)})"))
     if not attempts:
@@ -360,6 +375,36 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
         if tracebacks and attempt.traceback:
             for tb_line in mask_text(attempt.traceback, record.data).rstrip().splitlines():
                 out.line(f"      | {tb_line}")
+
+
+def _show_events(out: Output, record: SequenceRecord) -> None:
+    events = list(record.events.order_by("id"))
+    if not events:
+        return
+    out.line()
+    out.line(out.command.style.MIGRATE_HEADING(f"Events ({len(events)})"))
+    for event in events:
+        taken = (
+            f"consumed by step {event.consumed_by + 1}" if event.consumed_by is not None else "kept"
+        )
+        ident = f" id {event.event_id}" if event.event_id else ""
+        data = json.dumps(mask_data(event.data), ensure_ascii=False)
+        received = display.local_time(event.received_at)
+        out.line(f"  {received}  {event.name}{ident}  {data}  ({taken})")
+
+
+def handle_send(
+    out: Output, id: int, event: str, data: dict[str, Any], event_id: str | None, **_: Any
+) -> None:
+    try:
+        row = waiting.send(id, event, data, id=event_id)
+    except (UnknownSequence, InvalidTransition, InvalidData) as exc:
+        raise CommandError(str(exc)) from None
+    record = _get(id)
+    if out.as_json:
+        out.json({**display.summary(record), "event": display.event_detail(row)})
+        return
+    out.line(f"Sent {event!r} to #{id}: it is now {out.status(record.status)}.")
 
 
 def handle_start(
@@ -470,10 +515,12 @@ def run(command: BaseCommand, subcommand: str, options: dict[str, Any]) -> None:
         handle_show(out, **options)
     elif subcommand == "start":
         handle_start(out, **options)
+    elif subcommand == "send":
+        handle_send(out, **options)
     elif subcommand == "prune":
         handle_prune(out, **options)
     else:
         raise CommandError(f"Unknown subcommand {subcommand!r}.")
 
 
-SUBCOMMANDS = ("list", "show", "start", "pause", "resume", "cancel", "retry", "prune")
+SUBCOMMANDS = ("list", "show", "start", "send", "pause", "resume", "cancel", "retry", "prune")

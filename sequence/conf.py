@@ -36,6 +36,9 @@ class Defaults:
     WORKER_HEARTBEAT: float = 5
     # Seconds without a beat after which the sweep takes over a worker's step.
     WORKER_DEAD_AFTER: float = 30
+    # Seconds between a worker's passes that wake sleepers whose time came (and time out
+    # waits past their deadline); 0 turns them off (the recovery sweep still wakes them).
+    WAKE_INTERVAL: float = 0.5
     # Rows the sweep reads (and jobs it looks up in Redis, pipelined) per batch.
     SWEEP_BATCH: int = 500
     # Test points to arm in worker processes (see sequence.points); None in production.

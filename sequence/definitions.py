@@ -16,6 +16,7 @@ from django.apps import apps
 
 from sequence.cron import check_cron
 from sequence.exceptions import ConfigurationError, InvalidData
+from sequence.items import KINDS, PlanWait, Sleep, WaitFor
 from sequence.retry import Retry
 from sequence.validation import check_data
 
@@ -123,6 +124,8 @@ class StepSpec:
     name: str
     cls: type[Step]
     values: Mapping[str, Any] = field(default_factory=dict)
+    # A Sleep or WaitFor: the item waits instead of running code.
+    wait: PlanWait | None = None
 
     @property
     def base(self) -> str:
@@ -143,6 +146,8 @@ def _named(base: str, values: Mapping[str, Any]) -> str:
 
 
 def _step_spec(item: object, prefix: str, values: Mapping[str, Any]) -> StepSpec:
+    if isinstance(item, Sleep | WaitFor):
+        return _wait_spec(prefix + type(item).__name__, item)
     if isinstance(item, type) and issubclass(item, Step):
         return StepSpec(_named(prefix + item.__name__, values), item, dict(values))
     if callable(item) and hasattr(item, "__name__"):
@@ -153,6 +158,10 @@ def _step_spec(item: object, prefix: str, values: Mapping[str, Any]) -> StepSpec
         f"Step {item!r} must be a Step subclass, a function taking the data, "
         "or a Sequence subclass."
     )
+
+
+def _wait_spec(base: str, item: PlanWait) -> StepSpec:
+    return StepSpec(_named(base, item.params()), Step, {}, item)
 
 
 def _flatten(
@@ -255,7 +264,13 @@ class SequenceDefinition:
             values = json.loads(raw)
         except ValueError:
             return None
-        return None if spec is None or not isinstance(values, dict) else spec.with_values(values)
+        if spec is None or not isinstance(values, dict):
+            return None
+        if spec.wait is not None:
+            # The plan stored the item's parameters: keep them, whatever the class says now.
+            item = KINDS[type(spec.wait).__name__].from_params(values)
+            return None if item is None else _wait_spec(base, item)
+        return spec.with_values(values)
 
     @classmethod
     def index_of(cls, name: str) -> int | None:

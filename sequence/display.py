@@ -9,7 +9,7 @@ from typing import Any
 from django.utils import timezone
 
 from sequence.masking import mask_data, mask_text
-from sequence.models import SequenceRecord, StepAttempt
+from sequence.models import SequenceEvent, SequenceRecord, StepAttempt
 from sequence.states import TERMINAL, Status
 
 
@@ -78,6 +78,28 @@ def local_time(moment: datetime | None, *, zone: bool = False) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S" + (" %Z" if zone else ""))
 
 
+def waiting_text(record: SequenceRecord) -> str:
+    """What a sleeping or waiting sequence waits for, in words; "" otherwise."""
+    if record.waiting_for:
+        deadline = f" (times out {local_time(record.wake_at, zone=True)})" if record.wake_at else ""
+        return f"waiting for {record.waiting_for!r}{deadline}"
+    if record.wake_at is not None and record.status in (Status.SLEEPING, Status.PAUSED):
+        return f"sleeping until {local_time(record.wake_at, zone=True)}"
+    return ""
+
+
+def event_detail(event: SequenceEvent, data: Any = None) -> dict[str, Any]:
+    """One event sent to a sequence, as JSON, its data masked."""
+    return {
+        "event": event.name,
+        "id": event.event_id,
+        "data": mask_data(event.data),
+        "received_at": iso(event.received_at),
+        "consumed_at": iso(event.consumed_at),
+        "consumed_by_step": None if event.consumed_by is None else event.consumed_by + 1,
+    }
+
+
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -126,4 +148,7 @@ def detail(record: SequenceRecord, attempts: list[StepAttempt]) -> dict[str, Any
         "data": mask_data(record.data),
         "error": mask_text(record.error, record.data),
         "attempts": [attempt_detail(a, record.data) for a in attempts],
+        "waiting": waiting_text(record) or None,
+        "wake_at": iso(record.wake_at),
+        "events": [event_detail(e) for e in record.events.order_by("id")],
     }

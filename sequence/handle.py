@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Self
 
-from sequence import registry, steering
+from sequence import registry, steering, waiting
 from sequence.definitions import SequenceDefinition
 from sequence.exceptions import (
     SequenceCanceled,
@@ -97,6 +97,17 @@ class Sequence(SequenceDefinition):
                 )
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.25)
+
+    def send(
+        self, event: str, data: Mapping[str, Any] | None = None, *, id: str | None = None
+    ) -> None:
+        """Deliver ``event`` (its ``data`` is merged into the data when a WaitFor takes it).
+
+        An event sent before the sequence reaches its ``WaitFor`` is kept until it does.
+        With ``id``, the same event id sent again is accepted and ignored.
+        """
+        waiting.send(self.id, event, data, id=id)
+        self.refresh()
 
     def pause(self) -> None:
         """Let the step in flight finish; start no further step until resume()."""

@@ -86,6 +86,12 @@ class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
     def compensating(self) -> SequenceQuerySet:
         return self.filter(status=Status.COMPENSATING)
 
+    def sleeping(self) -> SequenceQuerySet:
+        return self.filter(status=Status.SLEEPING)
+
+    def waiting(self) -> SequenceQuerySet:
+        return self.filter(status=Status.WAITING)
+
 
 class SequenceRecord(models.Model):
     """One started sequence: its data, where it is, and who may move it."""
@@ -117,6 +123,11 @@ class SequenceRecord(models.Model):
     # last retry; -1: the walk is over), and the status the sequence ends in after it.
     undo_index = models.IntegerField(_("compensating step"), null=True, blank=True)
     ends_as = models.CharField(_("ends as"), max_length=16, blank=True)
+    # Sleeping: when the Sleep ends. Waiting: when the WaitFor times out (NULL: never),
+    # and the event it waits for. The database is the truth: waking is a query for
+    # what is due (sequence.waiting), never a timer held in Redis.
+    wake_at = models.DateTimeField(_("wakes at"), null=True, blank=True)
+    waiting_for = models.CharField(_("waiting for"), max_length=200, blank=True)
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -146,6 +157,10 @@ class SequenceRecord(models.Model):
                 fields=["lease_until"],
                 condition=Q(lease_until__isnull=False),
                 name="sequence_lease_idx",
+            ),
+            # Waking reads only what is due: sleepers and waits with a deadline.
+            models.Index(
+                fields=["wake_at"], condition=Q(wake_at__isnull=False), name="sequence_wake_idx"
             ),
             # The admin's search by start key, across names.
             models.Index(fields=["key"], condition=Q(key__isnull=False), name="sequence_key_idx"),
@@ -198,10 +213,6 @@ class StepAttempt(models.Model):
     started_at = models.DateTimeField(_("started"))
     finished_at = models.DateTimeField(_("finished"))
     worker = models.CharField(_("worker"), max_length=200, blank=True)
-    # The compensation walk: the plan index being compensated (NULL: none ran since the
-    # last retry; -1: the walk is over), and the status the sequence ends in after it.
-    undo_index = models.IntegerField(_("compensating step"), null=True, blank=True)
-    ends_as = models.CharField(_("ends as"), max_length=16, blank=True)
     error = models.TextField(_("error"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
 
@@ -218,6 +229,43 @@ class StepAttempt(models.Model):
     @property
     def duration(self) -> Any:
         return self.finished_at - self.started_at
+
+
+class SequenceEvent(models.Model):
+    """An event sent to a sequence (``seq.send``): kept until a WaitFor consumes it."""
+
+    sequence = models.ForeignKey(SequenceRecord, on_delete=models.CASCADE, related_name="events")
+    name = models.CharField(_("event"), max_length=200)
+    # The sender's id for it (a webhook's delivery id): a second delivery is ignored.
+    event_id = models.CharField(_("event id"), max_length=255, null=True, blank=True)  # noqa: DJ001
+    data = models.JSONField(_("data"), default=dict)
+    received_at = models.DateTimeField(_("received"), auto_now_add=True)
+    consumed_at = models.DateTimeField(_("consumed"), null=True, blank=True)
+    # The plan index of the WaitFor that consumed it.
+    consumed_by = models.IntegerField(_("consumed at step"), null=True, blank=True)
+
+    class Meta:
+        db_table = "sequence_event"
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sequence", "event_id"],
+                condition=Q(event_id__isnull=False),
+                name="sequence_event_unique_id",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["sequence", "name", "id"],
+                condition=Q(consumed_at__isnull=True),
+                name="sequence_event_pending_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} for sequence {self.sequence_id}"
 
 
 class WorkerBeat(models.Model):

@@ -43,6 +43,7 @@ from sequence.models import SequenceRecord, WorkerBeat, ago
 from sequence.registry import find_step, registered
 from sequence.rqview import LiveJobs, dead_workers, step_name
 from sequence.states import MOVING, Status
+from sequence.waiting import wake_due
 
 logger = logging.getLogger("sequence")
 
@@ -67,15 +68,20 @@ class SweepResult:
     failed: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
     confirmed: list[int] = field(default_factory=list)
+    # Sleepers woken and waits timed out whose time had come.
+    woken: int = 0
 
     def __str__(self) -> str:
         return (
             f"redispatched {len(self.redispatched)}, failed {len(self.failed)}, "
-            f"released {len(self.released)}, confirmed {len(self.confirmed)}"
+            f"released {len(self.released)}, confirmed {len(self.confirmed)}, "
+            f"woken {self.woken}"
         )
 
     def __bool__(self) -> bool:
-        return bool(self.redispatched or self.failed or self.released or self.confirmed)
+        return bool(
+            self.redispatched or self.failed or self.released or self.confirmed or self.woken
+        )
 
 
 def dead_claims() -> QuerySet[SequenceRecord]:
@@ -173,6 +179,8 @@ def sweep(grace: float | None = None) -> SweepResult:
         _lost_jobs(batch, jobs, result)
     for batch in _batches(overdue(grace), size):
         _overdue_entries(batch, jobs, result)
+    # Sleepers due while no worker ran (the workers' own passes wake the rest on time).
+    result.woken = wake_due()
     WorkerBeat.objects.filter(last_seen__lt=ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
     if result.redispatched or result.failed or result.released:
         logger.warning("Recovery sweep: %s", result)

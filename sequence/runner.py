@@ -28,7 +28,7 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
-from sequence import hooks, points, signals, transitions
+from sequence import hooks, points, signals, transitions, waiting
 from sequence.claims import Claim
 from sequence.conf import settings
 from sequence.definitions import SequenceDefinition, StepSpec
@@ -229,8 +229,11 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             "retry(from_step=...) (manage.py sequence retry ID --from-step NAME).",
         )
         return None
-    handle = spec_cls._bind(record)
     points.fire("after_claim", **claim.context())
+    if spec.wait is not None:
+        waiting.run_item(claim, spec_cls, spec)
+        return None
+    handle = spec_cls._bind(record)
     try:
         if spec.cls.atomic:
             with transaction.atomic():

@@ -18,3 +18,6 @@ sequence_canceled = Signal()
 sequence_paused = Signal()
 sequence_resumed = Signal()
 sequence_retried = Signal()  # a failed sequence was sent back to its failed step
+sequence_sleeping = Signal()  # also: wake_at; a Sleep began
+sequence_waiting = Signal()  # also: event, timeout_at; a WaitFor began (no event was there)
+event_received = Signal()  # also: event, data, event_id; send() stored an event

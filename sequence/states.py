@@ -10,6 +10,8 @@ class Status(models.TextChoices):
     PENDING = "pending", _("Pending")  # a step is queued
     RUNNING = "running", _("Running")  # a step is executing
     RETRYING = "retrying", _("Retrying")  # an attempt failed; RQ will run it again
+    SLEEPING = "sleeping", _("Sleeping")  # a Sleep counts down to wake_at
+    WAITING = "waiting", _("Waiting")  # a WaitFor waits for its event (or its timeout)
     PAUSED = "paused", _("Paused")  # no step starts until resumed
     COMPENSATING = "compensating", _("Compensating")  # completed steps are being undone
     COMPLETED = "completed", _("Completed")  # every step committed
@@ -19,6 +21,8 @@ class Status(models.TextChoices):
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING, Status.RETRYING})
+# Statuses in which the sequence waits on the clock or the outside world.
+ASLEEP = frozenset({Status.SLEEPING, Status.WAITING})
 # Statuses in which a job for the current step should be in RQ (queued, scheduled...).
 QUEUED = frozenset({Status.PENDING, Status.RETRYING})
 # Statuses in which, with no claim held, a job (a step's or a compensation's) is due.
@@ -38,17 +42,28 @@ Transitions = dict[str, dict[Status, frozenset[Status]]]
 def _table() -> Transitions:
     P, R, T, Z = Status.PENDING, Status.RUNNING, Status.RETRYING, Status.PAUSED
     C, F, X, K = Status.COMPLETED, Status.FAILED, Status.CANCELED, Status.COMPENSATING
+    S, W = Status.SLEEPING, Status.WAITING
     return {
-        "pause": {P: frozenset({Z}), R: frozenset({Z}), T: frozenset({Z})},
+        "pause": {
+            P: frozenset({Z}),
+            R: frozenset({Z}),
+            T: frozenset({Z}),
+            S: frozenset({Z}),
+            W: frozenset({Z}),
+        },
         # To running while the step in flight still holds its claim (it commits and
-        # queues its successor itself); to pending, with the next step queued, otherwise.
-        "resume": {Z: frozenset({R, P})},
+        # queues its successor itself); back to sleeping or waiting while the Sleep or
+        # WaitFor it was paused in still counts down; to pending, with the next step
+        # queued, otherwise.
+        "resume": {Z: frozenset({R, P, S, W})},
         # With compensate=True, to compensating first when a completed step has an undo.
         "cancel": {
             P: frozenset({X, K}),
             R: frozenset({X, K}),
             T: frozenset({X, K}),
             Z: frozenset({X, K}),
+            S: frozenset({X, K}),
+            W: frozenset({X, K}),
         },
         "retry": {F: frozenset({P})},
         # retry(from_step=...): onto the class's current plan, from the named step.
@@ -62,13 +77,19 @@ def _table() -> Transitions:
         # A running step extends its lease; anything else tells it to stop.
         "heartbeat": {R: frozenset({R})},
         # A running step's result is saved: the next step is due, or the sequence is done.
-        "commit": {R: frozenset({P, C})},
+        # A Sleep's or WaitFor's own commit starts the countdown or the wait.
+        "commit": {R: frozenset({P, C, S, W})},
         # Paused or canceled meanwhile: the result is kept and nothing further starts (a
         # paused sequence whose last step commits is completed).
         "commit_held": {Z: frozenset({Z, C}), X: frozenset({X})},
         # An attempt raised: retrying if it is retried, else failed, or compensating first
         # when a completed step has an undo.
         "fail": {R: frozenset({T, F, K}), Z: frozenset({Z, F, K}), X: frozenset({X})},
+        # A Sleep's time came, a WaitFor's event was consumed, or its timeout said go on:
+        # the next step is due (or the sequence is done).
+        "wake": {S: frozenset({P, C}), W: frozenset({P, C})},
+        # A WaitFor's timeout with on_timeout="fail": failed, or compensating first.
+        "time_out": {W: frozenset({F, K})},
         # A job takes the compensation the walk is at (compensating stays compensating).
         "compensate": {K: frozenset({K})},
         # A compensation ended (done, or failed for good): the walk goes on, or the
@@ -96,7 +117,7 @@ TRANSITIONS: Transitions = _table()
 # action -> statuses in which asking again changes nothing (no error, no signal).
 IDEMPOTENT: dict[str, frozenset[Status]] = {
     "pause": frozenset({Status.PAUSED}),
-    "resume": ACTIVE,
+    "resume": ACTIVE | ASLEEP,
     "cancel": frozenset({Status.CANCELED}),
     "retry": frozenset(),
 }

@@ -21,6 +21,7 @@ from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.models import SequenceRecord
 from sequence.states import TRANSITIONS, Status, sources
 from sequence.validation import check_data
+from sequence.waiting import consume, wake_due
 
 logger = logging.getLogger("sequence")
 
@@ -57,6 +58,9 @@ def resume(sequence_id: int | str) -> SequenceRecord:
         if changed:
             if record.status == Status.PENDING:
                 _dispatch_on_commit(record)
+            elif record.status == Status.WAITING:
+                # Events sent while it was paused were kept for it.
+                transaction.on_commit(lambda: consume(record.pk), robust=True)
             _announce(signals.sequence_resumed, record)
     return record
 
@@ -173,10 +177,21 @@ def _rewind(
     return SequenceRecord.objects.find(sequence_id), True
 
 
+def wake(sequence_id: int | str) -> SequenceRecord:
+    """Wake a sleeping sequence now (its Sleep ends early); nothing if it is not asleep."""
+    record = SequenceRecord.objects.find(sequence_id)
+    if record.status != Status.SLEEPING:
+        raise InvalidTransition(f"Cannot wake {record}: it is {record.status}, not sleeping.")
+    if transitions.wake_now(record.pk):
+        wake_due(pk=record.pk)
+    return SequenceRecord.objects.find(sequence_id)
+
+
 ACTIONS: dict[str, Callable[..., SequenceRecord]] = {
     "pause": pause,
     "resume": resume,
     "cancel": cancel,
     "retry": retry,
+    "wake": wake,
 }
 assert set(ACTIONS) <= set(TRANSITIONS)

@@ -34,6 +34,7 @@ from sequence.models import WorkerBeat
 from sequence.recovery import recover_claim, recover_worker, sweep
 from sequence.registry import registered
 from sequence.schedules import run_due
+from sequence.waiting import wake_due
 
 logger = logging.getLogger("sequence")
 
@@ -188,15 +189,27 @@ def unregister(name: str) -> None:
 class Maintenance(threading.Thread):
     """Beside the worker: liveness beats, releasing orphaned claims, schedules and the sweep.
 
-    Beats go every SEQUENCE_WORKER_HEARTBEAT seconds (0: none). The sweep runs every
-    SEQUENCE_RECOVER_INTERVAL seconds (0: never) in one worker of the fleet, which takes
-    a short Redis lock for the interval; if Redis is unreachable it sweeps anyway.
+    Beats go every SEQUENCE_WORKER_HEARTBEAT seconds (0: none). Sleepers whose time came
+    are woken every SEQUENCE_WAKE_INTERVAL seconds (0: never), by every worker (a row
+    wakes once however many try). The sweep runs every SEQUENCE_RECOVER_INTERVAL seconds
+    (0: never) in one worker of the fleet, which takes a short Redis lock for the
+    interval; if Redis is unreachable it sweeps anyway.
     """
 
-    def __init__(self, name: str, *, heartbeat: float, sweep_interval: float, lock: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        heartbeat: float,
+        sweep_interval: float,
+        lock: Any,
+        wake_interval: float = 0,
+    ) -> None:
         super().__init__(name="sequence-maintenance", daemon=True)
         self.worker_name = name
         self.heartbeat = heartbeat
+        self.wake_interval = wake_interval
+        self.next_beat = 0.0
         self.sweep_interval = sweep_interval
         self.lock = lock
         self.stopped = threading.Event()
@@ -205,7 +218,8 @@ class Maintenance(threading.Thread):
         self.schedules = any(cls.schedules for cls in registered().values())
 
     def run(self) -> None:
-        tick = min(x for x in (self.heartbeat, self.sweep_interval, 5.0) if x > 0)
+        intervals = (self.heartbeat, self.sweep_interval, self.wake_interval, 5.0)
+        tick = min(x for x in intervals if x > 0)
         next_sweep = time.monotonic() + min(self.sweep_interval, tick)
         try:
             while not self.stopped.wait(tick):
@@ -218,8 +232,11 @@ class Maintenance(threading.Thread):
     def _tick(self, next_sweep: float) -> float:
         """One round of the thread's work; returns when the next sweep is due."""
         close_old_connections()
-        if self.heartbeat:
+        if self.heartbeat and time.monotonic() >= self.next_beat:
+            self.next_beat = time.monotonic() + self.heartbeat
             self._guard("liveness beat", beat, self.worker_name)
+        if self.wake_interval:
+            self._guard("waking sleepers", wake_due)
         if runner.orphans:
             self._guard("releasing orphaned claims", runner.release_orphans)
         if self.schedules:
@@ -282,8 +299,14 @@ def run_worker(
         heartbeat=float(settings.WORKER_HEARTBEAT or 0),
         sweep_interval=0 if burst else float(settings.RECOVER_INTERVAL or 0),
         lock=worker.connection,
+        wake_interval=0 if burst else float(settings.WAKE_INTERVAL or 0),
     )
-    if maintenance.heartbeat or maintenance.sweep_interval or maintenance.schedules:
+    if (
+        maintenance.heartbeat
+        or maintenance.sweep_interval
+        or maintenance.schedules
+        or maintenance.wake_interval
+    ):
         maintenance.start()
     restarts = 0
     try:

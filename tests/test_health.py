@@ -224,7 +224,10 @@ def test_the_command_prints_a_report_and_json_and_fails_when_unhealthy():
     text = out.getvalue()
     assert text.startswith("Sequence health: UNHEALTHY")
     assert re.search(r"Queue default: 1 queued, oldest \d+s, 1 sequences waiting, 0 live", text)
-    assert "Sequences: 1 pending, 0 running, 0 retrying, 0 paused, 0 completed, 1 failed" in text
+    assert (
+        "Sequences: 1 pending, 0 running, 0 retrying, 0 sleeping, 0 waiting, 0 paused, "
+        "0 compensating, 0 completed, 1 failed"
+    ) in text
     assert "Failed in the last hour: 1; retrying: 0; stuck: 0" in text
     assert "  - queue 'high' has no live worker: 0 sequences wait on it" in text
 
@@ -271,7 +274,8 @@ def test_the_admin_list_shows_the_warnings_and_counts_above_the_table(admin_clie
     ) in html
     assert "1 sequence holds a claim whose lease ran out" in html
     assert (
-        "1 pending · 1 running · 0 retrying · 0 paused · 1 failed in the last hour · 1+ stuck"
+        "1 pending · 1 running · 0 retrying · 0 sleeping · 0 waiting · 0 paused · "
+        "0 compensating · 1 failed in the last hour · 1+ stuck"
         in html
     )
     # Counted in the last hour only: the old completed row is not read.
@@ -287,4 +291,7 @@ def test_the_admin_list_has_no_warnings_when_all_is_well(admin_client, workers):
     response = admin_client.get(reverse("admin:sequence_sequencerecord_changelist"))
     html = response.content.decode()
     assert 'class="warning"' not in html
-    assert "0 pending · 0 running · 0 retrying · 0 paused · 0 failed in the last hour" in html
+    assert (
+        "0 pending · 0 running · 0 retrying · 0 sleeping · 0 waiting · 0 paused · "
+        "0 compensating · 0 failed in the last hour"
+    ) in html

@@ -34,16 +34,38 @@ from .lifecycle_support import job_status, make_record, queued_jobs, run_jobs
 
 P, R, T, Z = Status.PENDING, Status.RUNNING, Status.RETRYING, Status.PAUSED
 C, F, X = Status.COMPLETED, Status.FAILED, Status.CANCELED
-K = Status.COMPENSATING
+K, S, W = Status.COMPENSATING, Status.SLEEPING, Status.WAITING
 SAME, RAISES = "same", "raises"
 
 # What each request does from each status, written out as API.md says it (not derived
 # from the table, which the next test checks against this).
 EXPECTED: dict[str, dict[Status, str]] = {
-    "pause": {P: Z, R: Z, T: Z, Z: SAME, C: RAISES, F: RAISES, X: RAISES, K: RAISES},
-    "resume": {P: SAME, R: SAME, T: SAME, Z: P, C: RAISES, F: RAISES, X: RAISES, K: RAISES},
-    "cancel": {P: X, R: X, T: X, Z: X, C: RAISES, F: RAISES, X: SAME, K: RAISES},
-    "retry": {P: RAISES, R: RAISES, T: RAISES, Z: RAISES, C: RAISES, F: P, X: RAISES, K: RAISES},
+    "pause": {P: Z, R: Z, T: Z, Z: SAME, C: RAISES, F: RAISES, X: RAISES, K: RAISES, S: Z, W: Z},
+    "resume": {
+        P: SAME,
+        R: SAME,
+        T: SAME,
+        Z: P,
+        C: RAISES,
+        F: RAISES,
+        X: RAISES,
+        K: RAISES,
+        S: SAME,
+        W: SAME,
+    },
+    "cancel": {P: X, R: X, T: X, Z: X, C: RAISES, F: RAISES, X: SAME, K: RAISES, S: X, W: X},
+    "retry": {
+        P: RAISES,
+        R: RAISES,
+        T: RAISES,
+        Z: RAISES,
+        C: RAISES,
+        F: P,
+        X: RAISES,
+        K: RAISES,
+        S: RAISES,
+        W: RAISES,
+    },
 }
 
 
@@ -135,7 +157,7 @@ def test_the_table_names_only_statuses_and_finished_sequences_stay_finished():
     assert available(Status.PAUSED) == ["resume", "cancel"]
     assert available(Status.FAILED) == ["retry"]
     assert available(Status.COMPLETED) == []
-    assert sources("pause") == ACTIVE
+    assert sources("pause") == ACTIVE | {S, W}
 
 
 @pytest.mark.django_db

@@ -20,6 +20,7 @@ from sequence.transitions.base import RELEASED
 from sequence.transitions.requests import ROUNDS, cancel, pause, resume, retry, rewind
 from sequence.transitions.step import claim, commit, commit_result, fail, heartbeat, release
 from sequence.transitions.sweep import recover
+from sequence.transitions.waits import commit_wait, time_out, wake, wake_now
 from sequence.transitions.walk import claim_undo, undo_done, undo_failed
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "claim_undo",
     "commit",
     "commit_result",
+    "commit_wait",
     "fail",
     "heartbeat",
     "pause",
@@ -38,6 +40,9 @@ __all__ = [
     "resume",
     "retry",
     "rewind",
+    "time_out",
     "undo_done",
     "undo_failed",
+    "wake",
+    "wake_now",
 ]

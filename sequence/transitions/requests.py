@@ -65,7 +65,9 @@ def pause(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
 
 
 def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
-    """Running again if the step in flight still holds its claim, else pending (queue it)."""
+    """Running again if the step in flight still holds its claim; waiting or sleeping
+    again if it was paused in a WaitFor, or in a Sleep whose time has not come; else
+    pending (queue the next step)."""
 
     def update() -> int:
         # A step still in flight keeps its claim: it commits and queues its successor.
@@ -75,13 +77,17 @@ def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
             .update(status=Status.RUNNING, updated_at=Now())
         ):
             return 1
-        return (
-            rows("resume", sequence_id, Status.PENDING)
-            .filter(claim_token__isnull=True)
-            .update(
-                status=Status.PENDING, epoch=F("epoch") + 1, dispatch_due=Now(), updated_at=Now()
-            )
-        )
+        idle = rows("resume", sequence_id).filter(claim_token__isnull=True)
+        if idle.exclude(waiting_for="").update(status=Status.WAITING, updated_at=Now()):
+            return 1
+        if idle.filter(waiting_for="", wake_at__gt=Now()).update(
+            status=Status.SLEEPING, updated_at=Now()
+        ):
+            return 1
+        return idle.filter(waiting_for="").update(
+            status=Status.PENDING, epoch=F("epoch") + 1, dispatch_due=Now(), wake_at=None,
+            updated_at=Now(),
+        )  # fmt: skip
 
     return _apply("resume", sequence_id, update)
 
@@ -101,8 +107,9 @@ def cancel(
         start = undo_from(record) if undo_from is not None else None
         if start is None:
             return rows("cancel", sequence_id, Status.CANCELED).update(
-                status=Status.CANCELED, dispatch_due=None, finished_at=Now(), updated_at=Now()
-            )
+                status=Status.CANCELED, dispatch_due=None, finished_at=Now(), updated_at=Now(),
+                wake_at=None, waiting_for="",
+            )  # fmt: skip
         return (
             rows("cancel", sequence_id, Status.COMPENSATING)
             .filter(step_index=record.step_index, epoch=record.epoch)
@@ -115,6 +122,8 @@ def cancel(
                 recoveries=0,
                 dispatch_due=Now(),
                 updated_at=Now(),
+                wake_at=None,
+                waiting_for="",
                 **RELEASED,
             )
         )
@@ -188,6 +197,8 @@ def rewind(
             ends_as="",
             dispatch_due=Now(),
             updated_at=Now(),
+            wake_at=None,
+            waiting_for="",
             **RELEASED,
         )
     )

@@ -323,3 +323,37 @@ class BacksOff(Step):
 
 class BackingOff(Sequence):
     steps = [BacksOff]
+
+
+# -- waiting (tests/test_waiting.py, tests/faults/test_waiting.py) ---------------------------
+
+from sequence import Sleep, WaitFor  # noqa: E402
+from testproject.testapp.onboarding import Onboarding  # noqa: E402, F401  (registers it)
+
+
+def wake_time(data: dict[str, Any]) -> str:
+    return str(data["wake_at"])
+
+
+class Snooze(Sequence):
+    steps = [A, Sleep(seconds=1), B]
+
+
+class SnoozeUntil(Sequence):
+    steps = [A, Sleep(until=wake_time), B]
+
+
+class Approval(Sequence):
+    steps = [A, WaitFor("approved"), B]
+
+
+class ApprovalOrUndo(Sequence):
+    steps = [First, WaitFor("approved", timeout=1), B]
+
+
+class ApprovalOrOnward(Sequence):
+    steps = [A, WaitFor("approved", timeout=1, on_timeout="continue"), B]
+
+
+class SleepsLast(Sequence):
+    steps = [A, Sleep(seconds=0.5)]

@@ -1,0 +1,239 @@
+"""Waiting: ``Sleep`` and ``WaitFor`` as they run, events sent to a sequence, and waking.
+
+The database is the truth. A sleeping sequence's wake-up time, and a wait's deadline,
+are on its row (``wake_at``, with a partial index); waking is a query for what is due,
+run by every worker's maintenance thread and by the recovery sweep, so its cost follows
+what is due, not what sleeps, and no Redis key is held per sleeper. Events are rows: one
+sent before its ``WaitFor`` is reached is kept and consumed when the sequence gets there;
+consuming an event and moving the sequence on are one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from sequence import hooks, registry, signals, transitions
+from sequence.claims import Claim
+from sequence.definitions import SequenceDefinition, StepSpec
+from sequence.dispatch import dispatch_record
+from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
+from sequence.failure import announce_failure, fail_for_good
+from sequence.items import Sleep, WaitFor
+from sequence.models import SequenceEvent, SequenceRecord
+from sequence.states import ASLEEP, TERMINAL, Status
+from sequence.validation import check_data
+
+logger = logging.getLogger("sequence")
+
+# Rows one wake pass reads at most (the next pass takes the rest).
+WAKE_BATCH = 500
+
+
+def run_item(claim: Claim, cls: type[SequenceDefinition], spec: StepSpec) -> None:
+    """Run a claimed Sleep or WaitFor: start its countdown, or its wait."""
+    record = claim.record
+    item = spec.wait
+    now = timezone.now()
+    where = f"{spec.name} (item {record.step_index + 1} of {record.name})"
+    if isinstance(item, Sleep):
+        try:
+            wake_at = item.wakes_at(record.data, now, where)
+        except InvalidData as exc:
+            fail_for_good(claim, cls, str(exc))
+            return
+        was = transitions.commit_wait(claim, Status.SLEEPING, wake_at, "")
+        logger.info("Sequence %s #%s sleeps until %s.", record.name, record.pk, wake_at.isoformat())
+        if was == Status.RUNNING:
+            _announce(signals.sequence_sleeping, record.pk, wake_at=wake_at)
+        if wake_at <= timezone.now():
+            wake_due(pk=record.pk)
+        return
+    assert isinstance(item, WaitFor)
+    timeout = item.timeout_seconds
+    deadline = None if timeout is None else now + timedelta(seconds=timeout)
+    was = transitions.commit_wait(claim, Status.WAITING, deadline, item.event)
+    # An event sent before the wait began is consumed now; one sent while this commit
+    # ran is consumed by its sender's own attempt (see send): one of the two sees both.
+    if not consume(record.pk) and was == Status.RUNNING:
+        logger.info("Sequence %s #%s waits for %r.", record.name, record.pk, item.event)
+        _announce(signals.sequence_waiting, record.pk, event=item.event, timeout_at=deadline)
+
+
+def consume(sequence_id: int) -> bool:
+    """If the sequence waits for an event it has received, consume the oldest such
+    event and go on; True if it did."""
+    with transaction.atomic():
+        record = SequenceRecord.objects.filter(pk=sequence_id, status=Status.WAITING).first()
+        if record is None:
+            return False
+        pending = SequenceEvent.objects.filter(
+            sequence_id=sequence_id, name=record.waiting_for, consumed_at__isnull=True
+        )
+        event = pending.order_by("id").first()
+        if event is None:
+            return False
+        data = {**record.data, **event.data}
+        try:
+            check_data(data, what=f"data after event {event.name!r}")
+        except InvalidData as exc:
+            logger.error("Sequence %s: event %s cannot be merged: %s", sequence_id, event.pk, exc)
+            return False
+        taken = pending.filter(pk=event.pk).update(
+            consumed_at=Now(), consumed_by=record.step_index - 1
+        )
+        if not taken or transitions.wake(record, data) is None:
+            # Another sender, or the sequence, moved first: leave it all as it was.
+            transaction.set_rollback(True)
+            return False
+        transaction.on_commit(lambda: _moved_on(sequence_id), robust=True)
+    return True
+
+
+def send(
+    sequence_id: int, event: str, data: Mapping[str, Any] | None = None, *, id: str | None = None
+) -> SequenceEvent:
+    """Deliver ``event`` to a sequence; its ``WaitFor`` consumes it now or when it gets there.
+
+    With ``id``, a second delivery of the same event id is accepted and ignored (the
+    first one's row is returned). InvalidTransition for a finished sequence, InvalidData
+    for an event no WaitFor of its plan waits for, or data that cannot be stored.
+    """
+    record = SequenceRecord.objects.find(sequence_id)
+    if record.status in TERMINAL:
+        raise InvalidTransition(
+            f"Cannot send {event!r} to {record}: it is {record.status}, and a finished "
+            "sequence waits for nothing."
+        )
+    awaited = awaited_events(record)
+    if event not in awaited:
+        raise InvalidData(
+            f"{record.name} does not wait for {event!r}: no WaitFor of its plan does "
+            f"(it waits for {sorted(awaited)!r}). Check the event's name."
+        )
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise InvalidData(
+            f"The data of event {event!r} must be a dict (a JSON object), not "
+            f"{type(data).__name__} {data!r:.80}."
+        )
+    payload = dict(data)
+    check_data(payload, what=f"the data of event {event!r}")
+    try:
+        with transaction.atomic():
+            row = SequenceEvent.objects.create(
+                sequence_id=record.pk, name=event, event_id=id, data=payload
+            )
+    except IntegrityError:
+        existing = SequenceEvent.objects.filter(sequence_id=record.pk, event_id=id).first()
+        if existing is None:
+            raise
+        logger.info("Sequence %s: event %r with id %r came again; ignored.", record.pk, event, id)
+        return existing
+    _announce(signals.event_received, record.pk, event=event, data=payload, event_id=id)
+    # Now, and once the caller's transaction (if any) commits: the wait may begin between.
+    consume(record.pk)
+    transaction.on_commit(lambda: consume(record.pk), robust=True)
+    return row
+
+
+def awaited_events(record: SequenceRecord) -> set[str]:
+    """The events the WaitFor items of the record's stored plan wait for."""
+    try:
+        cls = registry.get_sequence_class(record.name)
+    except UnknownSequence:
+        return set()
+    specs = (cls.step_named(name) for name in record.plan)
+    return {spec.wait.event for spec in specs if spec and isinstance(spec.wait, WaitFor)}
+
+
+def wake_due(*, pk: int | None = None, limit: int = WAKE_BATCH) -> int:
+    """Wake the sleepers whose time came and time out the waits past their deadline.
+
+    Reads only what is due (the partial index on ``wake_at``); each row moves once
+    however many processes wake at the same time. Returns how many moved.
+    """
+    due = SequenceRecord.objects.filter(status__in=ASLEEP, wake_at__lte=Now())
+    if pk is not None:
+        due = due.filter(pk=pk)
+    moved = 0
+    for record in due.order_by("wake_at")[:limit]:
+        try:
+            moved += _wake(record)
+        except Exception:
+            logger.exception(
+                "Sequence %s: could not wake it; the next pass tries again.", record.pk
+            )
+    return moved
+
+
+def _wake(record: SequenceRecord) -> int:
+    if record.status == Status.WAITING:
+        item = _awaited(record)
+        if item is None or item.on_timeout == "fail":
+            return _time_out(record, item)
+    with transaction.atomic():
+        if transitions.wake(record) is None:
+            return 0
+        transaction.on_commit(lambda: _moved_on(record.pk), robust=True)
+    return 1
+
+
+def _awaited(record: SequenceRecord) -> WaitFor | None:
+    """The WaitFor a waiting sequence is in (the item before its next step)."""
+    cls = registry.registered().get(record.name)
+    if cls is None or record.step_index < 1:
+        return None
+    spec = cls.step_named(record.plan[record.step_index - 1])
+    return spec.wait if spec is not None and isinstance(spec.wait, WaitFor) else None
+
+
+def _time_out(record: SequenceRecord, item: WaitFor | None) -> int:
+    event = item.event if item is not None else record.waiting_for
+    timeout = item.timeout_seconds if item is not None else None
+    error = f"WaitFor({event!r}) timed out after {timeout:g}s without the event"
+    cls = registry.registered().get(record.name)
+    undo_from = None if cls is None else cls.last_undo(record.plan, record.step_index)
+    with transaction.atomic():
+        status = transitions.time_out(record, error, undo_from)
+        if status is None:
+            return 0
+        transaction.on_commit(lambda: _moved_on(record.pk), robust=True)
+    logger.error("Sequence %s #%s failed: %s.", record.name, record.pk, error)
+    return 1
+
+
+def _moved_on(sequence_id: int) -> None:
+    """After a wake-up committed: queue what is due, or announce how the sequence ended."""
+    record = SequenceRecord.objects.get(pk=sequence_id)
+    if record.status in (Status.PENDING, Status.COMPENSATING):
+        dispatch_record(record)
+        return
+    cls = registry.registered().get(record.name)
+    if cls is None:
+        return
+    handle = cls._bind(record)
+    if record.status == Status.COMPLETED:
+        hooks.call(handle.on_complete)
+        hooks.send(signals.sequence_completed, cls, sequence=handle)
+    elif record.status == Status.FAILED:
+        announce_failure(handle, record.error)
+
+
+def _announce(signal: Any, sequence_id: int, **kwargs: Any) -> None:
+    """Send ``signal`` once the change commits (now, outside a transaction)."""
+
+    def send_it() -> None:
+        record = SequenceRecord.objects.get(pk=sequence_id)
+        cls = registry.registered().get(record.name)
+        if cls is not None:
+            hooks.send(signal, cls, sequence=cls._bind(record), **kwargs)
+
+    transaction.on_commit(send_it, robust=True)
