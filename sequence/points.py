@@ -21,6 +21,8 @@ POINTS = (
     "heartbeat",  # a step called self.heartbeat()
     # sequence.recovery
     "sweep_before_dispatch",  # a recovery is committed; its job is not queued yet
+    # sequence.waiting
+    "after_wake",  # a wake-up (or a consumed event) is committed; the next step is not queued
 )
 
 Context = Mapping[str, Any]

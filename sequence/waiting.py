@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from sequence import hooks, registry, signals, transitions
+from sequence import hooks, points, registry, signals, transitions
 from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
 from sequence.dispatch import dispatch_record
@@ -214,6 +214,7 @@ def _moved_on(sequence_id: int) -> None:
     """After a wake-up committed: queue what is due, or announce how the sequence ended."""
     record = SequenceRecord.objects.get(pk=sequence_id)
     if record.status in (Status.PENDING, Status.COMPENSATING):
+        points.fire("after_wake", sequence=record.pk, step=record.step_index, epoch=record.epoch)
         dispatch_record(record)
         return
     cls = registry.registered().get(record.name)

@@ -275,8 +275,7 @@ def test_the_admin_list_shows_the_warnings_and_counts_above_the_table(admin_clie
     assert "1 sequence holds a claim whose lease ran out" in html
     assert (
         "1 pending · 1 running · 0 retrying · 0 sleeping · 0 waiting · 0 paused · "
-        "0 compensating · 1 failed in the last hour · 1+ stuck"
-        in html
+        "0 compensating · 1 failed in the last hour · 1+ stuck" in html
     )
     # Counted in the last hour only: the old completed row is not read.
     assert response.context["sequence_health"].by_status["completed"] == 0
