@@ -64,14 +64,14 @@ def ship(data: dict[str, Any]) -> None:
 
 
 class Order(Sequence):
-    name = "testing.Order"
+    name = "drain_tests.Order"
     steps = [Reserve, Charge, ship]
 
 
 class Again(Sequence):
     """Starts itself again whenever it completes: drain() must not loop forever."""
 
-    name = "testing.Again"
+    name = "drain_tests.Again"
     steps = [ship]
 
     def on_complete(self) -> None:
