@@ -9,9 +9,7 @@ from sequence.testing import drain
 @override_settings(SEQUENCE_TESTING=True)
 class ContactFormTests(TestCase):
     def test_a_message_about_an_invoice_is_mailed_to_billing(self):
-        seq = ContactFormSequence(
-            name="Ada", email="ada@example.com", body="Where is my invoice?"
-        )
+        seq = ContactFormSequence(name="Ada", email="ada@example.com", body="Where is my invoice?")
         drain()  # runs every step that is due, in this process, until none is
         seq.refresh()
         self.assertEqual(seq.status, "completed")
