@@ -11,6 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -26,7 +27,7 @@ from sequence import display, steering, timeline
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.health import gather, summary
 from sequence.masking import MASK, mask_data, mask_text, unmask_data
-from sequence.models import SequenceRecord, StepAttempt
+from sequence.models import NOT_MIGRATED, SequenceRecord, StepAttempt, not_migrated
 from sequence.paginator import EstimatedCountPaginator
 from sequence.registry import registered
 from sequence.states import REQUESTS, Status, available
@@ -189,10 +190,21 @@ class SequenceAdmin(ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        """The list, with the health warnings and counts above it (read on every load)."""
-        health = gather(lost_jobs=False, whole_table=False)
-        context = {"sequence_health": health, "sequence_health_summary": summary(health)}
-        return super().changelist_view(request, {**context, **(extra_context or {})})
+        """The list, with the health warnings and counts above it (read on every load).
+
+        Before ``migrate``, one line saying so instead of a traceback.
+        """
+        try:
+            health = gather(lost_jobs=False, whole_table=False)
+            context = {"sequence_health": health, "sequence_health_summary": summary(health)}
+            response = super().changelist_view(request, {**context, **(extra_context or {})})
+            if isinstance(response, TemplateResponse):
+                response.render()  # here, where a missing table can still be caught
+        except DatabaseError as exc:
+            if not not_migrated(exc):
+                raise
+            return HttpResponse(NOT_MIGRATED, content_type="text/plain", status=503)
+        return response
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str

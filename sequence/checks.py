@@ -1,6 +1,6 @@
 """System checks with stable ids; each hint names the fix.
 
-``sequence.E001`` to ``E003`` check the installation, ``E101`` to ``E103`` the settings
+``sequence.E001`` to ``E003`` and ``W002`` check the installation, ``E101`` to ``E103`` the settings
 the reliability guarantees depend on; they run with every command. The Redis check
 (``sequence.W101``) talks to Redis, so it runs with ``manage.py check --deploy``, and
 ``sequence worker`` logs its findings when it starts.
@@ -77,7 +77,20 @@ def check_serializer(**kwargs: Any) -> list[CheckMessage]:
     for name in sorted(_queue_names() & set(configured)):
         serializer = configured[name].get("SERIALIZER")
         if serializer is None:
-            continue  # sequence always enqueues with JSON; only an explicit other one clashes
+            # sequence enqueues JSON whatever this says, but django-rq reads the queue with
+            # it (its dashboard, its requeue), and RQ's default is pickle.
+            errors.append(
+                Warning(
+                    f"RQ_QUEUES[{name!r}] names no SERIALIZER; sequence jobs on it are JSON, "
+                    "and django-rq reads the queue with RQ's default, pickle.",
+                    hint=f'Add "SERIALIZER": "rq.serializers.JSONSerializer" to '
+                    f"RQ_QUEUES[{name!r}], and run workers with `python manage.py sequence "
+                    "worker` (django-rq's rqworker reads pickle unless given "
+                    "--serializer rq.serializers.JSONSerializer).",
+                    id="sequence.W002",
+                )
+            )
+            continue
         path = (
             serializer
             if isinstance(serializer, str)

@@ -50,6 +50,12 @@ class Defaults:
     # Bearer token that opens /metrics (sequence.urls) to a scraper that is not logged
     # in as staff, as django-rq's RQ_API_TOKEN does; "" lets only staff in.
     METRICS_TOKEN: str = ""
+    # For test settings: queue nothing in Redis; ``sequence.testing.drain()`` runs what
+    # the rows say is due, in the test's own process.
+    TESTING: bool = False
+    # Dotted paths of other functions ``SequenceJob`` may run, for a queue shared with
+    # other jobs (exact names, no wildcards); callbacks they name must be listed too.
+    ALLOWED_JOBS: list[str] = []
 
 
 class Settings(Defaults):

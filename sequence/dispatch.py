@@ -77,7 +77,13 @@ def enqueue_step(
     delay: int = 0,
     kind: str = STEP,
 ) -> None:
-    """Queue one step job. Safe to repeat: the job id names the step and epoch."""
+    """Queue one step job. Safe to repeat: the job id names the step and epoch.
+
+    With ``SEQUENCE_TESTING`` nothing is queued: the row says the unit is due, and
+    ``sequence.testing.drain()`` runs it.
+    """
+    if settings.TESTING:
+        return
     rq_queue = get_queue(queue_for(spec, queue))
     what = "compensation of step" if kind == UNDO else "step"
     options: dict[str, Any] = {

@@ -48,6 +48,10 @@ class ForeignJob(SequenceError):
     """Raised when a worker is handed a job that is not a sequence step."""
 
 
+class UnreadableJob(SequenceError):
+    """Raised when a worker cannot read a step job: it does not read JSON payloads."""
+
+
 class StepFenced(SequenceError):
     """Raised when a step no longer holds its sequence: taken over, paused or canceled."""
 

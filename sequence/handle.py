@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 from sequence import registry, steering, waiting
-from sequence.definitions import SequenceDefinition
+from sequence.definitions import D, SequenceDefinition
 from sequence.exceptions import (
     SequenceCanceled,
     SequenceFailed,
@@ -23,10 +23,11 @@ from sequence.starting import start
 from sequence.states import Status
 
 
-class Sequence(SequenceDefinition):
+class Sequence(SequenceDefinition[D]):
     """An ordered chain of steps. Subclass it, list ``steps``, and instantiate it to start.
 
-    An instance is a handle on one stored sequence.
+    An instance is a handle on one stored sequence. ``class Order(Sequence[OrderData])``
+    types ``seq.data`` as ``OrderData``.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -77,7 +78,7 @@ class Sequence(SequenceDefinition):
         self._record.refresh_from_db()
         self._load(self._record)
 
-    def wait(self, timeout: float = 30) -> dict[str, Any]:
+    def wait(self, timeout: float = 30) -> D:
         """Block until the sequence finishes; return its data or raise why it did not."""
         deadline = time.monotonic() + timeout
         pause = 0.01

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import models
+from django.db import DatabaseError, connections, models, router
 from django.db.models import BooleanField, Case, ExpressionWrapper, Q, When
 from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
@@ -14,6 +14,25 @@ from django.utils.translation import gettext_lazy as _
 
 from sequence.exceptions import UnknownSequence
 from sequence.states import ACTIVE, TERMINAL, Outcome, Status
+
+NOT_MIGRATED = "The sequence tables do not exist yet: run `python manage.py migrate`."
+
+
+def not_migrated(error: BaseException) -> bool:
+    """Whether ``error`` came from the sequence tables being missing (``migrate`` not run).
+
+    Asked only after a database error, at the entry points (the command, the admin), so
+    that a first run before ``migrate`` says so in one line instead of a traceback.
+    """
+    if not isinstance(error, DatabaseError):
+        return False
+    connection = connections[router.db_for_read(SequenceRecord)]
+    try:
+        with connection.cursor() as cursor:
+            tables = connection.introspection.table_names(cursor)
+    except DatabaseError:
+        return False
+    return SequenceRecord._meta.db_table not in tables
 
 
 def ago(seconds: float) -> ExpressionWrapper[Any]:

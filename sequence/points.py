@@ -1,7 +1,7 @@
 """Test points: named places in the step protocol where a test crashes or stalls a worker.
 
 Empty in production: firing a point costs one truthiness check. Tests arm points through
-``sequence.testing`` (in their own process) or the ``SEQUENCE_TEST_POINTS`` setting (in
+``sequence.faults`` (in their own process) or the ``SEQUENCE_TEST_POINTS`` setting (in
 worker processes); the protocol's modules only fire them.
 """
 

@@ -6,18 +6,18 @@ sequence here by the name stored on its record.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sequence.definitions import SequenceDefinition, StepSpec
 from sequence.exceptions import ConfigurationError, UnknownSequence
 from sequence.models import SequenceRecord
 
-_registry: dict[str, type[SequenceDefinition]] = {}
+_registry: dict[str, type[SequenceDefinition[Any]]] = {}
 
-D = TypeVar("D", bound=SequenceDefinition)
+D = TypeVar("D", bound=SequenceDefinition[Any])
 
 
-def register(cls: type[SequenceDefinition]) -> None:
+def register(cls: type[SequenceDefinition[Any]]) -> None:
     """Register ``cls`` under its name; two classes with one name are a ConfigurationError."""
     existing = _registry.get(cls.name)
     same_class = existing is not None and (
@@ -31,7 +31,7 @@ def register(cls: type[SequenceDefinition]) -> None:
     _registry[cls.name] = cls
 
 
-def get_sequence_class(name: str) -> type[SequenceDefinition]:
+def get_sequence_class(name: str) -> type[SequenceDefinition[Any]]:
     """The registered sequence called ``name``."""
     try:
         return _registry[name]
@@ -42,7 +42,7 @@ def get_sequence_class(name: str) -> type[SequenceDefinition]:
         ) from None
 
 
-def registered() -> dict[str, type[SequenceDefinition]]:
+def registered() -> dict[str, type[SequenceDefinition[Any]]]:
     """Every registered sequence by name."""
     return dict(_registry)
 

@@ -65,6 +65,8 @@ class Execution:
     token: str | None = None
     # Lent by SequenceWorker: what lets the runner run the next steps in the same job.
     inline: Inline | None = None
+    # Retries left when no RQ job carries them (``sequence.testing.drain``).
+    retries_left: int = 0
 
 
 execution: ContextVar[Execution | None] = ContextVar("sequence_execution", default=None)
@@ -93,7 +95,10 @@ def run_step(sequence_id: int, step_index: int, epoch: int, kind: str = STEP) ->
         or f"{socket.gethostname()}:{os.getpid()}"
     )
     token = (context and context.token) or uuid.uuid4().hex
-    retries_left = (job.retries_left or 0) if job is not None else 0
+    if job is not None:
+        retries_left = job.retries_left or 0
+    else:
+        retries_left = context.retries_left if context is not None else 0
     # The job was queued with the step's timeout: the lease must outlast it.
     timeout = int((job and job.timeout) or settings.TIMEOUT)
     if kind == UNDO:

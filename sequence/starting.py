@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def start(
-    cls: type[SequenceDefinition],
+    cls: type[SequenceDefinition[Any]],
     data: Mapping[str, Any] | None,
     *,
     key: str | None = None,

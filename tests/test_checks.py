@@ -31,6 +31,15 @@ def test_a_pickle_serializer_is_an_error(settings):
     assert "JSONSerializer" in messages[0].hint
 
 
+def test_a_queue_without_a_serializer_is_a_warning_naming_the_json_one(settings):
+    settings.RQ_QUEUES = {**settings.RQ_QUEUES, "default": {"URL": "redis://x"}}
+    messages = checks.check_serializer()
+    assert ids(messages) == ["sequence.W002"]
+    assert "'default'" in messages[0].msg
+    assert '"SERIALIZER": "rq.serializers.JSONSerializer"' in messages[0].hint
+    assert "manage.py sequence worker" in messages[0].hint
+
+
 def test_the_test_project_passes_every_check():
     assert checks.check_django_rq() == []
     assert checks.check_queues() == []

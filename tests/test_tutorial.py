@@ -2,9 +2,10 @@
 
 The wheel is built from this checkout and installed, with its dependencies from the
 package index, into a fresh virtualenv; the project in examples/tutorial (the code
-docs/tutorial.md shows) is migrated there, a `sequence worker` is started, the contact
-form is submitted through Django's test client, and the sequence is followed to the end
-and found in the admin.
+docs/tutorial.md shows) is migrated there, its own tests (`manage.py test contact`, with
+drain() and no Redis) pass, a `sequence worker` is started, the contact form is
+submitted through Django's test client, and the sequence is followed to the end and
+found in the admin.
 """
 
 from __future__ import annotations
@@ -154,6 +155,16 @@ def test_tutorial_project_runs_a_sequence_from_the_installed_wheel(tmp_path: Pat
     run([python, "manage.py", "migrate", "--verbosity", "0"], project, env, 60)
     run([python, "manage.py", "check", "--fail-level", "WARNING"], project, env, 60)
     run([python, "manage.py", "createsuperuser", "--noinput"], project, env, 60)
+
+    # The tutorial's first test (contact/tests.py): drain() under SEQUENCE_TESTING, with
+    # no Redis to be had (nothing listens on port 1), as Django's test runner runs it.
+    tested = subprocess.run(
+        [str(python), "manage.py", "test", "contact", "--noinput"], cwd=project,
+        env=env | {"REDIS_URL": "redis://127.0.0.1:1/0"}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "Ran 2 tests" in tested.stderr
 
     log = tmp_path / "worker.log"
     with log.open("wb") as out:

@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from sequence import cli
 from sequence.conf import settings
+from sequence.models import NOT_MIGRATED, not_migrated
 from sequence.recovery import sweep
 from sequence.schedules import describe, run_due
 from sequence.worker import run_worker
@@ -81,13 +83,18 @@ class Command(BaseCommand):
             "skip_checks",
         ):
             options.pop(name, None)
-        if subcommand in cli.SUBCOMMANDS:
-            cli.run(self, subcommand, options)
-            return
-        handler = getattr(self, f"handle_{subcommand}", None)
-        if handler is None:
-            raise CommandError(f"Unknown subcommand {subcommand!r}.")
-        handler(**options)
+        try:
+            if subcommand in cli.SUBCOMMANDS:
+                cli.run(self, subcommand, options)
+                return
+            handler = getattr(self, f"handle_{subcommand}", None)
+            if handler is None:
+                raise CommandError(f"Unknown subcommand {subcommand!r}.")
+            handler(**options)
+        except DatabaseError as exc:
+            if not_migrated(exc):
+                raise CommandError(NOT_MIGRATED) from None
+            raise
 
     def handle_worker(
         self, queues: list[str], burst: bool, worker_class: str, name: str | None, **_: Any
