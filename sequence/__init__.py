@@ -20,7 +20,7 @@ from sequence.exceptions import (
 if TYPE_CHECKING:
     from sequence.definitions import Schedule, Step
     from sequence.handle import Sequence
-    from sequence.items import Sleep, WaitFor
+    from sequence.items import ForEach, Sleep, WaitFor
     from sequence.retry import Retry
 
 # Names whose modules use the models: imported on first use, so that importing the
@@ -30,6 +30,7 @@ _LAZY = {
     "Schedule": "sequence.definitions",
     "Step": "sequence.definitions",
     "Sequence": "sequence.handle",
+    "ForEach": "sequence.items",
     "Sleep": "sequence.items",
     "WaitFor": "sequence.items",
 }
@@ -37,6 +38,7 @@ _LAZY = {
 __all__ = [
     "ConfigurationError",
     "Fail",
+    "ForEach",
     "InvalidData",
     "InvalidTransition",
     "Retry",

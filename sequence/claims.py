@@ -54,6 +54,8 @@ class Claim:
     final: bool = False
     # Set when the unit is a compensation: the plan index it undoes (else the step's).
     undo_index: int | None = None
+    # ... and, in a ForEach, the element whose compensation this is.
+    undo_item: int | None = None
 
     @property
     def index(self) -> int:
@@ -82,7 +84,7 @@ class Claim:
         r = self.record
         return history.Entry(
             r.pk, self.index, r.plan[self.index], r.epoch, r.attempt, outcome,
-            self.started_at, self.worker, error, tb,
+            self.started_at, self.worker, error, tb, self.undo_item,
         )  # fmt: skip
 
 

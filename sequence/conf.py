@@ -23,6 +23,8 @@ class Defaults:
     INLINE_SECONDS: float = 1.0
     # Seconds a claim outlives the step's timeout; RQ hard-kills a horse at timeout + 60.
     LEASE_MARGIN: int = 90
+    # Most elements a ForEach takes from its list; a longer list fails the sequence.
+    MAX_ITEMS: int = 100_000
     # Largest data, in bytes of JSON, a sequence may hold.
     MAX_DATA_BYTES: int = 1_000_000
     # Seconds a dispatch may stay unconfirmed before the sweep queues it again.

@@ -17,7 +17,7 @@ from django.apps import apps
 
 from sequence.cron import check_cron
 from sequence.exceptions import ConfigurationError, InvalidData
-from sequence.items import KINDS, PlanWait, Sleep, WaitFor
+from sequence.items import KINDS, ForEach, PlanWait, Sleep, WaitFor
 from sequence.retry import Retry
 from sequence.validation import check_data
 
@@ -73,8 +73,13 @@ class Step(Generic[D]):
         attempt: int,
         idempotency_key: str,
         heartbeat: Callable[[], None] | None = None,
+        item: Any = None,
+        index: int | None = None,
     ) -> None:
         self.data: D = cast("D", data)
+        # In a ForEach: this element of the list, and its position (else None).
+        self.item = item
+        self.index = index
         self.sequence = sequence
         self.attempt = attempt
         self.idempotency_key = idempotency_key
@@ -105,6 +110,15 @@ class FunctionStep(Step):
 
     def perform(self) -> Mapping[str, Any] | None:
         return type(self).function(self.data)
+
+
+class ItemFunctionStep(Step):
+    """A plain function ``fn(item, data)`` run by a ForEach for each element."""
+
+    function: ClassVar[Callable[[Any, dict[str, Any]], Any]]
+
+    def perform(self) -> Any:
+        return type(self).function(self.item, self.data)
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,8 @@ class StepSpec:
     values: Mapping[str, Any] = field(default_factory=dict)
     # A Sleep or WaitFor: the item waits instead of running code.
     wait: PlanWait | None = None
+    # A ForEach: ``cls`` runs once per element of a list.
+    each: ForEach | None = None
 
     @property
     def base(self) -> str:
@@ -160,9 +176,24 @@ def _named(base: str, values: Mapping[str, Any]) -> str:
     return f"{base} {json.dumps(values, sort_keys=True)}" if values else base
 
 
+def _element_spec(step: Any, prefix: str) -> StepSpec:
+    """The step a ForEach runs per element: a Step subclass, or a function fn(item, data)."""
+    if isinstance(step, type) and issubclass(step, Step):
+        return StepSpec(prefix + step.__name__, step)
+    cls = type(step.__name__, (ItemFunctionStep,), {"function": staticmethod(step)})
+    cls.__module__ = getattr(step, "__module__", __name__)
+    return StepSpec(prefix + step.__name__, cls)
+
+
+def _each_spec(base: str, item: ForEach, inner: StepSpec) -> StepSpec:
+    return StepSpec(_named(base, item.params()), inner.cls, {}, None, item)
+
+
 def _step_spec(item: object, prefix: str, values: Mapping[str, Any]) -> StepSpec:
     if isinstance(item, Sleep | WaitFor):
         return _wait_spec(prefix + type(item).__name__, item)
+    if isinstance(item, ForEach):
+        return _each_spec(prefix + "ForEach", item, _element_spec(item.step, prefix))
     if isinstance(item, type) and issubclass(item, Step):
         return StepSpec(_named(prefix + item.__name__, values), item, dict(values))
     if callable(item) and hasattr(item, "__name__"):
@@ -242,6 +273,11 @@ class SequenceDefinition(Generic[D]):
         cls._by_name, cls._by_base = {}, {}
         for spec in cls.step_specs:
             cls._by_name.setdefault(spec.name, spec)
+            if spec.each is not None:
+                # The element's step, found by name when a stored plan names it.
+                prefix = spec.base[: -len("ForEach")]
+                inner = _element_spec(spec.each.step, prefix)
+                cls._by_base.setdefault(inner.base, inner)
             other = cls._by_base.setdefault(spec.base, spec)
             if other.cls is not spec.cls:
                 raise ConfigurationError(
@@ -285,6 +321,17 @@ class SequenceDefinition(Generic[D]):
             # The plan stored the item's parameters: keep them, whatever the class says now.
             item = KINDS[type(spec.wait).__name__].from_params(values)
             return None if item is None else _wait_spec(base, item)
+        if spec.each is not None:
+            inner = cls._by_base.get(base[: -len("ForEach")] + str(values.get("step")))
+            if inner is None:
+                return None
+            try:
+                each = ForEach(
+                    str(values["key"]), inner.cls, int(values["concurrency"]), values.get("into")
+                )
+            except (KeyError, TypeError, ValueError, ConfigurationError):
+                return None
+            return _each_spec(base, each, inner)
         return spec.with_values(values)
 
     @classmethod

@@ -29,21 +29,28 @@ ENTRY_POINT = "sequence.runner.run_step"
 FAILURE_CALLBACK = "sequence.jobs.job_failed"
 
 
-# The kinds of unit a job runs: a step, or the compensation (undo) of a completed step.
-STEP, UNDO = "step", "undo"
+# The kinds of unit a job runs: a step, a ForEach element (item), or the compensation
+# (undo) of a completed step or element.
+STEP, ITEM, UNDO = "step", "item", "undo"
+
+# (plan index, kind, element position or None)
+Unit = tuple[int, str, int | None]
 
 
-def job_id(sequence_id: int, step_index: int, epoch: int, kind: str = STEP) -> str:
-    """The id of the job that runs ``step_index`` of a sequence under ``epoch``."""
+def job_id(
+    sequence_id: int, step_index: int, epoch: int, kind: str = STEP, item: int | None = None
+) -> str:
+    """The id of the job that runs a unit of a sequence under ``epoch``."""
     suffix = "" if kind == STEP else f"-{kind}"
-    return f"seq-{sequence_id}-{step_index}-{epoch}{suffix}"
+    element = "" if item is None else f"-{item}"
+    return f"seq-{sequence_id}-{step_index}-{epoch}{suffix}{element}"
 
 
-def unit_of(record: SequenceRecord) -> tuple[int, str]:
-    """The unit a row's next job runs: (plan index, kind)."""
+def unit_of(record: SequenceRecord) -> Unit:
+    """The unit a row's next job runs: (plan index, kind, element)."""
     if record.status == Status.COMPENSATING and record.undo_index is not None:
-        return record.undo_index, UNDO
-    return record.step_index, STEP
+        return record.undo_index, UNDO, record.undo_item
+    return record.step_index, STEP, None
 
 
 @cache
@@ -76,6 +83,7 @@ def enqueue_step(
     retry: Retry | None = None,
     delay: int = 0,
     kind: str = STEP,
+    item: int | None = None,
 ) -> None:
     """Queue one step job. Safe to repeat: the job id names the step and epoch.
 
@@ -85,13 +93,17 @@ def enqueue_step(
     if settings.TESTING:
         return
     rq_queue = get_queue(queue_for(spec, queue))
-    what = "compensation of step" if kind == UNDO else "step"
+    what = {STEP: "step", ITEM: "element of step", UNDO: "compensation of step"}[kind]
+    args: tuple[Any, ...] = (sequence_id, step_index, epoch)
+    if kind != STEP:
+        args += (kind,) if item is None else (kind, item)
     options: dict[str, Any] = {
-        "args": (sequence_id, step_index, epoch) + ((kind,) if kind != STEP else ()),
-        "job_id": job_id(sequence_id, step_index, epoch, kind),
+        "args": args,
+        "job_id": job_id(sequence_id, step_index, epoch, kind, item),
         "retry": (retry or retry_of(spec)).to_rq(),
         "result_ttl": settings.RESULT_TTL,
         "description": f"sequence {sequence_id} {what} {step_index}"
+        + (f" [{item}]" if item is not None else "")
         + (f" ({spec.name})" if spec is not None else ""),
         "on_failure": Callback(FAILURE_CALLBACK),
     }
@@ -134,6 +146,7 @@ def dispatch(
     *,
     confirm: bool = True,
     kind: str = STEP,
+    item: int | None = None,
 ) -> bool:
     """Queue a due step and clear its outbox entry; False leaves it for the sweep.
 
@@ -141,7 +154,7 @@ def dispatch(
     once it sees the job in RQ. The runner passes it to save a write per step.
     """
     try:
-        enqueue_step(sequence_id, step_index, epoch, queue, spec, kind=kind)
+        enqueue_step(sequence_id, step_index, epoch, queue, spec, kind=kind, item=item)
     except Exception:
         logger.exception(
             "Could not queue step %s of sequence %s; the recovery sweep will.",
@@ -156,9 +169,11 @@ def dispatch(
 
 def dispatch_record(record: SequenceRecord, *, confirm: bool = True) -> bool:
     """Queue the unit the row says is due (its step, or the compensation the walk is at)."""
-    index, kind = unit_of(record)
+    index, kind, item = unit_of(record)
     spec = spec_for(record, index)
-    return dispatch(record.pk, index, record.epoch, record.queue, spec, confirm=confirm, kind=kind)
+    return dispatch(
+        record.pk, index, record.epoch, record.queue, spec, confirm=confirm, kind=kind, item=item
+    )
 
 
 def confirm_dispatch(queued: dict[int, list[int]]) -> None:

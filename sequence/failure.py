@@ -21,11 +21,52 @@ from sequence.definitions import SequenceDefinition, StepSpec
 from sequence.dispatch import UNDO, dispatch, dispatch_record, retry_of
 from sequence.exceptions import Fail, UnknownSequence
 from sequence.masking import mask_text
-from sequence.models import SequenceRecord
+from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord
 from sequence.registry import get_sequence_class
 from sequence.states import Status
 
 logger = logging.getLogger("sequence")
+
+
+def undo_start(
+    record: SequenceRecord, cls: type[SequenceDefinition], before: int
+) -> Position | None:
+    """Where a compensation walk of what completed before plan index ``before`` starts."""
+    return _walk_back(record, cls, before)
+
+
+def undo_after(
+    record: SequenceRecord, cls: type[SequenceDefinition], index: int, item: int | None
+) -> Position | None:
+    """Where the walk goes after the compensation at ``(index, item)``."""
+    if item is not None:
+        earlier = _last_done(record.pk, index, below=item)
+        if earlier is not None:
+            return index, earlier
+    return _walk_back(record, cls, index)
+
+
+def _walk_back(
+    record: SequenceRecord, cls: type[SequenceDefinition], before: int
+) -> Position | None:
+    index: int | None = before
+    while index is not None and (index := cls.last_undo(record.plan, index)) is not None:
+        spec = cls.step_named(record.plan[index])
+        if spec is None or spec.each is None:
+            return index, None
+        element = _last_done(record.pk, index)  # a ForEach: its elements that succeeded
+        if element is not None:
+            return index, element
+    return None
+
+
+def _last_done(sequence_id: int, step_index: int, below: int | None = None) -> int | None:
+    done = SequenceItem.objects.filter(
+        sequence_id=sequence_id, step_index=step_index, status=ItemStatus.DONE
+    )
+    if below is not None:
+        done = done.filter(index__lt=below)
+    return done.order_by("-index").values_list("index", flat=True).first()
 
 
 def final_because(exc: BaseException, spec: StepSpec | None, retries_left: int) -> str | None:
@@ -57,7 +98,7 @@ def record_failure(
     error, tb = _error(exc, record.data)
     reason = final_because(exc, spec, retries_left)
     claim.final = reason is not None
-    undo_from = None if reason is None else cls.last_undo(record.plan, record.step_index)
+    undo_from = None if reason is None else undo_start(record, cls, record.step_index)
     with transaction.atomic():
         status = transitions.fail(claim, error, tb, will_retry=reason is None, undo_from=undo_from)
         if status == Status.COMPENSATING:
@@ -87,7 +128,7 @@ def fail_for_good(claim: Claim, cls: type[SequenceDefinition] | None, error: str
     """Fail the sequence at once, without retries: its plan cannot run here."""
     record = claim.record
     logger.error("Sequence %s #%s: %s", record.name, record.pk, error)
-    undo_from = None if cls is None else cls.last_undo(record.plan, record.step_index)
+    undo_from = None if cls is None else undo_start(record, cls, record.step_index)
     with transaction.atomic():
         status = transitions.fail(claim, error, will_retry=False, undo_from=undo_from)
         if status == Status.COMPENSATING:
@@ -103,13 +144,13 @@ def fail_for_good(claim: Claim, cls: type[SequenceDefinition] | None, error: str
         announce_failure(handle, error)
 
 
-def _dispatch_undo(record: SequenceRecord, index: int | None) -> None:
+def _dispatch_undo(record: SequenceRecord, at: Position | None) -> None:
     """Queue the first compensation of a walk that just began."""
-    if index is None:
+    if at is None:
         return
     cls = get_sequence_class(record.name)
-    spec = cls.step_named(record.plan[index])
-    dispatch(record.pk, index, record.epoch, record.queue, spec, kind=UNDO)
+    spec = cls.step_named(record.plan[at[0]])
+    dispatch(record.pk, at[0], record.epoch, record.queue, spec, kind=UNDO, item=at[1])
 
 
 def announce_failure(handle: SequenceDefinition, error: str) -> None:
@@ -148,15 +189,19 @@ def run_undo(claim: Claim, retries_left: int) -> None:
         _walked(claim, None, str(exc), "")
         return
     spec = cls.step_named(record.plan[index])
-    undo_next = cls.last_undo(record.plan, index)
+    undo_next = undo_after(record, cls, index, claim.undo_item)
     if spec is None or not spec.compensates:
         error = f"step {record.plan[index]!r} no longer exists or has no compensate()"
         _walked(claim, undo_next, error, "")
         return
+    item, key = None, f"{record.pk}:{index}:{spec.name}"
+    if spec.each is not None and claim.undo_item is not None:
+        item = record.data.get(spec.each.key, [None] * (claim.undo_item + 1))[claim.undo_item]
+        key = f"{record.pk}:{index}:{spec.each.step.__name__}[{claim.undo_item}]"
     step = spec.cls(
         data={**record.data, **spec.values}, sequence=cls._bind(record), attempt=record.attempt,
-        idempotency_key=f"{record.pk}:{index}:{spec.name}",
-        heartbeat=lambda: transitions.heartbeat(claim),
+        idempotency_key=key, heartbeat=lambda: transitions.heartbeat(claim),
+        item=item, index=claim.undo_item,
     )  # fmt: skip
     try:
         step.compensate()  # type: ignore[attr-defined]
@@ -177,7 +222,7 @@ def run_undo(claim: Claim, retries_left: int) -> None:
     _walked(claim, undo_next, "", "")
 
 
-def _walked(claim: Claim, undo_next: int | None, error: str, tb: str, note: str = "") -> None:
+def _walked(claim: Claim, undo_next: Position | None, error: str, tb: str, note: str = "") -> None:
     if not note and error:
         note = f"; the compensation of step {claim.index} failed: {error}"
     with transaction.atomic():

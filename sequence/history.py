@@ -33,6 +33,7 @@ class Entry:
     worker: str = ""
     error: str = ""
     traceback: str = ""
+    item: int | None = None  # a ForEach element's position
 
 
 @cache
@@ -61,6 +62,7 @@ def params(entry: Entry, fields: list[Field[Any, Any]]) -> list[Any]:
         "worker": entry.worker[:200],
         "error": entry.error,
         "traceback": entry.traceback,
+        "item": entry.item,
     }
     return [
         f.get_db_prep_save(

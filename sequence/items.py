@@ -153,3 +153,43 @@ class WaitFor:
 
 PlanWait = Sleep | WaitFor
 KINDS: dict[str, type[Sleep] | type[WaitFor]] = {"Sleep": Sleep, "WaitFor": WaitFor}
+
+
+@dataclass(frozen=True)
+class ForEach:
+    """Run ``step`` once per element of the list ``data[key]``, at most ``concurrency`` at a
+    time (in list order with 1); what each returns is stored at its position in
+    ``data[into]``. The sequence goes on once every element succeeded.
+
+    ``step`` is a ``Step`` subclass (``self.item`` and ``self.index`` inside it) or a plain
+    function ``fn(item, data)``.
+    """
+
+    key: str
+    step: Any
+    concurrency: int = 1
+    into: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ConfigurationError(f"ForEach({self.key!r}, ...): give the data key of a list.")
+        if not callable(self.step) or not hasattr(self.step, "__name__"):
+            raise ConfigurationError(
+                f"ForEach({self.key!r}, {self.step!r}): give a Step subclass or a function "
+                "fn(item, data)."
+            )
+        concurrency = self.concurrency
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError(
+                f"ForEach({self.key!r}, concurrency={concurrency!r}): give a whole number >= 1."
+            )
+        if self.into is not None and (not isinstance(self.into, str) or not self.into):
+            raise ConfigurationError(
+                f"ForEach({self.key!r}, into={self.into!r}): give a data key, or None."
+            )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "step": self.step.__name__, "concurrency": self.concurrency,
+            "into": self.into,
+        }  # fmt: skip

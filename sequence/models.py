@@ -35,6 +35,10 @@ def not_migrated(error: BaseException) -> bool:
     return SequenceRecord._meta.db_table not in tables
 
 
+# Where a compensation walk is: a plan index, and in a ForEach the element's position.
+Position = tuple[int, int | None]
+
+
 def ago(seconds: float) -> ExpressionWrapper[Any]:
     """The database's clock, ``seconds`` ago."""
     return ExpressionWrapper(Now() - timedelta(seconds=seconds), output_field=DateTimeOutput())
@@ -46,13 +50,19 @@ class Progress:
 
     done: int
     total: int
+    # In a running ForEach: (elements done, elements in all).
+    items: tuple[int, int] | None = None
 
     @property
     def percent(self) -> int:
-        return 100 if self.total == 0 else self.done * 100 // self.total
+        if self.total == 0:
+            return 100
+        part = self.items[0] / self.items[1] if self.items and self.items[1] else 0
+        return int((self.done + part) * 100 // self.total)
 
     def __str__(self) -> str:
-        return f"{self.done}/{self.total}"
+        items = f" ({self.items[0]}/{self.items[1]} elements)" if self.items else ""
+        return f"{self.done}/{self.total}{items}"
 
 
 class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
@@ -147,6 +157,14 @@ class SequenceRecord(models.Model):
     # what is due (sequence.waiting), never a timer held in Redis.
     wake_at = models.DateTimeField(_("wakes at"), null=True, blank=True)
     waiting_for = models.CharField(_("waiting for"), max_length=200, blank=True)
+    # A ForEach in flight: its elements, and how many succeeded and failed for good
+    # (each element's commit counts itself here, and the one that counts the last moves
+    # the sequence on). While its compensations walk back through a ForEach, undo_item
+    # is the element being compensated.
+    items_total = models.PositiveIntegerField(_("elements"), null=True, blank=True)
+    items_done = models.PositiveIntegerField(_("elements done"), default=0)
+    items_failed = models.PositiveIntegerField(_("elements failed"), default=0)
+    undo_item = models.IntegerField(_("compensating element"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -204,7 +222,10 @@ class SequenceRecord(models.Model):
 
     @property
     def progress(self) -> Progress:
-        return Progress(self.steps_done, self.total_steps)
+        items = None
+        if self.items_total is not None and self.status not in TERMINAL:
+            items = (self.items_done, self.items_total)
+        return Progress(self.steps_done, self.total_steps, items)
 
     @property
     def compensated(self) -> bool:
@@ -232,6 +253,8 @@ class StepAttempt(models.Model):
     started_at = models.DateTimeField(_("started"))
     finished_at = models.DateTimeField(_("finished"))
     worker = models.CharField(_("worker"), max_length=200, blank=True)
+    # A ForEach element's attempt: the element's position (None for a step).
+    item = models.PositiveIntegerField(_("element"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
 
@@ -248,6 +271,67 @@ class StepAttempt(models.Model):
     @property
     def duration(self) -> Any:
         return self.finished_at - self.started_at
+
+
+class ItemStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")  # not started: waits for a place (concurrency)
+    QUEUED = "queued", _("Queued")  # its job is queued
+    RUNNING = "running", _("Running")  # a worker holds it
+    RETRYING = "retrying", _("Retrying")  # an attempt failed; RQ runs it again
+    DONE = "done", _("Done")  # committed, its result stored
+    FAILED = "failed", _("Failed")  # failed for good
+    UNDONE = "undone", _("Compensated")  # done, then compensated after a failure
+
+
+class SequenceItem(models.Model):
+    """One element of a ForEach: a unit of work of its own, with its own claim."""
+
+    sequence = models.ForeignKey(SequenceRecord, on_delete=models.CASCADE, related_name="items")
+    step_index = models.PositiveIntegerField(_("step index"))
+    index = models.PositiveIntegerField(_("position"))
+    status = models.CharField(
+        _("status"), max_length=16, choices=ItemStatus.choices, default=ItemStatus.PENDING
+    )
+    attempt = models.PositiveIntegerField(_("attempts"), default=0)
+    recoveries = models.PositiveIntegerField(_("recoveries"), default=0)
+    claim_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # When its job was queued; cleared by its claim (the sweep queues a lost one again).
+    dispatch_due = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        db_table = "sequence_item"
+        verbose_name = _("ForEach element")
+        verbose_name_plural = _("ForEach elements")
+        ordering = ["sequence", "step_index", "index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sequence", "step_index", "index"], name="sequence_item_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["sequence", "step_index", "status", "index"], name="sequence_item_idx"
+            ),
+            models.Index(
+                fields=["lease_until"],
+                condition=Q(lease_until__isnull=False),
+                name="sequence_item_lease_idx",
+            ),
+            models.Index(
+                fields=["dispatch_due"],
+                condition=Q(dispatch_due__isnull=False),
+                name="sequence_item_outbox_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"element {self.index} of step {self.step_index} of sequence {self.sequence_id}"
 
 
 class SequenceEvent(models.Model):

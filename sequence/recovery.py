@@ -38,8 +38,8 @@ from sequence import points, transitions
 from sequence.conf import settings
 from sequence.definitions import StepSpec
 from sequence.dispatch import confirm_dispatch, dispatch_record, unit_of
-from sequence.failure import after_walk
-from sequence.models import SequenceRecord, WorkerBeat, ago
+from sequence.failure import after_walk, undo_after, undo_start
+from sequence.models import Position, SequenceRecord, WorkerBeat, ago
 from sequence.registry import find_step, registered
 from sequence.rqview import LiveJobs, dead_workers, step_name
 from sequence.states import MOVING, Status
@@ -53,7 +53,7 @@ logger = logging.getLogger("sequence")
 FIELDS = (
     "id", "name", "step_index", "epoch", "queue", "status", "attempt", "recoveries",
     "claim_token", "claimed_by", "claimed_at", "lease_until", "dispatch_due", "updated_at",
-    "undo_index", "ends_as",
+    "undo_index", "undo_item", "ends_as",
 )  # fmt: skip
 
 # Worker rows not seen for this long are deleted.
@@ -244,7 +244,7 @@ def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None
             transaction.on_commit(lambda: _moved(record.pk, outcome), robust=True)
 
 
-def _undo_positions(record: SequenceRecord) -> tuple[int | None, int | None]:
+def _undo_positions(record: SequenceRecord) -> tuple[Position | None, Position | None]:
     """For a claim recovered too often: where a compensation walk would start, or go on.
 
     Read only then (rarely): it needs the whole plan, which the sweep does not load.
@@ -254,17 +254,17 @@ def _undo_positions(record: SequenceRecord) -> tuple[int | None, int | None]:
     cls = registered().get(record.name)
     if cls is None:
         return None, None
-    plan = SequenceRecord.objects.values_list("plan", flat=True).get(pk=record.pk)
+    whole = SequenceRecord.objects.get(pk=record.pk)
     if record.status == Status.COMPENSATING:
-        return None, cls.last_undo(plan, record.undo_index or 0)
-    return cls.last_undo(plan, record.step_index), None
+        return None, undo_after(whole, cls, record.undo_index or 0, record.undo_item)
+    return undo_start(whole, cls, record.step_index), None
 
 
 def _moved(sequence_id: int, outcome: str) -> None:
     """After a recovery committed: queue what is due, or announce the end."""
     record = SequenceRecord.objects.get(pk=sequence_id)
     if record.status in MOVING:
-        index, _kind = unit_of(record)
+        index, _kind, _item = unit_of(record)
         points.fire("sweep_before_dispatch", sequence=record.pk, step=index, epoch=record.epoch)
         dispatch_record(record)
     elif outcome != "redispatched":

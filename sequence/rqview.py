@@ -37,6 +37,11 @@ def dead_workers() -> QuerySet[WorkerBeat]:
     )
 
 
+def _unit_at(record: SequenceRecord) -> tuple[int, int, str, int | None]:
+    index, kind, item = unit_of(record)
+    return index, record.epoch, kind, item
+
+
 def step_name(record: SequenceRecord) -> str | None:
     """The name of the row's current step: read by the sweep's query, or from the plan."""
     if hasattr(record, "current_step_name"):
@@ -69,8 +74,7 @@ class LiveJobs:
             where = servers.get(queue.name)
             if where is None:
                 where = servers[queue.name] = server_of(queue)
-            index, kind = unit_of(record)
-            jid = job_id(record.pk, index, record.epoch, kind)
+            jid = job_id(record.pk, *_unit_at(record))
             groups.setdefault(where, []).append((record, queue, jid))
         live: set[int] = set()
         for items in groups.values():

@@ -28,11 +28,12 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
-from sequence import hooks, points, signals, transitions, waiting
+from sequence import fanout, hooks, points, signals, transitions, waiting
 from sequence.claims import Claim
 from sequence.conf import settings
 from sequence.definitions import SequenceDefinition, StepSpec
 from sequence.dispatch import (
+    ITEM,
     STEP,
     UNDO,
     dispatch,
@@ -81,9 +82,12 @@ class _Timeout:
 job_timeout = _Timeout()
 
 
-def run_step(sequence_id: int, step_index: int, epoch: int, kind: str = STEP) -> None:
-    """Run step ``step_index`` of a sequence (with ``kind="undo"``, its compensation), if
-    the job is still the one the row expects."""
+def run_step(
+    sequence_id: int, step_index: int, epoch: int, kind: str = STEP, item: int | None = None
+) -> None:
+    """Run a unit of a sequence, if the job is still the one the row expects: step
+    ``step_index`` (``kind="item"``: element ``item`` of its ForEach; ``kind="undo"``: the
+    compensation of the step, or of that element)."""
     from rq import get_current_job
 
     entered = time.monotonic()
@@ -101,8 +105,15 @@ def run_step(sequence_id: int, step_index: int, epoch: int, kind: str = STEP) ->
         retries_left = context.retries_left if context is not None else 0
     # The job was queued with the step's timeout: the lease must outlast it.
     timeout = int((job and job.timeout) or settings.TIMEOUT)
-    if kind == UNDO:
-        _run_undo(sequence_id, step_index, epoch, worker, token, timeout, entered, retries_left)
+    if kind in (UNDO, ITEM):
+        unit = (sequence_id, step_index, epoch, item, worker, token, timeout, entered)
+        run = _run_undo if kind == UNDO else _run_item
+        try:
+            run(*unit, retries_left)
+        except Exception as exc:
+            if getattr(exc, "final", False) and job is not None:
+                job.retries_left = 0  # failed for good before RQ's retries ran out
+            raise
         return
     try:
         claim = transitions.claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
@@ -145,25 +156,57 @@ def _run_undo(
     sequence_id: int,
     index: int,
     epoch: int,
+    item: int | None,
     worker: str,
     token: str,
     timeout: int,
     entered: float,
     retries_left: int,
-) -> None:
-    claim = transitions.claim_undo(sequence_id, index, epoch, worker, token, timeout, entered)
+) -> bool:
+    claim = transitions.claim_undo(sequence_id, index, epoch, worker, token, timeout, entered, item)
     if claim is None:
         logger.info(
             "Sequence %s: the compensation of step %s under epoch %s is stale; job ends.",
             sequence_id, index, epoch,
         )  # fmt: skip
-        return
+        return False
     try:
         run_undo(claim, retries_left)
     except Exception:
         if not claim.settled:
             release_or_remember(claim)
         raise
+    return False
+
+
+def _run_item(
+    sequence_id: int,
+    index: int,
+    epoch: int,
+    item: int | None,
+    worker: str,
+    token: str,
+    timeout: int,
+    entered: float,
+    retries_left: int,
+) -> bool:
+    """Run element ``item`` of the ForEach at ``index``; True if it failed for good early."""
+    assert item is not None
+    ic = transitions.fanout.claim_item(
+        sequence_id, index, epoch, item, worker, token, timeout, entered
+    )
+    if ic is None:
+        logger.info(
+            "Sequence %s: element %s of step %s under epoch %s is not due; job ends.",
+            sequence_id, item, index, epoch,
+        )  # fmt: skip
+        return False
+    try:
+        fanout.run_item(ic, retries_left)
+    except Exception as exc:
+        exc.final = ic.final  # type: ignore[attr-defined]
+        raise
+    return False
 
 
 def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
@@ -237,6 +280,9 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
     points.fire("after_claim", **claim.context())
     if spec.wait is not None:
         waiting.run_item(claim, spec_cls, spec)
+        return None
+    if spec.each is not None:
+        fanout.begin(claim, spec_cls, spec)
         return None
     handle = spec_cls._bind(record)
     try:

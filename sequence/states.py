@@ -27,6 +27,8 @@ ASLEEP = frozenset({Status.SLEEPING, Status.WAITING})
 QUEUED = frozenset({Status.PENDING, Status.RETRYING})
 # Statuses in which, with no claim held, a job (a step's or a compensation's) is due.
 MOVING = QUEUED | {Status.COMPENSATING}
+# Statuses in which a ForEach's elements may start (pause and cancel stop new ones).
+FANNING = frozenset({Status.RUNNING})
 # Paused or canceled while a step ran: its result is kept, nothing further starts.
 HELD = frozenset({Status.PAUSED, Status.CANCELED})
 
@@ -75,7 +77,7 @@ def _table() -> Transitions:
         # A job takes back its own claim (same token) whose acknowledgement was lost.
         "reclaim": {R: frozenset({R})},
         # A running step extends its lease; anything else tells it to stop.
-        "heartbeat": {R: frozenset({R})},
+        "heartbeat": {R: frozenset({R}), K: frozenset({K})},
         # A running step's result is saved: the next step is due, or the sequence is done.
         # A Sleep's or WaitFor's own commit starts the countdown or the wait.
         "commit": {R: frozenset({P, C, S, W})},
@@ -90,6 +92,12 @@ def _table() -> Transitions:
         "wake": {S: frozenset({P, C}), W: frozenset({P, C})},
         # A WaitFor's timeout with on_timeout="fail": failed, or compensating first.
         "time_out": {W: frozenset({F, K})},
+        # A ForEach begins: its elements start while the sequence runs (a paused one's when
+        # it is resumed); the sequence keeps its status.
+        "fan_out": {R: frozenset({R}), Z: frozenset({Z})},
+        # Every element of the ForEach succeeded: the next step is due, or the sequence is
+        # done (paused or canceled meanwhile: it keeps that status, past the ForEach).
+        "fan_in": {R: frozenset({P, C}), Z: frozenset({Z}), X: frozenset({X})},
         # A job takes the compensation the walk is at (compensating stays compensating).
         "compensate": {K: frozenset({K})},
         # A compensation ended (done, or failed for good): the walk goes on, or the

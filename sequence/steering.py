@@ -14,11 +14,12 @@ from typing import Any
 from django.db import transaction
 from django.dispatch import Signal
 
-from sequence import hooks, registry, signals, transitions
+from sequence import fanout, hooks, registry, signals, transitions
 from sequence.definitions import SequenceDefinition
 from sequence.dispatch import dispatch_record, get_queue, job_id, queue_for
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
-from sequence.models import SequenceRecord
+from sequence.failure import undo_start
+from sequence.models import Position, SequenceRecord
 from sequence.states import TRANSITIONS, Status, sources
 from sequence.validation import check_data
 from sequence.waiting import consume, wake_due
@@ -58,6 +59,9 @@ def resume(sequence_id: int | str) -> SequenceRecord:
         if changed:
             if record.status == Status.PENDING:
                 _dispatch_on_commit(record)
+            elif record.status == Status.RUNNING and record.items_total is not None:
+                # A ForEach: its elements start again, into its free places.
+                transaction.on_commit(lambda: fanout.pump(record), robust=True)
             elif record.status == Status.WAITING:
                 # Events sent while it was paused were kept for it.
                 transaction.on_commit(lambda: consume(record.pk), robust=True)
@@ -72,9 +76,9 @@ def cancel(sequence_id: int | str, *, compensate: bool = False) -> SequenceRecor
     first, last first, and the sequence ends canceled after them.
     """
 
-    def undo_from(record: SequenceRecord) -> int | None:
+    def undo_from(record: SequenceRecord) -> Position | None:
         cls = registry.registered().get(record.name)
-        return None if cls is None else cls.last_undo(record.plan, record.step_index)
+        return None if cls is None else undo_start(record, cls, record.step_index)
 
     with transaction.atomic():
         before = SequenceRecord.objects.find(sequence_id)

@@ -101,12 +101,12 @@ def _position(pk: int) -> tuple[object, ...] | None:
 
 def _run(record: SequenceRecord, fail_fast: bool) -> int:
     """Run the row's due unit as a worker would; 1 if an attempt ran, else 0."""
-    index, kind = unit_of(record)
+    index, kind, item = unit_of(record)
     left = max(0, retry_of(spec_for(record, index)).max - record.attempt)
     before = _position(record.pk)
     reset = runner.execution.set(runner.Execution(worker=WORKER, retries_left=left))
     try:
-        runner.run_step(record.pk, index, record.epoch, kind)
+        runner.run_step(record.pk, index, record.epoch, kind, item)
     except Exception:
         after = _position(record.pk)
         # Recorded by the runner (the row moved and holds no claim): the step's own

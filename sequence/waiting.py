@@ -24,7 +24,7 @@ from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
 from sequence.dispatch import dispatch_record
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
-from sequence.failure import announce_failure, fail_for_good
+from sequence.failure import announce_failure, fail_for_good, undo_start
 from sequence.items import Sleep, WaitFor
 from sequence.models import SequenceEvent, SequenceRecord
 from sequence.states import ASLEEP, TERMINAL, Status
@@ -200,7 +200,7 @@ def _time_out(record: SequenceRecord, item: WaitFor | None) -> int:
     timeout = item.timeout_seconds if item is not None else None
     error = f"WaitFor({event!r}) timed out after {timeout:g}s without the event"
     cls = registry.registered().get(record.name)
-    undo_from = None if cls is None else cls.last_undo(record.plan, record.step_index)
+    undo_from = None if cls is None else undo_start(record, cls, record.step_index)
     with transaction.atomic():
         status = transitions.time_out(record, error, undo_from)
         if status is None:

@@ -16,6 +16,7 @@ statement. The rarer statements use the ORM.
 
 from __future__ import annotations
 
+from sequence.transitions import fanout
 from sequence.transitions.base import RELEASED
 from sequence.transitions.requests import ROUNDS, cancel, pause, resume, retry, rewind
 from sequence.transitions.step import claim, commit, commit_result, fail, heartbeat, release
@@ -33,6 +34,7 @@ __all__ = [
     "commit_result",
     "commit_wait",
     "fail",
+    "fanout",
     "heartbeat",
     "pause",
     "recover",

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from sequence.exceptions import InvalidTransition
-from sequence.models import SequenceRecord
+from sequence.models import Position, SequenceRecord
 from sequence.states import IDEMPOTENT, Status, sources
 from sequence.transitions.base import RELEASED, rows
 
@@ -93,7 +93,7 @@ def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
 
 
 def cancel(
-    sequence_id: int | str, undo_from: Callable[[SequenceRecord], int | None] | None = None
+    sequence_id: int | str, undo_from: Callable[[SequenceRecord], Position | None] | None = None
 ) -> tuple[SequenceRecord, bool]:
     """End the sequence ``canceled``; with ``undo_from``, compensating first.
 
@@ -115,7 +115,8 @@ def cancel(
             .filter(step_index=record.step_index, epoch=record.epoch)
             .update(
                 status=Status.COMPENSATING,
-                undo_index=start,
+                undo_index=start[0],
+                undo_item=start[1],
                 ends_as=Status.CANCELED,
                 epoch=F("epoch") + 1,
                 attempt=0,

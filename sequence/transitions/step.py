@@ -19,7 +19,7 @@ from django.utils import timezone
 from sequence import history, points
 from sequence.claims import Claim, lease_seconds, now_plus_sql, now_sql
 from sequence.exceptions import StepDeadlineExceeded, StepFenced
-from sequence.models import SequenceRecord, StepAttempt, ago
+from sequence.models import Position, SequenceRecord, StepAttempt, ago
 from sequence.states import TERMINAL, TRANSITIONS, Outcome, Status, sources
 from sequence.transitions.base import RELEASED, status_in
 
@@ -284,7 +284,12 @@ def _commit_held(claim: Claim, data: dict[str, Any]) -> None:
 
 
 def fail(
-    claim: Claim, error: str, tb: str = "", *, will_retry: bool, undo_from: int | None = None
+    claim: Claim,
+    error: str,
+    tb: str = "",
+    *,
+    will_retry: bool,
+    undo_from: Position | None = None,
 ) -> Status | None:
     """Record a failed attempt: retrying, or failed for good, or (paused or canceled
     meanwhile) only released.
@@ -305,7 +310,8 @@ def fail(
                 status = Status.RETRYING
         elif undo_from is not None:
             if claim.mine().filter(status__in=sources("fail", Status.COMPENSATING)).update(
-                status=Status.COMPENSATING, undo_index=undo_from, ends_as=Status.FAILED,
+                status=Status.COMPENSATING, undo_index=undo_from[0], undo_item=undo_from[1],
+                ends_as=Status.FAILED,
                 attempt=0, recoveries=0, dispatch_due=Now(),
                 updated_at=Now(), **released,
             ):  # fmt: skip

@@ -10,7 +10,7 @@ from django.db.models.functions import Now
 
 from sequence import history
 from sequence.conf import settings
-from sequence.models import SequenceRecord
+from sequence.models import Position, SequenceRecord
 from sequence.states import Outcome, Status, sources
 from sequence.transitions.base import RELEASED
 from sequence.transitions.walk import walk_on
@@ -26,8 +26,8 @@ def recover(
     step: str,
     reason: str,
     *,
-    undo_from: int | None = None,
-    undo_next: int | None = None,
+    undo_from: Position | None = None,
+    undo_next: Position | None = None,
 ) -> str:
     """Move one stuck row on, if it is still as the sweep read it.
 
@@ -71,7 +71,8 @@ def recover(
         }
         if undo_from is not None:
             ending = {
-                "status": Status.COMPENSATING, "undo_index": undo_from,
+                "status": Status.COMPENSATING, "undo_index": undo_from[0],
+                "undo_item": undo_from[1],
                 "ends_as": Status.FAILED, "attempt": 0, "recoveries": 0, "dispatch_due": Now(),
             }  # fmt: skip
         if not rows.update(

@@ -18,7 +18,7 @@ from django.db.models.functions import Now
 from sequence import history
 from sequence.claims import Claim
 from sequence.exceptions import StepFenced
-from sequence.models import SequenceRecord
+from sequence.models import Position, SequenceRecord
 from sequence.states import Outcome, Status, sources
 from sequence.transitions.base import RELEASED
 
@@ -72,12 +72,13 @@ def wake(record: SequenceRecord, data: dict[str, Any] | None = None) -> Status |
     return target if rows.update(**fields) else None
 
 
-def time_out(record: SequenceRecord, error: str, undo_from: int | None) -> Status | None:
+def time_out(record: SequenceRecord, error: str, undo_from: Position | None) -> Status | None:
     """A WaitFor's deadline passed with on_timeout="fail": failed, or compensating first."""
     ending: dict[str, Any] = {"status": Status.FAILED, "finished_at": Now(), "dispatch_due": None}
     if undo_from is not None:
         ending = {
-            "status": Status.COMPENSATING, "undo_index": undo_from, "ends_as": Status.FAILED,
+            "status": Status.COMPENSATING, "undo_index": undo_from[0],
+            "undo_item": undo_from[1], "ends_as": Status.FAILED,
             "dispatch_due": Now(),
         }  # fmt: skip
     rows = SequenceRecord.objects.filter(

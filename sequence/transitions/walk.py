@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from sequence import history
 from sequence.claims import Claim, lease_seconds
-from sequence.models import SequenceRecord, ago
+from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord, ago
 from sequence.states import Outcome, Status, sources
 from sequence.transitions.base import RELEASED
 
@@ -26,7 +26,7 @@ logger = logging.getLogger("sequence")
 # -- the compensation walk ------------------------------------------------------------------
 
 
-def walk_on(undo_next: int | None, note: str = "") -> dict[str, Any]:
+def walk_on(undo_next: Position | None, note: str = "") -> dict[str, Any]:
     """The changes that end one compensation: on to ``undo_next``, or the walk's end."""
     fields: dict[str, Any] = {
         "attempt": 0, "recoveries": 0, "updated_at": Now(), **RELEASED,
@@ -34,10 +34,13 @@ def walk_on(undo_next: int | None, note: str = "") -> dict[str, Any]:
     if note:
         fields["error"] = Concat(F("error"), Value(note), output_field=TextField())
     if undo_next is not None:
-        return {**fields, "undo_index": undo_next, "dispatch_due": Now()}
+        return {
+            **fields, "undo_index": undo_next[0], "undo_item": undo_next[1], "dispatch_due": Now()
+        }  # fmt: skip
     return {
         **fields,
         "undo_index": -1,
+        "undo_item": None,
         "dispatch_due": None,
         "finished_at": Now(),
         "status": Case(
@@ -48,12 +51,20 @@ def walk_on(undo_next: int | None, note: str = "") -> dict[str, Any]:
 
 
 def claim_undo(
-    sequence_id: int, index: int, epoch: int, worker: str, token: str, timeout: int, entered: float
+    sequence_id: int,
+    index: int,
+    epoch: int,
+    worker: str,
+    token: str,
+    timeout: int,
+    entered: float,
+    item: int | None = None,
 ) -> Claim | None:
     """Take the compensation the walk is at, if the row still expects it; None if stale."""
     rows = SequenceRecord.objects.filter(
         Q(claim_token__isnull=True) | Q(claim_token=token),
-        pk=sequence_id, epoch=epoch, undo_index=index, status__in=sources("compensate"),
+        pk=sequence_id, epoch=epoch, undo_index=index, undo_item=item,
+        status__in=sources("compensate"),
     )  # fmt: skip
     if not rows.update(
         claim_token=token, claimed_by=worker[:200], claimed_at=Now(),
@@ -63,7 +74,9 @@ def claim_undo(
         return None
     record = SequenceRecord.objects.get(pk=sequence_id)
     deadline = entered + timeout if timeout > 0 else float("inf")
-    return Claim(record, token, worker, timezone.now(), deadline, timeout, undo_index=index)
+    return Claim(
+        record, token, worker, timezone.now(), deadline, timeout, undo_index=index, undo_item=item
+    )
 
 
 def undo_failed(claim: Claim, error: str, tb: str) -> bool:
@@ -82,7 +95,7 @@ def undo_failed(claim: Claim, error: str, tb: str) -> bool:
 
 
 def undo_done(
-    claim: Claim, undo_next: int | None, error: str = "", tb: str = "", note: str = ""
+    claim: Claim, undo_next: Position | None, error: str = "", tb: str = "", note: str = ""
 ) -> Status | None:
     """End the claimed compensation (with ``error``: failed for good) and walk on.
 
@@ -94,6 +107,11 @@ def undo_done(
         if not claim.mine().filter(status__in=sources("undo")).update(**walk_on(undo_next, note)):
             claim.settled = True
             return None
+        if claim.undo_item is not None:
+            SequenceItem.objects.filter(
+                sequence_id=claim.record.pk, step_index=claim.index, index=claim.undo_item,
+                status=ItemStatus.DONE,
+            ).update(status=ItemStatus.UNDONE)  # fmt: skip
         history.write(claim.entry(outcome, error, tb))
     claim.settled = True
     if undo_next is not None:

@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sequence import Retry, Sequence, Step
+from sequence import Fail, Retry, Sequence, Step
 from testproject.testapp.models import Ledger
 
 
@@ -357,3 +357,68 @@ class ApprovalOrOnward(Sequence):
 
 class SleepsLast(Sequence):
     steps = [A, Sleep(seconds=0.5)]
+
+
+# -- fan-out (tests/test_fanout.py, tests/faults/test_fanout.py) ------------------------------
+
+from sequence import ForEach  # noqa: E402
+from testproject.testapp.campaign import Campaign  # noqa: E402, F401  (registers it)
+
+
+class Square(Step):
+    """Records its element's run and returns its square; data["slow"] slows it."""
+
+    def perform(self) -> dict[str, Any]:
+        Ledger.objects.create(
+            sequence_id=self.sequence.id,
+            step=f"square {self.index}",
+            idempotency_key=self.idempotency_key,
+        )
+        time.sleep(float(self.data.get("slow", 0)))
+        self.data["leaked"] = True  # an element's changes to the data are not saved
+        return {"n": self.item * self.item}
+
+    def compensate(self) -> None:
+        Ledger.objects.create(sequence_id=self.sequence.id, step=f"unsquare {self.index}")
+
+
+class Squares(Sequence):
+    steps = [A, ForEach("numbers", Square, into="squares"), B]
+
+
+class SquaresAtOnce(Sequence):
+    steps = [ForEach("numbers", Square, concurrency=4, into="squares")]
+
+
+class FlakySquare(Square):
+    retry = Retry(max=2, interval=0)
+
+    def perform(self) -> dict[str, Any]:
+        if self.item == 3 and self.attempt == 1:
+            raise TimeoutError("once")
+        return super().perform()
+
+
+class FlakySquares(Sequence):
+    steps = [ForEach("numbers", FlakySquare, concurrency=2, into="squares")]
+
+
+class BadSquare(Square):
+    retry = Retry(max=0)
+
+    def perform(self) -> dict[str, Any]:
+        if self.item == 13:
+            raise Fail("unlucky")
+        return super().perform()
+
+
+class UnluckySquares(Sequence):
+    steps = [First, ForEach("numbers", BadSquare, into="squares"), B]
+
+
+def double(item: Any, data: dict[str, Any]) -> Any:
+    return item * 2
+
+
+class Doubles(Sequence):
+    steps = [ForEach("numbers", double, concurrency=3, into="doubled")]
