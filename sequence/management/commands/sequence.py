@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -81,13 +83,20 @@ class Command(BaseCommand):
             "skip_checks",
         ):
             options.pop(name, None)
-        if subcommand in cli.SUBCOMMANDS:
-            cli.run(self, subcommand, options)
-            return
-        handler = getattr(self, f"handle_{subcommand}", None)
-        if handler is None:
-            raise CommandError(f"Unknown subcommand {subcommand!r}.")
-        handler(**options)
+        try:
+            if subcommand in cli.SUBCOMMANDS:
+                cli.run(self, subcommand, options)
+                return
+            handler = getattr(self, f"handle_{subcommand}", None)
+            if handler is None:
+                raise CommandError(f"Unknown subcommand {subcommand!r}.")
+            handler(**options)
+        except BrokenPipeError:
+            # The reader went away (`sequence show 7 | head`): stop quietly. Output still
+            # buffered would fail again at exit, so it goes nowhere instead.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
 
     def handle_worker(
         self, queues: list[str], burst: bool, worker_class: str, name: str | None, **_: Any
