@@ -532,6 +532,7 @@ def handle_prune(
                 "sequences": result.sequences,
                 "attempts": result.attempts,
                 "batches": result.batches,
+                "jobs": result.jobs,
                 "dry_run": dry_run,
             }
         )
