@@ -246,6 +246,12 @@ class SequenceRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.name} #{self.pk}"
 
+    def step_label(self, index: int | None = None) -> str:
+        """``shop.Checkout #7 step Charge (attempt 2)``: how log lines name a step."""
+        index = self.step_index if index is None else index
+        step = self.plan[index] if 0 <= index < len(self.plan) else f"{index + 1}"
+        return f"{self.name} #{self.pk} step {step} (attempt {self.attempt})"
+
     def handle(self) -> Any:
         """The ``Sequence`` instance (of the row's registered class) showing this row."""
         return _verb("handle")(self)
