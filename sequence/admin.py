@@ -4,12 +4,12 @@ that go through the same transitions as the API (``sequence.transitions``)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.contenttypes.admin import GenericTabularInline
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.db.models import Q, QuerySet
@@ -17,13 +17,13 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from sequence import display, steering, timeline
+from sequence import columns, display, steering, timeline
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.health import gather, summary
 from sequence.masking import MASK, mask_data, mask_text, unmask_data
@@ -196,7 +196,12 @@ class SequenceAdmin(ModelAdmin):
         """
         try:
             health = gather(lost_jobs=False, whole_table=False)
-            context = {"sequence_health": health, "sequence_health_summary": summary(health)}
+            context = {
+                "sequence_health": health,
+                "sequence_health_summary": summary(health),
+                # Not "Select sequence to change": nothing on this list is edited in place.
+                "title": capfirst(self.opts.verbose_name_plural),
+            }
             response = super().changelist_view(request, {**context, **(extra_context or {})})
             if isinstance(response, TemplateResponse):
                 response.render()  # here, where a missing table can still be caught
@@ -221,30 +226,11 @@ class SequenceAdmin(ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, record: SequenceRecord) -> str:
-        return format_html(
-            '<span class="seq-badge seq-status-{}">{}</span>',
-            record.status,
-            Status(record.status).label,
-        )
+        return columns.status_badge(record)
 
     @admin.display(description=_("progress"))
     def progress_bar(self, record: SequenceRecord) -> str:
-        progress = record.progress
-        done, total, percent = progress.done, progress.total, progress.percent
-        return format_html(
-            '<span class="seq-meter"><span class="seq-progress seq-status-{}" role="progressbar" '
-            'aria-valuemin="0" aria-valuemax="{}" aria-valuenow="{}" title="{} of {} steps done">'
-            '<span class="seq-progress-fill" style="width: {}%"></span></span>'
-            '<span class="seq-progress-text">{}/{}</span></span>',
-            record.status,
-            total,
-            done,
-            done,
-            total,
-            percent,
-            done,
-            total,
-        )
+        return columns.progress_bar(record)
 
     @admin.display(description=_("current step"))
     def current_step_name(self, record: SequenceRecord) -> str:
@@ -256,11 +242,11 @@ class SequenceAdmin(ModelAdmin):
 
     @admin.display(description=_("created"), ordering="id")
     def created(self, record: SequenceRecord) -> str:
-        return _when(record.created_at)
+        return columns.when(record.created_at)
 
     @admin.display(description=_("updated"))
     def updated(self, record: SequenceRecord) -> str:
-        return _when(record.updated_at)
+        return columns.when(record.updated_at)
 
     @admin.display(description=_("duration"))
     def duration(self, record: SequenceRecord) -> str:
@@ -368,6 +354,24 @@ class SequenceAdmin(ModelAdmin):
         name = f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}"
         return reverse(name, args=[pk, *kwargs.values()], current_app=self.admin_site.name)
 
+    def _crumbs(self) -> list[tuple[str, str]]:
+        """Home, the app and the list: the breadcrumbs above a sequence's pages."""
+        site = self.admin_site.name
+        return [
+            (reverse("admin:index", current_app=site), str(_("Home"))),
+            (
+                reverse(
+                    "admin:app_list", kwargs={"app_label": self.opts.app_label}, current_app=site
+                ),
+                str(self.opts.app_config.verbose_name),
+            ),
+            (self._url_list(), str(capfirst(self.opts.verbose_name_plural))),
+        ]
+
+    def _url_list(self) -> str:
+        name = f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return reverse(name, current_app=self.admin_site.name)
+
     def _get(self, object_id: str) -> SequenceRecord:
         if not object_id.isdigit():
             raise Http404(f"No sequence has the id {object_id!r}.")
@@ -435,6 +439,8 @@ class SequenceAdmin(ModelAdmin):
             if can_change and "retry" in available(record.status)
             else "",
             "has_view_permission": True,
+            "subject": columns.subject_link(record, self.admin_site),
+            "breadcrumbs": columns.breadcrumbs(self._crumbs(), f"{record.name} #{record.pk}"),
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
@@ -531,6 +537,10 @@ class SequenceAdmin(ModelAdmin):
             "detail_url": detail_url,
             "failed_step": record.current_step,
             "compensated": record.compensated,
+            "breadcrumbs": columns.breadcrumbs(
+                [*self._crumbs(), (detail_url, f"{record.name} #{record.pk}")],
+                str(_("Retry with edited data")),
+            ),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.retry_template, context)
@@ -540,25 +550,64 @@ def _wakeable(record: SequenceRecord) -> list[str]:
     return ["wake"] if record.status == Status.SLEEPING else []
 
 
-def _when(moment: datetime | None) -> str:
-    """Compact local time (the list has nine columns to fit), in full on hover."""
-    if moment is None:
-        return "—"
-    local, today = timezone.localtime(moment), timezone.localdate()
-    if local.date() == today:
-        short = local.strftime("%H:%M:%S")
-    elif local.year == today.year:
-        short = local.strftime("%b %d %H:%M")
-    else:
-        short = local.strftime("%Y-%m-%d")
-    return format_html(
-        '<time datetime="{}" title="{}">{}</time>',
-        local.isoformat(),
-        display.local_time(moment, zone=True),
-        short,
-    )
-
-
 def _ids(records: list[SequenceRecord]) -> str:
     shown = ", ".join(f"#{r.pk}" for r in records[:20])
     return shown + (f" and {len(records) - 20} more" if len(records) > 20 else "")
+
+
+class SequenceInline(GenericTabularInline):
+    """The sequences of one of your own models, on its admin page (read-only).
+
+    Put it in your ``ModelAdmin``'s ``inlines``; it lists the sequences started with
+    ``subject=`` that object, newest first, each linking to its own page.
+    """
+
+    model = SequenceRecord
+    ct_field = "subject_type"
+    ct_fk_field = "subject_id"
+    fields = readonly_fields = ("sequence", "status_badge", "progress_bar", "step", "created")
+    extra = 0
+    max_num = 0
+    can_delete = False
+    verbose_name = _("sequence")
+    verbose_name_plural = _("sequences")
+
+    class Media:
+        css = {"all": ("sequence/admin.css",)}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SequenceRecord]:
+        return super().get_queryset(request).only(*LIST_FIELDS).order_by("-id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("sequence"))
+    def sequence(self, record: SequenceRecord) -> str:
+        url = reverse(
+            f"admin:{record._meta.app_label}_{record._meta.model_name}_change",
+            args=[record.pk],
+            current_app=self.admin_site.name,
+        )
+        return format_html('<a href="{}">{} #{}</a>', url, record.name, record.pk)
+
+    @admin.display(description=_("status"))
+    def status_badge(self, record: SequenceRecord) -> str:
+        return columns.status_badge(record)
+
+    @admin.display(description=_("progress"))
+    def progress_bar(self, record: SequenceRecord) -> str:
+        return columns.progress_bar(record)
+
+    @admin.display(description=_("current step"))
+    def step(self, record: SequenceRecord) -> str:
+        return record.current_step or "—"
+
+    @admin.display(description=_("created"))
+    def created(self, record: SequenceRecord) -> str:
+        return columns.when(record.created_at)

@@ -13,7 +13,8 @@ class SequenceConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from sequence import checks
+        # steering puts the verbs of SequenceRecord's queryset in place (see models.VERBS).
+        from sequence import checks, steering  # noqa: F401
 
         checks.register()
         autodiscover_modules("sequences")

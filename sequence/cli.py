@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from django.contrib.contenttypes.models import ContentType
 from django.core.management.base import CommandError
+from django.db.models import QuerySet
 
 from sequence import display, steering, waiting
 from sequence.exceptions import InvalidData, InvalidTransition, SequenceError, UnknownSequence
@@ -74,6 +76,17 @@ def age(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def subject(text: str) -> tuple[str, str, str]:
+    """``app_label.Model:pk`` as (app label, model name, pk)."""
+    model, sep, pk = text.partition(":")
+    app_label, dot, name = model.rpartition(".")
+    if not (sep and dot and app_label and name and pk):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a subject; write app_label.Model:pk, such as shop.Order:42."
+        )
+    return app_label, name, pk
+
+
 def json_object(text: str) -> dict[str, Any]:
     """A JSON object given inline, or read from a file as ``@path``."""
     source = "the JSON"
@@ -121,6 +134,12 @@ def add_parsers(sub: Any) -> None:
         help=f"Only this status (repeat for several): {', '.join(Status.values)}.",
     )
     p.add_argument("--name", help="Only sequences with this registered name, e.g. shop.Checkout.")
+    p.add_argument(
+        "--subject",
+        type=subject,
+        metavar="app_label.Model:pk",
+        help="Only sequences started about this object, e.g. shop.Order:42.",
+    )
     p.add_argument("--limit", type=limit, default=20, help="At most this many (default 20).")
 
     p = add("show", "Show one sequence: status, plan, data and attempts.")
@@ -159,7 +178,20 @@ def add_parsers(sub: Any) -> None:
         ("retry", "Run failed sequences' failed step again with fresh attempts."),
     ):
         p = add(action, text)
-        p.add_argument("ids", nargs="+", type=sequence_id, metavar="ID", help="Sequence ids.")
+        p.add_argument("ids", nargs="*", type=sequence_id, metavar="ID", help="Sequence ids.")
+        if action != "retry":
+            p.add_argument(
+                "--name",
+                help="Instead of ids: every sequence with this registered name that the "
+                "action applies to, in one statement (with --status, only those).",
+            )
+            p.add_argument(
+                "--status",
+                action="append",
+                choices=Status.values,
+                metavar="STATUS",
+                help="With --name: only sequences in this status (repeat for several).",
+            )
         if action == "cancel":
             p.add_argument(
                 "--compensate",
@@ -258,15 +290,34 @@ class Output:
 # -- the subcommands -----------------------------------------------------------------------
 
 
+def _subject_rows(value: tuple[str, str, str]) -> QuerySet[SequenceRecord]:
+    app_label, model_name, pk = value
+    try:
+        content_type = ContentType.objects.get_by_natural_key(app_label, model_name.lower())
+    except ContentType.DoesNotExist:
+        raise CommandError(
+            f"No model {app_label}.{model_name} is installed; write app_label.Model:pk, "
+            "such as shop.Order:42."
+        ) from None
+    return SequenceRecord.objects.filter(subject_type=content_type, subject_id=pk)
+
+
 def handle_list(
-    out: Output, status: list[str] | None, name: str | None, limit: int, **_: Any
+    out: Output,
+    status: list[str] | None,
+    name: str | None,
+    limit: int,
+    subject: tuple[str, str, str] | None = None,
+    **_: Any,
 ) -> None:
-    queryset = SequenceRecord.objects.defer("data", "error")
+    queryset: QuerySet[SequenceRecord] = SequenceRecord.objects.defer("data", "error")
+    if subject is not None:
+        queryset = _subject_rows(subject).defer("data", "error")
     if status:
         queryset = queryset.filter(status__in=status)
     if name:
         queryset = queryset.filter(name=name)
-    records = list(queryset.order_by("-id")[:limit])
+    records = list(display.with_last_attempt(queryset.order_by("-id")[:limit]))
     if out.as_json:
         out.json([display.summary(r) for r in records])
         return
@@ -281,7 +332,7 @@ def handle_list(
             r.status,
             f"{r.steps_done}/{r.total_steps}",
             r.current_step or "-",
-            str(r.attempt),
+            display.attempt_shown(r),
             display.local_time(r.created_at),
             display.format_duration(display.duration(r)),
         ]
@@ -322,6 +373,7 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
         ["key", record.key or "-"],
         ["version", record.version or "-"],
         ["queue", record.queue],
+        ["subject", display.subject_text(record) or "-"],
         ["created", display.local_time(record.created_at)],
         ["updated", display.local_time(record.updated_at)],
         ["finished", display.local_time(record.finished_at) or "-"],
@@ -438,6 +490,26 @@ def handle_start(
 PAST = {"pause": "paused", "resume": "resumed", "cancel": "canceled", "retry": "retried"}
 
 
+def handle_many(
+    out: Output, action: str, name: str, status: list[str] | None, compensate: bool = False
+) -> None:
+    """pause, resume or cancel every sequence called ``name`` (in ``status``) at once."""
+    if compensate:
+        raise CommandError(
+            "--compensate works with ids only: each sequence's compensations are worked "
+            "out one by one. Without --compensate, --name cancels all at once."
+        )
+    rows = SequenceRecord.objects.filter(name=name)
+    if status:
+        rows = rows.filter(status__in=status)
+    count: int = getattr(rows, action)()
+    if out.as_json:
+        out.json({"action": action, "name": name, "status": status or [], "changed": count})
+        return
+    which = f"{name} sequences" + (f" that were {' or '.join(status)}" if status else "")
+    out.line(f"{PAST[action].capitalize()} {count} {which}.")
+
+
 def handle_action(
     out: Output,
     action: str,
@@ -446,8 +518,21 @@ def handle_action(
     from_step: str | None = None,
     force: bool = False,
     compensate: bool = False,
+    name: str | None = None,
+    status: list[str] | None = None,
     **_: Any,
 ) -> None:
+    if name is not None and ids:
+        raise CommandError("Give sequence ids or --name, not both.")
+    if name is not None:
+        handle_many(out, action, name, status, compensate)
+        return
+    if status:
+        raise CommandError("--status goes with --name: give --name NAME --status STATUS.")
+    if not ids:
+        raise CommandError(
+            f"Say which sequences to {action}: their ids, or --name NAME [--status STATUS]."
+        )
     results: list[dict[str, Any]] = []
     for sequence_id in dict.fromkeys(ids):  # each id once, in the order given
         before = (
@@ -492,6 +577,7 @@ def handle_prune(
                 "sequences": result.sequences,
                 "attempts": result.attempts,
                 "batches": result.batches,
+                "jobs": result.jobs,
                 "dry_run": dry_run,
             }
         )

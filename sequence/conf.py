@@ -47,6 +47,9 @@ class Defaults:
     TEST_POINTS: Any = None
     # Seconds RQ keeps a finished step job; 0 deletes it at once.
     RESULT_TTL: int = 0
+    # Seconds RQ keeps a step job that failed for good in its failed registry (the
+    # database keeps every attempt and its traceback).
+    FAILED_TTL: int = 7 * 86400
     # Seconds after its time a schedule tick may still start (covers scheduler restarts).
     SCHEDULE_WINDOW: int = 300
     # Bearer token that opens /metrics (sequence.urls) to a scraper that is not logged

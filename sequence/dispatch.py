@@ -13,6 +13,13 @@ from typing import Any
 
 from django.db.models import Q
 from rq import Callback, Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+)
 from rq.serializers import JSONSerializer
 
 from sequence.conf import settings
@@ -73,6 +80,34 @@ def server_of(queue: Queue) -> tuple[Any, ...]:
     return tuple(kwargs.get(k) for k in ("host", "port", "db", "path", "username"))
 
 
+def _options(
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    spec: StepSpec | None,
+    retry: Retry | None = None,
+    kind: str = STEP,
+    item: int | None = None,
+) -> dict[str, Any]:
+    """What RQ is told about one step job: its id, retries and how long Redis keeps it."""
+    what = {STEP: "step", ITEM: "element of step", UNDO: "compensation of step"}[kind]
+    args: tuple[Any, ...] = (sequence_id, step_index, epoch)
+    if kind != STEP:
+        args += (kind,) if item is None else (kind, item)
+    return {
+        "args": args,
+        "job_id": job_id(sequence_id, step_index, epoch, kind, item),
+        "retry": (retry or retry_of(spec)).to_rq(),
+        "result_ttl": settings.RESULT_TTL,
+        # The database keeps every attempt; RQ's failed registry need not keep it long.
+        "failure_ttl": settings.FAILED_TTL,
+        "description": f"sequence {sequence_id} {what} {step_index}"
+        + (f" [{item}]" if item is not None else "")
+        + (f" ({spec.name})" if spec is not None else ""),
+        "on_failure": Callback(FAILURE_CALLBACK),
+    }
+
+
 def enqueue_step(
     sequence_id: int,
     step_index: int,
@@ -93,25 +128,88 @@ def enqueue_step(
     if settings.TESTING:
         return
     rq_queue = get_queue(queue_for(spec, queue))
-    what = {STEP: "step", ITEM: "element of step", UNDO: "compensation of step"}[kind]
-    args: tuple[Any, ...] = (sequence_id, step_index, epoch)
-    if kind != STEP:
-        args += (kind,) if item is None else (kind, item)
-    options: dict[str, Any] = {
-        "args": args,
-        "job_id": job_id(sequence_id, step_index, epoch, kind, item),
-        "retry": (retry or retry_of(spec)).to_rq(),
-        "result_ttl": settings.RESULT_TTL,
-        "description": f"sequence {sequence_id} {what} {step_index}"
-        + (f" [{item}]" if item is not None else "")
-        + (f" ({spec.name})" if spec is not None else ""),
-        "on_failure": Callback(FAILURE_CALLBACK),
-    }
+    options = _options(sequence_id, step_index, epoch, spec, retry, kind, item)
     timeout = timeout_of(spec)
     if delay:
         rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
     else:
         rq_queue.enqueue_call(ENTRY_POINT, timeout=timeout, **options)
+
+
+def dispatch_many(records: list[SequenceRecord]) -> int:
+    """Queue the unit each row says is due, one Redis pipeline per queue; clear the outbox.
+
+    Returns how many were queued. A queue that cannot be reached leaves its rows'
+    outbox entries for the sweep.
+    """
+    by_queue: dict[str, list[tuple[SequenceRecord, Any]]] = {}
+    for record in records:
+        index, kind, item = unit_of(record)
+        spec = spec_for(record, index)
+        options = _options(record.pk, index, record.epoch, spec, kind=kind, item=item)
+        data = Queue.prepare_data(ENTRY_POINT, timeout=timeout_of(spec), **options)
+        by_queue.setdefault(queue_for(spec, record.queue), []).append((record, data))
+    queued: dict[int, list[int]] = {}
+    for name, items in by_queue.items():
+        rq_queue = get_queue(name)
+        try:
+            rq_queue.enqueue_many([data for _, data in items])  # one pipeline
+        except Exception:
+            logger.exception(
+                "Could not queue %s steps on queue %r; the recovery sweep will.", len(items), name
+            )
+            continue
+        for record, _ in items:
+            queued.setdefault(record.epoch, []).append(record.pk)
+    if queued:
+        confirm_dispatch(queued)
+    return sum(len(pks) for pks in queued.values())
+
+
+# The registries a job of ours may sit in while no worker runs it (a started job is left
+# to its worker).
+RESTING = (
+    ScheduledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    CanceledJobRegistry,
+    FinishedJobRegistry,
+)
+
+
+def delete_jobs(queue_name: str, ids: list[str], *, waiting_only: bool = False) -> int:
+    """Delete these jobs from Redis: their hashes, results and places in the queue's
+    registries, in two pipelined round trips. Returns how many hashes existed.
+
+    With ``waiting_only``, only jobs that are queued, scheduled or deferred (a worker
+    may be running the others).
+    """
+    if not ids:
+        return 0
+    rq_queue = get_queue(queue_name)
+    connection = rq_queue.connection
+    prefix = rq_queue.job_class.redis_job_namespace_prefix
+    with connection.pipeline() as pipe:
+        for job in ids:
+            pipe.hget(prefix + job, "status")
+        statuses = pipe.execute()
+    present = [
+        job
+        for job, status in zip(ids, statuses, strict=True)
+        if status is not None
+        and (not waiting_only or status.decode() in ("queued", "scheduled", "deferred"))
+    ]
+    absent = [job for job, status in zip(ids, statuses, strict=True) if status is None]
+    with connection.pipeline(transaction=False) as pipe:
+        # A missing hash may still leave an entry in a registry (RQ cleans registries
+        # lazily); only when all are asked for, so that a running job is never touched.
+        for job in present + ([] if waiting_only else absent):
+            pipe.lrem(rq_queue.key, 0, job)
+            for registry in RESTING:
+                pipe.zrem(registry.key_template.format(queue_name), job)
+            pipe.delete(prefix + job, f"rq:results:{job}", f"{prefix}{job}:dependents")
+        pipe.execute()
+    return len(present)
 
 
 def enqueue_retry(

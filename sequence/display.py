@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from sequence.masking import mask_data, mask_text
@@ -100,6 +101,47 @@ def event_detail(event: SequenceEvent, data: Any = None) -> dict[str, Any]:
     }
 
 
+def with_last_attempt(rows: QuerySet[SequenceRecord]) -> QuerySet[SequenceRecord]:
+    """Annotate ``last_attempt``: the attempt number of the last step that ran (from the
+    history, through its index), for rows whose own counter went back to 0."""
+    last = StepAttempt.objects.filter(sequence=OuterRef("pk")).order_by("-id").values("attempt")
+    return rows.annotate(last_attempt=Subquery(last[:1]))
+
+
+def attempt_shown(record: SequenceRecord) -> str:
+    """The attempts of the current step; once finished, of the last step that ran; "-"."""
+    if record.attempt:
+        return str(record.attempt)
+    last = getattr(record, "last_attempt", None)
+    return str(last) if last and record.status in TERMINAL else "-"
+
+
+def subject_text(record: SequenceRecord) -> str:
+    """``Order #42`` (the subject as it prints), ``shop.order 42 (deleted)``, or ""."""
+    if record.subject_type_id is None and not record.subject_id:
+        return ""
+    subject = record.subject if record.subject_type_id is not None else None
+    if subject is not None:
+        return str(subject)
+    label = record.subject_type.natural_key() if record.subject_type is not None else ("?", "?")
+    return f"{'.'.join(label)} {record.subject_id} (deleted)"
+
+
+def subject_json(record: SequenceRecord) -> dict[str, Any] | None:
+    """The subject as JSON: its model, its pk (as stored, text), how it prints, and
+    whether its row still exists."""
+    if record.subject_type_id is None and not record.subject_id:
+        return None
+    subject = record.subject if record.subject_type_id is not None else None
+    model = record.subject_type.natural_key() if record.subject_type is not None else None
+    return {
+        "model": ".".join(model) if model else None,
+        "pk": record.subject_id,
+        "text": subject_text(record),
+        "exists": subject is not None,
+    }
+
+
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -144,6 +186,7 @@ def detail(record: SequenceRecord, attempts: list[StepAttempt]) -> dict[str, Any
         "key": record.key,
         "version": record.version,
         "queue": record.queue,
+        "subject": subject_json(record),
         "plan": [{"index": s.index, "name": s.name, "state": s.state} for s in plan_steps(record)],
         "data": mask_data(record.data),
         "error": mask_text(record.error, record.data),

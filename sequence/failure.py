@@ -103,7 +103,7 @@ def record_failure(
         status = transitions.fail(claim, error, tb, will_retry=reason is None, undo_from=undo_from)
         if status == Status.COMPENSATING:
             transaction.on_commit(lambda: _dispatch_undo(record, undo_from), robust=True)
-    name = f"{record.name} #{record.pk} step {spec.name} (attempt {record.attempt})"
+    name = record.step_label()
     if status is None:
         logger.warning("Sequence %s failed after losing its claim: %s", name, error)
         return False
@@ -127,7 +127,7 @@ def record_failure(
 def fail_for_good(claim: Claim, cls: type[SequenceDefinition] | None, error: str) -> None:
     """Fail the sequence at once, without retries: its plan cannot run here."""
     record = claim.record
-    logger.error("Sequence %s #%s: %s", record.name, record.pk, error)
+    logger.error("Sequence %s failed for good: %s", record.step_label(), error)
     undo_from = None if cls is None else undo_start(record, cls, record.step_index)
     with transaction.atomic():
         status = transitions.fail(claim, error, will_retry=False, undo_from=undo_from)
@@ -208,7 +208,7 @@ def run_undo(claim: Claim, retries_left: int) -> None:
     except Exception as exc:
         error, tb = _error(exc, record.data)
         reason = final_because(exc, spec, retries_left)
-        name = f"{record.name} #{record.pk}: the compensation of {spec.name}"
+        name = f"{record.name} #{record.pk}: the compensation of {spec.name} (attempt {record.attempt})"
         if reason is None:
             logger.warning("Sequence %s failed: %s; RQ retries it.", name, error)
             if transitions.undo_failed(claim, error, tb):

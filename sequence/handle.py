@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Self
 
+from django.db import models
+
 from sequence import registry, steering, waiting
 from sequence.definitions import D, SequenceDefinition
 from sequence.exceptions import (
@@ -18,7 +20,7 @@ from sequence.exceptions import (
     SequenceTimeout,
     UnknownSequence,
 )
-from sequence.models import SequenceRecord
+from sequence.models import SequenceQuerySet, SequenceRecord
 from sequence.starting import start
 from sequence.states import Status
 
@@ -46,9 +48,40 @@ class Sequence(SequenceDefinition[D]):
         *,
         key: str | None = None,
         queue: str | None = None,
+        subject: models.Model | None = None,
     ) -> Self:
-        """Save a sequence with ``data`` and queue its first step once the transaction commits."""
-        return cls._bind(start(cls, data, key=key, queue=queue))
+        """Save a sequence with ``data`` and queue its first step once the transaction commits.
+
+        ``subject`` links it to a saved model instance (an order, a user): see
+        ``for_subject``.
+        """
+        return cls._bind(start(cls, data, key=key, queue=queue, subject=subject))
+
+    @classmethod
+    def records(cls) -> SequenceQuerySet:
+        """This class's ``SequenceRecord`` rows (every class's, on ``Sequence`` itself).
+
+        Filter them like any queryset; ``pause()``, ``resume()`` and ``cancel()`` steer
+        every row that allows it, in one statement each.
+        """
+        rows = SequenceRecord.objects.all()
+        return rows.filter(name=cls.name) if getattr(cls, "step_specs", None) else rows
+
+    @classmethod
+    def for_subject(cls, obj: models.Model) -> list[Self]:
+        """The sequences started with ``subject=obj``, newest first, as a list of handles.
+
+        One indexed query. ``MySequence.for_subject`` returns that class's sequences;
+        ``Sequence.for_subject`` every class's (each handle of its own class; a row
+        whose class is no longer registered is left out).
+        """
+        found = []
+        for record in cls.records().for_subject(obj):
+            try:
+                found.append(registry.load(record, cls))
+            except UnknownSequence:
+                continue
+        return found
 
     @classmethod
     def get(cls, id: int | str | None = None, *, key: str | None = None) -> Self:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connections, models, router
 from django.db.models import BooleanField, Case, ExpressionWrapper, Q, When
 from django.db.models import DateTimeField as DateTimeOutput
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from sequence.exceptions import UnknownSequence
+from sequence.exceptions import InvalidData, UnknownSequence
 from sequence.states import ACTIVE, TERMINAL, Outcome, Status
 
 NOT_MIGRATED = "The sequence tables do not exist yet: run `python manage.py migrate`."
@@ -63,6 +66,37 @@ class Progress:
     def __str__(self) -> str:
         items = f" ({self.items[0]}/{self.items[1]} elements)" if self.items else ""
         return f"{self.done}/{self.total}{items}"
+
+
+# The verbs that act on many rows (``pause``, ``resume``, ``cancel``) and a row's handle
+# belong to sequence.steering, which imports this module: it puts them here when it is
+# imported (the app's ready() imports it), so that the records import no layer above.
+VERBS: dict[str, Callable[..., Any]] = {}
+
+
+def _verb(name: str) -> Callable[..., Any]:
+    try:
+        return VERBS[name]
+    except KeyError:
+        raise RuntimeError(
+            f"SequenceRecord.{name}() needs the sequence app loaded; is 'sequence' in "
+            "INSTALLED_APPS and django.setup() done?"
+        ) from None
+
+
+def subject_of(obj: models.Model) -> tuple[ContentType, str]:
+    """The content type and the primary key (as text) of a saved model instance."""
+    if not isinstance(obj, models.Model):
+        raise InvalidData(
+            f"subject must be a saved model instance (an order, a user), not "
+            f"{type(obj).__name__} {obj!r:.80}."
+        )
+    if obj.pk is None:
+        raise InvalidData(
+            f"subject {type(obj).__name__} {obj!r:.80} is not saved (its pk is None); save "
+            "it before starting a sequence about it."
+        )
+    return ContentType.objects.get_for_model(obj), str(obj.pk)
 
 
 class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
@@ -121,6 +155,40 @@ class SequenceQuerySet(models.QuerySet["SequenceRecord"]):
     def waiting(self) -> SequenceQuerySet:
         return self.filter(status=Status.WAITING)
 
+    def for_subject(self, obj: models.Model) -> SequenceQuerySet:
+        """Sequences started with ``subject=obj``, newest first (one indexed lookup)."""
+        content_type, object_id = subject_of(obj)
+        return self.filter(subject_type=content_type, subject_id=object_id).order_by("-id")
+
+    # -- steering many at once: one conditional UPDATE each (sequence.transitions.bulk) --
+
+    def pause(self) -> int:
+        """Pause every row here that pause applies to; the number paused.
+
+        Rows in other statuses are left as they are and not counted. ``sequence_paused``
+        is sent for each paused row once the change commits.
+        """
+        count: int = _verb("pause")(self)
+        return count
+
+    def resume(self) -> int:
+        """Resume every paused row here; the number resumed.
+
+        Each one's next step is queued once the change commits (a row whose step is
+        still in flight goes back to running instead), and ``sequence_resumed`` is sent.
+        """
+        count: int = _verb("resume")(self)
+        return count
+
+    def cancel(self) -> int:
+        """Cancel every row here that cancel applies to; the number canceled.
+
+        Their queued jobs are deleted from Redis and ``sequence_canceled`` is sent for
+        each, once the change commits.
+        """
+        count: int = _verb("cancel")(self)
+        return count
+
 
 class SequenceRecord(models.Model):
     """One started sequence: its data, where it is, and who may move it."""
@@ -169,6 +237,18 @@ class SequenceRecord(models.Model):
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # What the sequence is about (start(subject=obj)): any saved model instance. The id
+    # is text so that any primary key type fits; deleting the subject keeps the sequence.
+    subject_type = models.ForeignKey(
+        ContentType,
+        verbose_name=_("subject type"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    subject_id = models.CharField(_("subject id"), max_length=255, blank=True, default="")
+    subject = GenericForeignKey("subject_type", "subject_id")
 
     objects = SequenceQuerySet.as_manager()
 
@@ -201,6 +281,12 @@ class SequenceRecord(models.Model):
             ),
             # The admin's search by start key, across names.
             models.Index(fields=["key"], condition=Q(key__isnull=False), name="sequence_key_idx"),
+            # for_subject(): a subject's sequences, newest first.
+            models.Index(
+                fields=["subject_type", "subject_id", "-id"],
+                condition=Q(subject_type__isnull=False),
+                name="sequence_subject_idx",
+            ),
             # Retention: `sequence prune` deletes finished sequences oldest first.
             models.Index(
                 fields=["finished_at"],
@@ -211,6 +297,16 @@ class SequenceRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} #{self.pk}"
+
+    def step_label(self, index: int | None = None) -> str:
+        """``shop.Checkout #7 step Charge (attempt 2)``: how log lines name a step."""
+        index = self.step_index if index is None else index
+        step = self.plan[index] if 0 <= index < len(self.plan) else f"{index + 1}"
+        return f"{self.name} #{self.pk} step {step} (attempt {self.attempt})"
+
+    def handle(self) -> Any:
+        """The ``Sequence`` instance (of the row's registered class) showing this row."""
+        return _verb("handle")(self)
 
     @property
     def total_steps(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,8 +11,12 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from sequence.dispatch import STEP, UNDO, delete_jobs, job_id, queue_for
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import TERMINAL
+from sequence.registry import spec_for
+from sequence.states import TERMINAL, Outcome
+
+logger = logging.getLogger("sequence")
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -35,9 +40,13 @@ class PruneResult:
     sequences: int = 0
     attempts: int = 0
     batches: int = 0
+    jobs: int = 0  # job hashes deleted from Redis
 
     def __str__(self) -> str:
-        return f"{self.sequences} sequences and {self.attempts} attempts in {self.batches} batches"
+        return (
+            f"{self.sequences} sequences and {self.attempts} attempts in {self.batches} "
+            f"batches, and {self.jobs} jobs left in Redis"
+        )
 
 
 def prunable(older_than: timedelta) -> QuerySet[SequenceRecord]:
@@ -72,8 +81,45 @@ def prune(older_than: timedelta, *, batch_size: int = 1000, dry_run: bool = Fals
             )
             if not ids:
                 return result
+            jobs = _jobs_of(ids)
             # only("id"): the cascade needs the ids, not each row's data.
             _, deleted = SequenceRecord.objects.filter(pk__in=ids).only("id").delete()
         result.sequences += deleted.get(SequenceRecord._meta.label, 0)
         result.attempts += deleted.get(StepAttempt._meta.label, 0)
         result.batches += 1
+        for queue, names in jobs.items():
+            try:
+                result.jobs += delete_jobs(queue, names)
+            except Exception:
+                # The rows are gone either way; what Redis still holds expires by itself.
+                logger.exception(
+                    "Prune: could not delete %s jobs from queue %r.", len(names), queue
+                )
+
+
+_UNDONE = (Outcome.COMPENSATED, Outcome.COMPENSATION_FAILED)
+
+
+def _jobs_of(ids: list[int]) -> dict[str, list[str]]:
+    """Every job id these sequences may still have in Redis, by queue: one per (step,
+    epoch) their history names, and the one the row itself points at."""
+    records = SequenceRecord.objects.filter(pk__in=ids).only(
+        "id", "name", "plan", "queue", "step_index", "epoch", "undo_index"
+    )
+    by_pk = {r.pk: r for r in records}
+    units: set[tuple[int, int, int, str]] = set()
+    for record in by_pk.values():
+        units.add((record.pk, record.step_index, record.epoch, STEP))
+        if record.undo_index is not None and record.undo_index >= 0:
+            units.add((record.pk, record.undo_index, record.epoch, UNDO))
+    history = StepAttempt.objects.filter(sequence_id__in=ids).values_list(
+        "sequence_id", "step_index", "epoch", "outcome"
+    )
+    for pk, index, epoch, outcome in history.distinct():
+        units.add((pk, index, epoch, UNDO if outcome in _UNDONE else STEP))
+    jobs: dict[str, list[str]] = {}
+    for pk, index, epoch, kind in units:
+        record = by_pk[pk]
+        queue = queue_for(spec_for(record, index), record.queue)
+        jobs.setdefault(queue, []).append(job_id(pk, index, epoch, kind))
+    return jobs

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
 
 from sequence import fanout, hooks, points, signals, transitions, waiting
 from sequence.claims import Claim
@@ -297,7 +298,7 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             points.fire("before_commit", **claim.context())
             moved = transitions.commit_result(claim, data)
     except StepFenced as exc:
-        logger.warning("Sequence %s step %s: %s", record.pk, step_index, exc)
+        logger.warning("Sequence %s stopped: %s", record.step_label(step_index), exc)
         release(claim, f"{type(exc).__name__}: {exc}")
         return None
     except Exception as exc:
@@ -328,8 +329,10 @@ def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epo
         logger.warning("Sequence %s no longer exists; its step job ends.", sequence_id)
         return
     logger.info(
-        "Sequence %s step %s epoch %s is stale (row: %s, step %s, epoch %s); job ends.",
-        sequence_id, step_index, epoch, record.status, record.step_index, record.epoch,
+        "Sequence %s: the job of step %s under epoch %s is stale (the sequence is %s at "
+        "step %s, epoch %s); it ends without running.",
+        f"{record.name} #{record.pk}", step_index + 1, epoch, record.status,
+        record.step_index + 1, record.epoch,
     )  # fmt: skip
     if (
         getattr(record, "overdue", False)
@@ -398,6 +401,16 @@ def _after_commit(
             **claim.context(step=next_index, epoch=record.epoch + 1),
             queue=record.queue, spec=next_spec,
         )  # fmt: skip
+    took = timezone.now() - claim.started_at
+    if last and was in (Status.RUNNING, Status.PAUSED):
+        then = "the sequence is completed"
+    elif was != Status.RUNNING:
+        then = f"the sequence is {was}, so nothing further starts"
+    else:
+        then = f"next: step {record.plan[next_index]}"
+    logger.info(
+        "Sequence %s succeeded in %.2fs; %s.", record.step_label(), took.total_seconds(), then
+    )
     record.data = data
     record.step_index = next_index
     record.status = Status.COMPLETED if last else Status.PENDING

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -13,7 +13,7 @@ from sequence import hooks, signals
 from sequence.conf import settings
 from sequence.dispatch import dispatch
 from sequence.exceptions import ConfigurationError
-from sequence.models import SequenceRecord
+from sequence.models import SequenceRecord, subject_of
 from sequence.validation import check_data
 
 if TYPE_CHECKING:
@@ -26,12 +26,17 @@ def start(
     *,
     key: str | None = None,
     queue: str | None = None,
+    subject: models.Model | None = None,
 ) -> SequenceRecord:
-    """Save a new sequence of ``cls`` and queue its first step once the transaction commits."""
+    """Save a new sequence of ``cls`` and queue its first step once the transaction commits.
+
+    ``subject``, a saved model instance, is what the sequence is about (``for_subject``).
+    """
     if not getattr(cls, "step_specs", None):
         raise ConfigurationError(f"{cls.__qualname__} has no steps; list them in steps = [...].")
     cleaned = cls.clean(data)
     check_data(cleaned)
+    subject_type, subject_id = subject_of(subject) if subject is not None else (None, "")
     if key is not None:
         existing = SequenceRecord.objects.filter(name=cls.name, key=key).first()
         if existing is not None:
@@ -44,6 +49,8 @@ def start(
         version=str(cls.version),
         queue=queue or cls.queue or settings.QUEUE,
         dispatch_due=Now(),
+        subject_type=subject_type,
+        subject_id=subject_id,
     )
     if key is None:
         record.save(force_insert=True)

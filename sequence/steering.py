@@ -12,11 +12,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.dispatch import Signal
 
-from sequence import fanout, hooks, registry, signals, transitions
+from sequence import fanout, hooks, models, registry, signals, transitions
 from sequence.definitions import SequenceDefinition
-from sequence.dispatch import dispatch_record, get_queue, job_id, queue_for
+from sequence.dispatch import (
+    delete_jobs,
+    dispatch_many,
+    dispatch_record,
+    get_queue,
+    job_id,
+    queue_for,
+)
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.failure import undo_start
 from sequence.models import Position, SequenceRecord
@@ -107,7 +115,9 @@ def _cancel_job(record: SequenceRecord) -> None:
             serializer=queue.serializer,
         )
         if job.get_status() in ("queued", "scheduled", "deferred"):
-            job.cancel()
+            # Deleted, not canceled: RQ keeps a canceled job (and its registry entry)
+            # with no expiry.
+            job.delete()
     except (InvalidJobOperation, NoSuchJobError):
         pass
 
@@ -190,6 +200,107 @@ def wake(sequence_id: int | str) -> SequenceRecord:
         wake_due(pk=record.pk)
     return SequenceRecord.objects.find(sequence_id)
 
+
+# -- many at once: SequenceRecord.objects....pause(), resume(), cancel() ------------------
+
+# Rows loaded per query to build the handles the signals carry.
+CHUNK = 500
+
+
+def _announce_many(signal: Signal, changed: list[transitions.bulk.Changed]) -> None:
+    """Send ``signal`` for each changed row once the transaction commits.
+
+    The rows are read (in chunks) only if the signal has receivers then.
+    """
+
+    def send() -> None:
+        if not signal.has_listeners():
+            return
+        ids = [row.id for row in changed]
+        for start in range(0, len(ids), CHUNK):
+            for record in SequenceRecord.objects.filter(pk__in=ids[start : start + CHUNK]):
+                try:
+                    handle = registry.load(record, SequenceDefinition)
+                except UnknownSequence:
+                    logger.warning(
+                        "Sequence %s: %r is not registered; no signal sent.", record.pk, record.name
+                    )
+                    continue
+                hooks.send(signal, type(handle), sequence=handle)
+
+    if changed:
+        transaction.on_commit(send, robust=True)
+
+
+def _as_record(row: transitions.bulk.Changed) -> SequenceRecord:
+    """What dispatch needs of a changed row (its unit, epoch, queue and plan)."""
+    return SequenceRecord(
+        pk=row.id, name=row.name, status=row.status, step_index=row.step_index,
+        epoch=row.epoch, queue=row.queue, plan=row.plan,
+    )  # fmt: skip
+
+
+def pause_many(queryset: QuerySet[SequenceRecord]) -> int:
+    """Pause every row of ``queryset`` that pause applies to, in one statement."""
+    with transaction.atomic():
+        changed = transitions.bulk.pause(queryset)
+        _announce_many(signals.sequence_paused, changed)
+    return len(changed)
+
+
+def resume_many(queryset: QuerySet[SequenceRecord]) -> int:
+    """Resume every paused row of ``queryset``, in one statement; queue their next steps
+    (one Redis pipeline per queue) once it commits."""
+    with transaction.atomic():
+        changed = transitions.bulk.resume(queryset)
+        due = [_as_record(row) for row in changed if row.status == Status.PENDING]
+        if due:
+            transaction.on_commit(lambda: dispatch_many(due), robust=True)
+        waiting = [row.id for row in changed if row.status == Status.WAITING]
+        running = [row.id for row in changed if row.status == Status.RUNNING]
+        if waiting or running:
+            transaction.on_commit(lambda: _carry_on(waiting, running), robust=True)
+        _announce_many(signals.sequence_resumed, changed)
+    return len(changed)
+
+
+def _carry_on(waiting: list[int], running: list[int]) -> None:
+    """After a resume: waits take the events kept for them, ForEach fill their places."""
+    for pk in waiting:
+        consume(pk)
+    for record in SequenceRecord.objects.filter(pk__in=running, items_total__isnull=False):
+        fanout.pump(record)
+
+
+def cancel_many(queryset: QuerySet[SequenceRecord]) -> int:
+    """Cancel every row of ``queryset`` that cancel applies to, in one statement; delete
+    their waiting jobs from Redis once it commits."""
+    with transaction.atomic():
+        changed = transitions.bulk.cancel(queryset)
+        if changed:
+            transaction.on_commit(lambda: _delete_jobs(changed), robust=True)
+        _announce_many(signals.sequence_canceled, changed)
+    return len(changed)
+
+
+def _delete_jobs(changed: list[transitions.bulk.Changed]) -> None:
+    """Delete the waiting job of each canceled row's step (a running one finds the row
+    canceled when it commits, and starts nothing)."""
+    by_queue: dict[str, list[str]] = {}
+    for row in changed:
+        record = _as_record(row)
+        name = queue_for(registry.spec_for(record), record.queue)
+        by_queue.setdefault(name, []).append(job_id(row.id, row.step_index, row.epoch))
+    for name, ids in by_queue.items():
+        delete_jobs(name, ids, waiting_only=True)
+
+
+def handle_of(record: SequenceRecord) -> SequenceDefinition:
+    """The instance of the row's registered class showing it."""
+    return registry.load(record, SequenceDefinition)
+
+
+models.VERBS.update(pause=pause_many, resume=resume_many, cancel=cancel_many, handle=handle_of)
 
 ACTIONS: dict[str, Callable[..., SequenceRecord]] = {
     "pause": pause,

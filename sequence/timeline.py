@@ -29,6 +29,8 @@ class Bar:
     width: float
     took: str
     title: str
+    # What happened just before this attempt that the attempts alone do not say.
+    mark: str = ""
 
     @property
     def style(self) -> str:
@@ -77,6 +79,38 @@ def _label(attempt: StepAttempt) -> str:
     return f"{attempt.step_index + 1}. {attempt.step} · try {attempt.attempt}"
 
 
+def _marks(attempts: list[StepAttempt]) -> list[str]:
+    """For each attempt, what started it when it was not the usual course.
+
+    No history row says so; the rows show it. A first try that follows a failed or
+    compensated attempt was started by ``retry()`` (``from_step`` when at another step):
+    within one epoch RQ's retries count on. A lost attempt was taken over by the sweep.
+    """
+    marks, before, step = [], None, None  # the previous row, and the previous step's row
+    undone = (Outcome.COMPENSATED, Outcome.COMPENSATION_FAILED)
+    for attempt in attempts:
+        mark = ""
+        if attempt.outcome == Outcome.LOST:
+            mark = "recovered by the sweep"
+        elif (
+            before is not None
+            and attempt.outcome not in undone
+            and attempt.attempt == 1
+            and attempt.epoch > before.epoch
+            and before.outcome in (Outcome.FAILED, *undone)
+        ):
+            same = step is not None and (step.step_index, step.outcome) == (
+                attempt.step_index,
+                Outcome.FAILED,
+            )
+            mark = "retried" if same else f"retried from step {attempt.step_index + 1}"
+        marks.append(mark)
+        before = attempt
+        if attempt.outcome not in undone:
+            step = attempt
+    return marks
+
+
 def build(
     record: SequenceRecord, attempts: list[StepAttempt], now: datetime | None = None
 ) -> Timeline:
@@ -84,7 +118,7 @@ def build(
     and its end, or now while it has not ended."""
     now = now or timezone.now()
     spans: list[tuple[datetime, datetime, dict[str, Any]]] = []
-    for attempt in attempts:
+    for attempt, mark in zip(attempts, _marks(attempts), strict=True):
         outcome = Outcome(attempt.outcome)
         first_line = mask_text(attempt.error, record.data).strip().splitlines()[:1]
         spans.append(
@@ -96,6 +130,7 @@ def build(
                     "outcome": outcome.value,
                     "outcome_label": str(outcome.label),
                     "extra": f" — {first_line[0]}" if first_line else "",
+                    "mark": mark,
                 },
             )
         )
@@ -112,6 +147,7 @@ def build(
                     "outcome": "in-flight",
                     "outcome_label": "Running",
                     "extra": "",
+                    "mark": "",
                 },
             )
         )
@@ -134,6 +170,7 @@ def build(
         title = (
             f"{info['label']}: {info['outcome_label'].lower()}, {took}, from "
             f"+{format_duration(began - start) or '0s'}{info['extra']}"
+            + (f" ({info['mark']})" if info["mark"] else "")
         )
         bars.append(
             Bar(
@@ -144,6 +181,7 @@ def build(
                 width=width,
                 took=took,
                 title=title,
+                mark=info["mark"],
             )
         )
     ticks = [

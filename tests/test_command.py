@@ -325,12 +325,20 @@ def test_prune_deletes_old_finished_sequences_and_their_history_in_batches():
     assert out.strip() == "Would delete 3 sequences and 3 attempts finished more than 30 days ago."
     assert SequenceRecord.objects.count() == 5
     out, _ = sequence("prune", "--older-than", "30d", "--batch-size", "2", "--json")
-    assert json.loads(out) == {"sequences": 3, "attempts": 3, "batches": 2, "dry_run": False}
+    assert json.loads(out) == {
+        "sequences": 3,
+        "attempts": 3,
+        "batches": 2,
+        "jobs": 0,
+        "dry_run": False,
+    }
     remaining = set(SequenceRecord.objects.values_list("pk", flat=True))
     assert remaining == {recent.pk, stuck.pk}
     assert not StepAttempt.objects.filter(sequence_id__in=[r.pk for r in old]).exists()
     out, _ = sequence("prune", "--older-than", "30d")
-    assert out.strip() == "Deleted 0 sequences and 0 attempts in 0 batches."
+    assert out.strip() == (
+        "Deleted 0 sequences and 0 attempts in 0 batches, and 0 jobs left in Redis."
+    )
 
 
 @pytest.mark.django_db

@@ -16,7 +16,7 @@ statement. The rarer statements use the ORM.
 
 from __future__ import annotations
 
-from sequence.transitions import fanout
+from sequence.transitions import bulk, fanout
 from sequence.transitions.base import RELEASED
 from sequence.transitions.requests import ROUNDS, cancel, pause, resume, retry, rewind
 from sequence.transitions.step import claim, commit, commit_result, fail, heartbeat, release
@@ -27,6 +27,7 @@ from sequence.transitions.walk import claim_undo, undo_done, undo_failed
 __all__ = [
     "RELEASED",
     "ROUNDS",
+    "bulk",
     "cancel",
     "claim",
     "claim_undo",

@@ -75,3 +75,12 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class Order(models.Model):
+    """A model of the user's own that sequences are started about (``subject=``)."""
+
+    number = models.CharField(max_length=20)
+
+    def __str__(self) -> str:
+        return f"Order #{self.number}"

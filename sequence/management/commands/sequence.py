@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -95,6 +97,12 @@ class Command(BaseCommand):
             if not_migrated(exc):
                 raise CommandError(NOT_MIGRATED) from None
             raise
+        except BrokenPipeError:
+            # The reader went away (`sequence show 7 | head`): stop quietly. Output still
+            # buffered would fail again at exit, so it goes nowhere instead.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
 
     def handle_worker(
         self, queues: list[str], burst: bool, worker_class: str, name: str | None, **_: Any
