@@ -44,6 +44,8 @@ LIST_FIELDS = (
     "status",
     "plan",
     "step_index",
+    "items_total",  # a running ForEach's elements, in the progress bar
+    "items_done",
     "attempt",
     "created_at",
     "updated_at",
