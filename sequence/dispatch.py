@@ -7,6 +7,7 @@ it through ``sequence.jobs.SequenceJob``, which refuses any other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -85,8 +86,26 @@ def enqueue_step(
     if settings.TESTING:
         return
     rq_queue = get_queue(queue_for(spec, queue))
+    options = job_options(sequence_id, step_index, epoch, spec, retry=retry, kind=kind)
+    timeout = timeout_of(spec)
+    if delay:
+        rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
+    else:
+        rq_queue.enqueue_call(ENTRY_POINT, timeout=timeout, **options)
+
+
+def job_options(
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    spec: StepSpec | None,
+    *,
+    retry: Retry | None = None,
+    kind: str = STEP,
+) -> dict[str, Any]:
+    """What every job of a unit carries: its id, arguments, retries, TTL and callback."""
     what = "compensation of step" if kind == UNDO else "step"
-    options: dict[str, Any] = {
+    return {
         "args": (sequence_id, step_index, epoch) + ((kind,) if kind != STEP else ()),
         "job_id": job_id(sequence_id, step_index, epoch, kind),
         "retry": (retry or retry_of(spec)).to_rq(),
@@ -95,11 +114,25 @@ def enqueue_step(
         + (f" ({spec.name})" if spec is not None else ""),
         "on_failure": Callback(FAILURE_CALLBACK),
     }
+
+
+def enqueue_first_steps(sequence_ids: Sequence[int], queue: str, spec: StepSpec | None) -> None:
+    """Queue the first step of many new sequences in one Redis pipeline (one round trip).
+
+    The jobs are the ones ``enqueue_step`` would queue one by one: same ids, options
+    and serializer. Nothing is queued with ``SEQUENCE_TESTING``.
+    """
+    if settings.TESTING or not sequence_ids:
+        return
+    rq_queue = get_queue(queue_for(spec, queue))
     timeout = timeout_of(spec)
-    if delay:
-        rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
-    else:
-        rq_queue.enqueue_call(ENTRY_POINT, timeout=timeout, **options)
+    jobs = [
+        Queue.prepare_data(ENTRY_POINT, timeout=timeout, **job_options(pk, 0, 0, spec))
+        for pk in sequence_ids
+    ]
+    with rq_queue.connection.pipeline() as pipe:
+        rq_queue.enqueue_many(jobs, pipeline=pipe)
+        pipe.execute()
 
 
 def enqueue_retry(
