@@ -1,6 +1,8 @@
 # django-rq-sequence: build, check, test and demo.
 #
-#   make demo        100 sequences on two real workers, with a live progress bar
+#   make demo        100 sequences on two real workers, with a live progress bar, then a
+#                    tour: failure and compensation, pause, sleep, an event, a killed worker
+#   make admin       the admin on the demo's database (a superuser's password printed)
 #   make test        everything CI runs: lint, types, Django checks, the docs' strict
 #                    build, the package build, the suite on Python 3.12 + newest
 #                    Django 6 and Python 3.11 + Django 5.2 LTS, each on SQLite and PostgreSQL
@@ -43,11 +45,11 @@ PYTEST_ARGS ?=
 LTS_PYTEST_ARGS ?= -m "not slow" --ignore=tests/faults
 
 .PHONY: help env envs lint format typecheck check docs-build docs package static pytest test \
-	passes bench demo clean \
+	passes bench demo admin clean \
 	$(addprefix pass-,$(PASSES))
 
 help:
-	@sed -n '1,13s/^# \{0,1\}//p' Makefile
+	@sed -n '1,15s/^# \{0,1\}//p' Makefile
 
 # -- environments ---------------------------------------------------------------
 
@@ -171,6 +173,16 @@ demo: $(ENV_DEMO)/.installed
 	export REDIS_URL=$$($(PY_DEMO) scripts/redis_url.py --name demo --db 1); \
 	$(PY_DEMO) manage.py migrate --verbosity 0 && $(PY_DEMO) manage.py demo --flush || rc=$$?; \
 	$(PY_DEMO) scripts/redis_url.py --name demo --stop; exit $$rc
+
+# The admin on the demo's database: a superuser `admin` (made if missing) with a fresh
+# password, printed; runserver on a free local port until Ctrl-C; Redis for the admin's
+# queue figures, stopped on the way out.
+admin: $(ENV_DEMO)/.installed
+	@test -f $(DEMO_DB) || { echo "== admin: no demo database yet; run make demo first"; exit 1; }
+	@export SEQUENCE_DB_NAME=$(DEMO_DB); unset DATABASE_URL; \
+	stop() { $(PY_DEMO) scripts/redis_url.py --name demo --stop; }; trap stop EXIT; trap 'exit 130' INT TERM; \
+	export REDIS_URL=$$($(PY_DEMO) scripts/redis_url.py --name demo --db 1); \
+	$(PY_DEMO) manage.py demo_admin
 
 clean:
 	rm -rf .venvs test-output var/demo.sqlite3* var/check.sqlite3* var/site .mypy_cache .ruff_cache

@@ -35,6 +35,16 @@ OUT = HERE / "out"
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_NAMES = ("bench_sequence", "bench_sequence_admin")
 
+# The cost of waiting (bench.waiting): sleepers' wake-up lateness on one idle worker;
+# a wake pass and a sweep with many asleep against none. And start_many against start.
+WAITING = {"lateness": 1000, "holding": 100_000, "holding_reps": 20}
+START_MANY = {"start_many": 10_000}
+# What a plan that measures only some parts turns off.
+PART = {
+    "reps": 1, "queries": False, "matrix": False, "profile_seconds": 0, "scale": [],
+    "celery": False, "admin": False, "part": True,
+}  # fmt: skip
+
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
         "reps": 3,
@@ -56,6 +66,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "admin_rows": 1_000_000,
         "admin_reps": 5,
         "celery": True,
+        **WAITING,
+        **START_MANY,
     },
     "quick": {
         "reps": 1,
@@ -72,7 +84,14 @@ PLANS: dict[str, dict[str, Any]] = {
         "admin_rows": 20_000,
         "admin_reps": 3,
         "celery": True,
+        "lateness": 200,
+        "holding": 10_000,
+        "holding_reps": 5,
+        "start_many": 1000,
     },
+    # Parts, run alone (``--plan waiting,start_many``): everything else is off.
+    "waiting": {**PART, **WAITING},
+    "start_many": {**PART, **START_MANY},
 }
 
 
@@ -178,10 +197,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--plan",
-        choices=sorted(PLANS),
         default="full",
         help="Sizes and repetitions (default full; quick is a smoke test: small sizes, "
-        "one repetition, and it writes bench/out/RESULTS.md unless --output says otherwise).",
+        "one repetition, and it writes bench/out/RESULTS.md unless --output says otherwise). "
+        "Parts, comma-separated, measure only themselves: waiting, start_many; with "
+        "--output bench/RESULTS.md their sections replace theirs in the full table.",
     )
     parser.add_argument("--quick", action="store_true", help="Same as --plan quick.")
     parser.add_argument(
@@ -206,6 +226,13 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.plan = "quick"
+    names = args.plan.split(",")
+    unknown = [name for name in names if name not in PLANS]
+    if unknown or (len(names) > 1 and {"full", "quick"} & set(names)):
+        parser.error(
+            f"--plan {args.plan!r}: give full, quick, or parts among "
+            f"{', '.join(n for n in PLANS if PLANS[n].get('part'))} (comma-separated)."
+        )
     if args.output is None:
         args.output = str(HERE / "RESULTS.md" if args.plan == "full" else OUT / "RESULTS.md")
     return args
@@ -213,10 +240,13 @@ def parse_args() -> argparse.Namespace:
 
 def write_table(results: dict[str, Any], output: Path) -> None:
     """Write the table, or exit non-zero saying why not (the figures stay in results.json)."""
-    from bench.report import write
+    from bench.report import splice, write
 
     try:
-        write(results, output)
+        if results["plan"].get("part"):
+            splice(results, output)
+        else:
+            write(results, output)
         if "## Targets" not in output.read_text():
             raise RuntimeError("the written file has no Targets section")
     except Exception as exc:
@@ -243,7 +273,11 @@ def main() -> None:
         write_table(json.loads((OUT / "results.json").read_text()), Path(args.output))
         say(f"Wrote {args.output}")
         return
-    plan = dict(PLANS[args.plan])
+    plan: dict[str, Any] = {}
+    for name in args.plan.split(","):
+        plan.update(PLANS[name])
+    if not plan.get("admin", True):
+        args.no_admin = True
     if args.no_scale:
         plan["scale"] = []
     plan["scale_vendor"] = args.scale_on

@@ -25,7 +25,7 @@ django.setup()
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from bench import procs  # noqa: E402
+from bench import procs, waiting  # noqa: E402
 from bench.app import jobs  # noqa: E402
 from bench.app.models import HandChain  # noqa: E402
 from bench.app.sequences import Fifty, Five, Gate, Long  # noqa: E402
@@ -400,6 +400,9 @@ def main() -> None:
             profile_steps(plan, out, timings, result)
     if plan.get("scale") and plan.get("scale_vendor") in (None, connection.vendor):
         scale(plan, out, timings, result, phases)
+    waiting.run(
+        plan, out, result, lambda: Pool("recommended", "c", 1, out), reset_state, say, phases
+    )
     out_file.write_text(json.dumps(result, indent=1))
 
 

@@ -468,6 +468,123 @@ def profile_section(results: dict[str, Any], targets: Targets) -> list[str]:
     return out
 
 
+def waiting_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    """Wake-up lateness, and what sleepers cost the periodic passes and Redis."""
+    dbs = [db for db in results["databases"] if db.get("lateness") or db.get("holding")]
+    if not dbs:
+        return []
+    out = [
+        "## The cost of waiting",
+        "",
+        "Wake-up lateness: sequences whose first item is `Sleep(seconds=5)`, started with "
+        "`start_many` on one idle recommended worker with default settings (it wakes due "
+        "sleepers every 0.5 s, `SEQUENCE_WAKE_INTERVAL`); for each, the delay from its "
+        "wake-up time (`wake_at`, read from the row while it sleeps) to the start of the step "
+        "after the sleep (its history row's `started_at`). Redis keys: the bench's Redis "
+        "database with the worker idle, and at the moment most of them were asleep (less "
+        "the jobs of sleeps not yet begun, still queued then: a key each).",
+        "",
+        "| database | sleepers | median ms | p95 ms | max ms | Redis keys, idle "
+        "| Redis keys, most asleep |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for db in dbs:
+        late = db.get("lateness")
+        if not late:
+            continue
+        out.append(
+            f"| {VENDORS[db['vendor']]} | {late['sequences']:,} | {late['median_ms']:.0f} "
+            f"| {late['p95_ms']:.0f} | {late['max_ms']:.0f} | {late['redis_keys_idle']} "
+            f"| {late['redis_keys_asleep']} ({late['most_asleep']:,} asleep, "
+            f"{late.get('queued_jobs_then', 0)} jobs queued) |"
+        )
+        targets.add(
+            f"Wake-up lateness p95 < 1 s, {late['sequences']:,} sleepers, {VENDORS[db['vendor']]}",
+            f"{late['p95_ms']:.0f} ms",
+            late["p95_ms"] < 1000,
+        )
+        extra = late["redis_keys_asleep"] - late["redis_keys_idle"]
+        extra -= late.get("queued_jobs_then", 0)
+        targets.add(
+            f"No Redis keys per sleeper, {VENDORS[db['vendor']]}",
+            f"{extra:+d} keys with {late['most_asleep']:,} asleep",
+            extra <= 5,
+        )
+    holding = [db for db in dbs if db.get("holding")]
+    if holding:
+        out += [
+            "",
+            "Holding cost: one wake pass (`sequence.waiting.wake_due`) and one recovery sweep "
+            "(`sequence.recovery.sweep`), run in the driver process, with none asleep and "
+            "then with N rows sleeping until tomorrow (made with `bulk_create`). "
+            "Milliseconds, median (min-max) of the repetitions.",
+            "",
+            "| database | asleep | wake pass, none | wake pass, asleep | ratio | sweep, none "
+            "| sweep, asleep | ratio | Redis keys, none / asleep |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for db in holding:
+        h = db["holding"]
+        none, asleep = h["none"], h["asleep"]
+        ratios = {}
+        for part in ("wake_ms", "sweep_ms"):
+            ratios[part] = med(asleep[part]) / med(none[part])
+        out.append(
+            f"| {VENDORS[db['vendor']]} | {h['sleepers']:,} | {cell(none['wake_ms'], '{:.2f}')} "
+            f"| {cell(asleep['wake_ms'], '{:.2f}')} | **{ratios['wake_ms']:.2f}x** "
+            f"| {cell(none['sweep_ms'], '{:.2f}')} | {cell(asleep['sweep_ms'], '{:.2f}')} "
+            f"| **{ratios['sweep_ms']:.2f}x** | {none['redis_keys_after']} / "
+            f"{asleep['redis_keys_after']} |"
+        )
+        for part, name in (("wake_ms", "wake pass"), ("sweep_ms", "recovery sweep")):
+            targets.add(
+                f"One {name} with {h['sleepers']:,} asleep < 1.2x none, {VENDORS[db['vendor']]}",
+                f"{ratios[part]:.2f}x",
+                ratios[part] < 1.2,
+            )
+    return out
+
+
+def start_many_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    """start_many against as many start() calls, in the same run."""
+    dbs = [db for db in results["databases"] if db.get("start_many")]
+    if not dbs:
+        return []
+    out = [
+        "## Starting in bulk",
+        "",
+        "N sequences of one step started in the driver process (no worker), once with N "
+        "`start()` calls and once with one `start_many()`, each timed from the first call "
+        "to the last job queued (after the commit). Round trips: commands sent to Redis "
+        "on their own plus pipelines executed, counted on the queue's connection.",
+        "",
+        "| database | sequences | start() calls, s | start_many, s | speed-up "
+        "| queries, start() / start_many | Redis round trips, start() / start_many |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for db in dbs:
+        m = db["start_many"]
+        one, many = m["start"], m["start_many"]
+        speedup = one["seconds"] / many["seconds"]
+        out.append(
+            f"| {VENDORS[db['vendor']]} | {m['sequences']:,} | {one['seconds']:.2f} "
+            f"| {many['seconds']:.2f} | **{speedup:.1f}x** | {one['queries']:,} / "
+            f"{many['queries']:,} | {one['round_trips']:,} / {many['round_trips']:,} |"
+        )
+        targets.add(
+            f"start_many of {m['sequences']:,} >= 10x faster than start(), {VENDORS[db['vendor']]}",
+            f"{speedup:.1f}x",
+            speedup >= 10,
+        )
+        per_thousand = many["round_trips"] / max(1, m["sequences"] / 1000)
+        targets.add(
+            f"start_many <= 1 Redis round trip per 1,000 sequences, {VENDORS[db['vendor']]}",
+            f"{many['round_trips']} for {m['sequences']:,}",
+            per_thousand <= 1,
+        )
+    return out
+
+
 def run_section(results: dict[str, Any], targets: Targets) -> list[str]:
     """Where the bench's own run spent its time (not a measurement of anything compared)."""
     if not results.get("phases"):
@@ -555,6 +672,8 @@ def write(results: dict[str, Any], path: Path) -> None:
         scale_section,
         profile_section,
         admin_section,
+        waiting_section,
+        start_many_section,
         run_section,
     ):
         part = section(results, targets)
@@ -582,3 +701,52 @@ def write(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(head + body).rstrip() + "\n")
     if path.resolve() == (Path(__file__).resolve().parent / "RESULTS.md"):
         update_readme(results, path.resolve().parent.parent / "README.md")
+
+
+PARTS = (waiting_section, start_many_section)
+SEPARATELY = "- Measured separately:"
+
+
+def splice(results: dict[str, Any], path: Path) -> None:
+    """Write a partial run's sections and targets into the table at ``path``.
+
+    Its sections replace the same sections (or go before "The run itself"), its target
+    rows replace the same rows, and a line in the head says which command measured them
+    and when; the rest of the file, from the full run, is left as it was.
+    """
+    targets = Targets()
+    sections = [part for section in PARTS if (part := section(results, targets))]
+    text = path.read_text() if path.exists() else ""
+    if "## Targets" not in text:
+        text = "\n".join(
+            ["# Benchmark results", "", "## Targets", "", "| target | measured | verdict |",
+             "|---|---|---|", ""]
+        )  # fmt: skip
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    names = ", ".join(part[0].removeprefix("## ") for part in sections)
+    note = f"{SEPARATELY} {names}: `{results['command']}` ({results['elapsed']:.0f} s), {when}"
+    lines = [ln for ln in text.splitlines() if not (ln.startswith(SEPARATELY) and names in ln)]
+    heads = [i for i, ln in enumerate(lines) if ln.startswith("## ")]
+    lines.insert(heads[0] - 1 if heads[0] and not lines[heads[0] - 1] else heads[0], note)
+    # The Targets table: our rows out, then in again at its end.
+    mine = {target for target, _, _ in targets.lines}
+    lines = [ln for ln in lines if not any(ln.startswith(f"| {t} |") for t in mine)]
+    start = lines.index("## Targets")
+    end = start + 1
+    while end < len(lines) and (not lines[end].startswith("## ")):
+        end += 1
+    while not lines[end - 1].startswith("|"):
+        end -= 1
+    lines[end:end] = [f"| {t} | {m} | {v} |" for t, m, v in targets.lines]
+    for part in sections:
+        heads = [i for i, ln in enumerate(lines) if ln.startswith("## ")]
+        if part[0] in lines:
+            at = lines.index(part[0])
+            after = [i for i in heads if i > at]
+            stop = after[0] if after else len(lines)
+            lines[at:stop] = [*part, ""]
+        else:
+            run = [i for i in heads if lines[i] == "## The run itself"]
+            at = run[0] if run else len(lines)
+            lines[at:at] = [*part, ""]
+    path.write_text("\n".join(lines).rstrip() + "\n")

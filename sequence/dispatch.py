@@ -7,6 +7,7 @@ it through ``sequence.jobs.SequenceJob``, which refuses any other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -134,6 +135,25 @@ def enqueue_step(
         rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
     else:
         rq_queue.enqueue_call(ENTRY_POINT, timeout=timeout, **options)
+
+
+def enqueue_first_steps(sequence_ids: Sequence[int], queue: str, spec: StepSpec | None) -> None:
+    """Queue the first step of many new sequences in one Redis pipeline (one round trip).
+
+    The jobs are the ones ``enqueue_step`` would queue one by one: same ids, options
+    and serializer. Nothing is queued with ``SEQUENCE_TESTING``.
+    """
+    if settings.TESTING or not sequence_ids:
+        return
+    rq_queue = get_queue(queue_for(spec, queue))
+    timeout = timeout_of(spec)
+    jobs = [
+        Queue.prepare_data(ENTRY_POINT, timeout=timeout, **_options(pk, 0, 0, spec))
+        for pk in sequence_ids
+    ]
+    with rq_queue.connection.pipeline() as pipe:
+        rq_queue.enqueue_many(jobs, pipeline=pipe)
+        pipe.execute()
 
 
 def dispatch_many(records: list[SequenceRecord]) -> int:

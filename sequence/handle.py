@@ -7,12 +7,13 @@ an instance is a handle: load, refresh, wait, pause, resume, cancel, retry.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as ListOf
 from typing import Any, Self
 
 from django.db import models
 
-from sequence import registry, steering, waiting
+from sequence import bulk, registry, steering, waiting
 from sequence.definitions import D, SequenceDefinition
 from sequence.exceptions import (
     SequenceCanceled,
@@ -82,6 +83,22 @@ class Sequence(SequenceDefinition[D]):
             except UnknownSequence:
                 continue
         return found
+
+    @classmethod
+    def start_many(
+        cls,
+        datas: Iterable[Mapping[str, Any] | None],
+        *,
+        keys: ListOf[str | None] | None = None,
+        subjects: ListOf[models.Model | None] | None = None,
+        queue: str | None = None,
+    ) -> list[Self]:
+        """Start a sequence per element of ``datas``: rows in batches, one Redis round trip.
+
+        Every element is checked before anything is saved; the handles come back in order.
+        """
+        records = bulk.start_many(cls, datas, keys=keys, subjects=subjects, queue=queue)
+        return [cls._bind(record) for record in records]
 
     @classmethod
     def get(cls, id: int | str | None = None, *, key: str | None = None) -> Self:

@@ -22,7 +22,7 @@ from django.utils import timezone
 from sequence import hooks, points, registry, signals, transitions
 from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import dispatch_record
+from sequence.dispatch import dispatch_many, dispatch_record
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.failure import announce_failure, fail_for_good, undo_start
 from sequence.items import Sleep, WaitFor
@@ -160,11 +160,16 @@ def wake_due(*, pk: int | None = None, limit: int = WAKE_BATCH) -> int:
     Reads only what is due (the partial index on ``wake_at``); each row moves once
     however many processes wake at the same time. Returns how many moved.
     """
-    due = SequenceRecord.objects.filter(status__in=ASLEEP, wake_at__lte=Now())
+    # On wake_at alone, so that the partial index on it is the one read: what is due.
+    due = SequenceRecord.objects.filter(wake_at__isnull=False, wake_at__lte=Now())
     if pk is not None:
         due = due.filter(pk=pk)
-    moved = 0
-    for record in due.order_by("wake_at")[:limit]:
+    rows = [r for r in due.order_by("wake_at")[:limit] if r.status in ASLEEP]
+    sleepers = [r.pk for r in rows if r.status == Status.SLEEPING and r.step_index < len(r.plan)]
+    moved = _wake_sleepers(sleepers) if sleepers else 0
+    for record in rows:
+        if record.pk in sleepers:
+            continue
         try:
             moved += _wake(record)
         except Exception:
@@ -172,6 +177,33 @@ def wake_due(*, pk: int | None = None, limit: int = WAKE_BATCH) -> int:
                 "Sequence %s: could not wake it; the next pass tries again.", record.pk
             )
     return moved
+
+
+def _wake_sleepers(ids: list[int]) -> int:
+    """Wake these sleepers in one statement; queue their next steps in one pipeline."""
+    with transaction.atomic():
+        changed = transitions.bulk.wake(SequenceRecord.objects.filter(pk__in=ids))
+        if changed:
+            transaction.on_commit(lambda: _dispatch_woken(changed), robust=True)
+    return len(changed)
+
+
+def _dispatch_woken(changed: list[Any]) -> None:
+    records = [
+        SequenceRecord(
+            pk=row.id,
+            name=row.name,
+            status=row.status,
+            step_index=row.step_index,
+            epoch=row.epoch,
+            queue=row.queue,
+            plan=row.plan,
+        )
+        for row in changed
+    ]
+    for record in records:
+        points.fire("after_wake", sequence=record.pk, step=record.step_index, epoch=record.epoch)
+    dispatch_many(records)
 
 
 def _wake(record: SequenceRecord) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.app.jobs import gate
 from bench.app.timing import timed_work
-from sequence import Sequence, Step
+from sequence import Sequence, Sleep, Step
 
 
 class Work(Step):
@@ -33,3 +33,23 @@ class Hold(Step):
 
 class Gate(Sequence):
     steps = [Hold]
+
+
+def after_nap(data: dict[str, object]) -> None:
+    """The step after the sleep: its history row's start is when the sequence woke."""
+
+
+class Nap(Sequence):
+    """For the wake-up lateness: sleep 5 s, then one step."""
+
+    steps = [Sleep(seconds=5), after_nap]
+
+
+def first(data: dict[str, object]) -> None:
+    """Never run: start_many's bench queues it without a worker."""
+
+
+class Started(Sequence):
+    """For start_many against start: what starting costs, nothing run."""
+
+    steps = [first]

@@ -117,3 +117,22 @@ def cancel(queryset: QuerySet[SequenceRecord]) -> list[Changed]:
         [Status.CANCELED],
         Status.CANCELED,
     )
+
+
+def wake(queryset: QuerySet[SequenceRecord]) -> list[Changed]:
+    """Sleepers of ``queryset`` whose time came, pending with their next step due.
+
+    For sleeps that are not the last item of their plan (a last one completes the
+    sequence: ``transitions.wake``, one row at a time). Conditional on the wake-up
+    time, so two passes racing each other wake each row once.
+    """
+    now = now_sql()
+    return _update(
+        queryset.filter(status=Status.SLEEPING, wake_at__isnull=False).extra(
+            where=[f"wake_at <= {now}"]
+        ),
+        "wake",
+        f"status = %s, epoch = epoch + 1, wake_at = NULL, dispatch_due = {now}, updated_at = {now}",
+        [Status.PENDING],
+        Status.PENDING,
+    )

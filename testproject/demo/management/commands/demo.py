@@ -1,8 +1,10 @@
 """``manage.py demo``: many ContactFormSequence runs on real workers, with a progress bar.
 
 Starts worker processes (``manage.py sequence worker``), starts the sequences, shows
-their progress until every one has finished, prints a summary table, and stops every
-process it started, by process group, also on Ctrl-C or an error.
+their progress until every one has finished, prints a summary table, then takes the
+tour (``testproject.demo.tour``: a failure that compensates, pause and resume, a sleep,
+an event, a worker killed mid-step and recovered), and stops every process it started,
+by process group, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ from rq import Worker
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import TERMINAL, Outcome, Status
 from testproject.demo.sequences import ContactFormSequence
+from testproject.demo.tour import Tour
+
+# The demo's workers beat often and are given up for dead soon, and sweep every second,
+# so that the worker the tour kills is noticed within seconds (defaults: 5, 30, 60).
+FAST_RECOVERY = {
+    "SEQUENCE_WORKER_HEARTBEAT": "0.5",
+    "SEQUENCE_WORKER_DEAD_AFTER": "3",
+    "SEQUENCE_RECOVER_INTERVAL": "1",
+}
 
 NAMES = ["Ada", "Grace", "Joel", "Linus", "Margaret", "Guido", "Barbara", "Ken", "Frances"]
 
@@ -39,6 +50,18 @@ class WorkerPool:
         self.logs = logs
         self.queue = queue
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed: set[int] = set()
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs if proc.pid not in self.killed]
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL one worker process (not its group: its scheduler goes at stop())."""
+        if pid not in self.pids:
+            raise CommandError(f"{pid} is not one of the demo's live workers.")
+        self.killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
 
     def start(self, n: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -49,7 +72,7 @@ class WorkerPool:
                     subprocess.Popen(
                         [sys.executable, str(manage), "sequence", "worker", self.queue],
                         cwd=settings.BASE_DIR,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                        env={**os.environ, **FAST_RECOVERY, "PYTHONUNBUFFERED": "1"},
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -64,7 +87,7 @@ class WorkerPool:
 
     def check_alive(self) -> None:
         for index, proc in enumerate(self.procs):
-            if proc.poll() is not None:
+            if proc.pid not in self.killed and proc.poll() is not None:
                 raise CommandError(
                     f"Worker {index} (pid {proc.pid}) exited with status {proc.returncode}; "
                     f"its log ends:\n{self.tail(index)}"
@@ -261,6 +284,15 @@ class Command(BaseCommand):
         self.summary(ids, snap)
         if snap.statuses[Status.FAILED]:
             raise CommandError(f"{snap.statuses[Status.FAILED]} sequences failed.")
+        self.stdout.write("")
+        head = "The tour: a failure, a pause, a sleep, an event, a killed worker"
+        self.stdout.write(self.style.MIGRATE_HEADING(head) if color else head)
+        Tour(self.stdout, pool, conn).run()
+        self.stdout.write("")
+        self.stdout.write(
+            "Every sequence above, with its history, is in the admin on the demo database:\n"
+            "  make admin    (a superuser and its password are printed, then the URL)"
+        )
 
     def wait_for_workers(self, pool: WorkerPool, conn: Any, n: int) -> None:
         deadline = time.monotonic() + 30
