@@ -10,8 +10,10 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rq.registry import StartedJobRegistry
 
 from sequence import signals
+from sequence.dispatch import get_queue
 from sequence.models import SequenceQuerySet, SequenceRecord, StepAttempt
 from sequence.states import TERMINAL, Status
 from testproject.testapp.models import Ledger
@@ -158,9 +160,7 @@ def test_the_command_steers_by_name_and_status_and_prints_the_count():
 @pytest.mark.django_db(transaction=True)
 def test_ten_thousand_running_sequences_pause_in_one_update_and_no_step_starts_after(workers):
     total = 10_000
-    with transaction.atomic():
-        for _ in range(total):
-            Slow.start({"sleep": 0.01})
+    Slow.start_many([{"sleep": 0.01}] * total)
     workers.start(2)
     wait_for(lambda: Ledger.objects.count() >= 20, timeout=60, message="steps running")
 
@@ -178,7 +178,8 @@ def test_ten_thousand_running_sequences_pause_in_one_update_and_no_step_starts_a
     # Every job still queued is delivered after the call returned: each finds its
     # sequence paused and ends without starting its step.
     wait_for(lambda: not queued_jobs(), timeout=240, message="the queue drained")
-    time.sleep(1)  # the last delivered jobs end
+    started = StartedJobRegistry(queue=get_queue("default"))
+    wait_for(lambda: not started.get_job_ids(), timeout=30, message="the last jobs ended")
     assert not StepAttempt.objects.filter(started_at__gt=returned).exists()
     assert not SequenceRecord.objects.filter(claimed_at__gt=returned).exists()
     assert Slow.records().exclude(status__in=[Status.PAUSED, Status.COMPLETED]).count() == 0
