@@ -113,7 +113,7 @@ def run_item(ic: ItemClaim, retries_left: int) -> None:
     if what == "finish":
         _finish(record.pk, cls, spec, record.claim_token or "")
     elif what == "fail":
-        _fail(record.pk, cls, spec)
+        fail_sequence(record.pk, cls, spec)
 
 
 def _failed(
@@ -132,7 +132,20 @@ def _failed(
     else:
         logger.error("Sequence %s failed for good, as %s: %s", name, reason, error)
     if outcome == "fail":
-        _fail(record.pk, cls, spec)
+        fail_sequence(record.pk, cls, spec)
+
+
+def settle(record: SequenceRecord) -> None:
+    """A ForEach with no element in flight that its last element's job did not move on
+    (its worker died after the element's commit): finish it, or fail it. For the sweep."""
+    cls = get_sequence_class(record.name)
+    spec = cls.step_named(record.plan[record.step_index])
+    if spec is None or spec.each is None:
+        return
+    if record.items_failed:
+        fail_sequence(record.pk, cls, spec)
+    elif record.items_done >= (record.items_total or 0):
+        _finish(record.pk, cls, spec, record.claim_token or "")
 
 
 def _finish(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec, token: str) -> None:
@@ -161,7 +174,7 @@ def _finish(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec, tok
         hooks.send(signals.sequence_completed, cls, sequence=handle)
 
 
-def _fail(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec) -> None:
+def fail_sequence(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec) -> None:
     """An element failed for good and none is in flight: fail the sequence, compensating
     the elements that succeeded (and the completed steps before) first."""
     record = SequenceRecord.objects.get(pk=sequence_id)

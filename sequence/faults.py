@@ -190,12 +190,13 @@ def deliver(
     worker: str = "test",
     token: str | None = None,
     kind: str = STEP,
+    item: int | None = None,
 ) -> None:
     """Run one step job (or compensation job) in this process, as worker ``worker`` would
     (no RQ involved)."""
     reset = runner.execution.set(runner.Execution(worker=worker, token=token))
     try:
-        runner.run_step(sequence_id, step_index, epoch, kind)
+        runner.run_step(sequence_id, step_index, epoch, kind, item)
     finally:
         runner.execution.reset(reset)
 

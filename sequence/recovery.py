@@ -31,15 +31,27 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import BooleanField, Case, CharField, F, Func, IntegerField, Q, QuerySet, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    CharField,
+    Exists,
+    F,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    When,
+)
 from django.db.models.functions import Now
 
-from sequence import points, transitions
+from sequence import fanout, points, transitions
 from sequence.conf import settings
 from sequence.definitions import StepSpec
-from sequence.dispatch import confirm_dispatch, dispatch_record, unit_of
+from sequence.dispatch import ITEM, confirm_dispatch, dispatch, dispatch_record, unit_of
 from sequence.failure import after_walk, undo_after, undo_start
-from sequence.models import Position, SequenceRecord, WorkerBeat, ago
+from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord, WorkerBeat, ago
 from sequence.registry import find_step, registered
 from sequence.rqview import LiveJobs, dead_workers, step_name
 from sequence.states import MOVING, Status
@@ -179,12 +191,68 @@ def sweep(grace: float | None = None) -> SweepResult:
         _lost_jobs(batch, jobs, result)
     for batch in _batches(overdue(grace), size):
         _overdue_entries(batch, jobs, result)
+    _sweep_items(grace, jobs, result)
     # Sleepers due while no worker ran (the workers' own passes wake the rest on time).
     result.woken = wake_due()
     WorkerBeat.objects.filter(last_seen__lt=ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
     if result.redispatched or result.failed or result.released:
         logger.warning("Recovery sweep: %s", result)
     return result
+
+
+def _sweep_items(grace: float, jobs: LiveJobs, result: SweepResult) -> None:
+    """ForEach elements: claims whose worker died, and queued ones whose job was lost."""
+    size = max(1, int(settings.SWEEP_BATCH))
+    dead = dead_workers().values("name")
+    held = SequenceItem.objects.filter(lease_until__isnull=False).filter(
+        Q(lease_until__lt=Now()) | Q(claimed_by__in=dead)
+    )
+    for item in held.select_related("sequence").order_by("pk")[:size]:
+        give_up = item.recoveries >= settings.MAX_RECOVERIES
+        _recover_item(item, f"worker {item.claimed_by or '?'} died in it", result, give_up)
+    # A ForEach whose last element committed but whose worker died before moving it on.
+    busy = SequenceItem.objects.filter(
+        sequence=OuterRef("pk"),
+        step_index=OuterRef("step_index"),
+        status__in=[ItemStatus.QUEUED, ItemStatus.RUNNING, ItemStatus.RETRYING],
+    )
+    idle = SequenceRecord.objects.filter(
+        items_total__isnull=False, claim_token__isnull=False, updated_at__lt=ago(grace)
+    ).filter(Q(items_failed__gt=0) | Q(items_done__gte=F("items_total")))
+    for record in idle.exclude(Exists(busy)).order_by("pk")[:size]:
+        result.redispatched.append(record.pk)
+        fanout.settle(record)
+    waiting = SequenceItem.objects.filter(
+        status__in=[ItemStatus.QUEUED, ItemStatus.RETRYING],
+        claim_token__isnull=True,
+        dispatch_due__lt=ago(grace),
+    )
+    items = list(waiting.select_related("sequence").order_by("pk")[:size])
+    live = jobs.live_items(items)
+    for item in items:
+        if item.pk not in live:
+            _recover_item(item, "RQ holds no job for it", result, give_up=False)
+        else:
+            SequenceItem.objects.filter(pk=item.pk, dispatch_due__isnull=False).update(
+                dispatch_due=None
+            )
+
+
+def _recover_item(item: SequenceItem, reason: str, result: SweepResult, give_up: bool) -> None:
+    outcome = transitions.fanout.recover_item(item, reason, give_up=give_up)
+    record = item.sequence
+    if outcome == "requeued":
+        result.redispatched.append(record.pk)
+        spec = find_step(record.name, record.plan[item.step_index])
+        dispatch(
+            record.pk, item.step_index, record.epoch, record.queue, spec, kind=ITEM, item=item.index
+        )
+    elif outcome == "fail":
+        result.failed.append(record.pk)
+        cls = registered().get(record.name)
+        spec = cls.step_named(record.plan[item.step_index]) if cls is not None else None
+        if cls is not None and spec is not None:
+            fanout.fail_sequence(record.pk, cls, spec)
 
 
 def _lost_jobs(batch: list[SequenceRecord], jobs: LiveJobs, result: SweepResult) -> None:

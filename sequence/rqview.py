@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from rq.utils import utcparse
 
 from sequence.conf import settings
-from sequence.dispatch import get_queue, job_id, queue_for, server_of, unit_of
-from sequence.models import SequenceRecord, WorkerBeat, ago
+from sequence.dispatch import ITEM, get_queue, job_id, queue_for, server_of, unit_of
+from sequence.models import SequenceItem, SequenceRecord, WorkerBeat, ago
 from sequence.registry import find_step
 
 # A queue longer than this is not read whole to check that a job is in it; its jobs
@@ -24,6 +25,11 @@ SCAN_LIMIT = 100_000
 
 # Job ids read from a queue's list per LRANGE when the sweep reads it.
 LISTING_CHUNK = 1000
+
+# Seconds after which a job "started" by a worker that keeps no beats of ours (RQ's own
+# rqworker) and whose RQ heartbeat stopped counts as lost: RQ's workers beat every job
+# at least every 60 s (their job monitoring interval is at most 30 s).
+STARTED_JOB_SILENCE = 90
 
 # Seconds a job may sit in RQ's intermediate list (taken by a worker, not started)
 # before the sweep calls it lost.
@@ -40,6 +46,10 @@ def dead_workers() -> QuerySet[WorkerBeat]:
 def _unit_at(record: SequenceRecord) -> tuple[int, int, str, int | None]:
     index, kind, item = unit_of(record)
     return index, record.epoch, kind, item
+
+
+def _at(plan: list[str], index: int) -> str | None:
+    return str(plan[index]) if index < len(plan) else None
 
 
 def step_name(record: SequenceRecord) -> str | None:
@@ -86,13 +96,14 @@ class LiveJobs:
         job_key = items[0][1].job_class.key_for
         with connection.pipeline(transaction=False) as pipe:
             for _, _, jid in items:
-                pipe.hmget(job_key(jid), "status", "worker_name")
+                pipe.hmget(job_key(jid), "status", "worker_name", "last_heartbeat")
             found = pipe.execute()
         live: set[int] = set()
         queued: list[tuple[SequenceRecord, Any, str]] = []
         scheduled: list[tuple[SequenceRecord, Any, str]] = []
         started: dict[str, list[int]] = {}
-        for (record, queue, jid), (status, worker) in zip(items, found, strict=True):
+        beats: dict[int, Any] = {}
+        for (record, queue, jid), (status, worker, beat) in zip(items, found, strict=True):
             status = status.decode() if isinstance(status, bytes) else status
             if status == "queued":
                 queued.append((record, queue, jid))
@@ -103,11 +114,9 @@ class LiveJobs:
             elif status == "started":
                 name = worker.decode() if isinstance(worker, bytes) else (worker or "")
                 started.setdefault(name, []).append(record.pk)
+                beats[record.pk] = beat
         if started:
-            dead = set(dead_workers().filter(name__in=list(started)).values_list("name", flat=True))
-            for name, pks in started.items():
-                if name not in dead:
-                    live.update(pks)
+            live |= self._started(started, beats)
         live |= self._queued(connection, queued)
         if scheduled:
             with connection.pipeline(transaction=False) as pipe:
@@ -115,6 +124,47 @@ class LiveJobs:
                     pipe.zscore(queue.scheduled_job_registry.key, jid)
                 scores = pipe.execute()
             live.update(r.pk for (r, _, _), score in zip(scheduled, scores, strict=True) if score)
+        return live
+
+    def live_items(self, items: Iterable[SequenceItem]) -> set[int]:
+        """Which ForEach elements (rows with their sequence selected) have a live job."""
+        groups: dict[tuple[Any, ...], list[tuple[Any, Any, str]]] = {}
+        for item in items:
+            record = item.sequence
+            spec = find_step(record.name, _at(record.plan, item.step_index))
+            queue = get_queue(queue_for(spec, record.queue))
+            jid = job_id(record.pk, item.step_index, record.epoch, ITEM, item.index)
+            groups.setdefault(server_of(queue), []).append((item, queue, jid))
+        live: set[int] = set()
+        for group in groups.values():
+            live |= self._check(group)
+        return live
+
+    def _started(self, started: dict[str, list[int]], beats: dict[int, Any]) -> set[int]:
+        """Of jobs a worker started, those whose worker may still be running them.
+
+        A worker of ours says so with its beats (``WorkerBeat``). Another (django-rq's
+        ``rqworker``) is judged by the job's own heartbeat in RQ: a job whose worker was
+        killed stops beating, though it stays "started" in RQ until RQ's own cleanup.
+        """
+        names = list(started)
+        known = set(WorkerBeat.objects.filter(name__in=names).values_list("name", flat=True))
+        dead = set(dead_workers().filter(name__in=names).values_list("name", flat=True))
+        cutoff = time.time() - STARTED_JOB_SILENCE
+        live: set[int] = set()
+        for name, pks in started.items():
+            if name in dead:
+                continue
+            if name in known:
+                live.update(pks)
+                continue
+            for pk in pks:
+                beat = _text(beats.get(pk) or "")
+                try:
+                    if beat and utcparse(beat).timestamp() >= cutoff:
+                        live.add(pk)
+                except ValueError:
+                    live.add(pk)  # a heartbeat we cannot read: assume alive
         return live
 
     def _listing(self, connection: Any, queue: Any) -> _IdSet | None:

@@ -27,11 +27,11 @@ from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from sequence import runner
-from sequence.dispatch import retry_of, unit_of
+from sequence.dispatch import ITEM, retry_of, unit_of
 from sequence.exceptions import SequenceError
-from sequence.models import SequenceRecord
+from sequence.models import ItemStatus, SequenceItem, SequenceRecord
 from sequence.registry import spec_for
-from sequence.states import MOVING, Status
+from sequence.states import FANNING, MOVING, Status
 from sequence.waiting import wake_due
 
 __all__ = ["MAX_ROUNDS", "DrainLoop", "drain"]
@@ -61,10 +61,13 @@ def drain(*, skip_sleeps: bool = True, fail_fast: bool = False) -> int:
     for _ in range(MAX_ROUNDS):
         _wake(skip_sleeps)
         due = list(_due(skip_sleeps))
-        if not due:
+        items = list(_due_items())
+        if not due and not items:
             return attempts
         for record in due:
             attempts += _run(record, fail_fast)
+        for element in items:
+            attempts += _run_item(element, fail_fast)
     still = list(_due(skip_sleeps).values_list("pk", flat=True)[:10])
     raise DrainLoop(
         f"drain() ran {MAX_ROUNDS} rounds and sequences {still!r} are still due: a step, "
@@ -97,6 +100,34 @@ def _position(pk: int) -> tuple[object, ...] | None:
         .values_list("status", "step_index", "epoch", "attempt", "undo_index", "claim_token")
         .first()
     )
+
+
+def _due_items() -> QuerySet[SequenceItem]:
+    """ForEach elements whose job a worker would run now: queued or retrying, unclaimed."""
+    return (
+        SequenceItem.objects.filter(
+            status__in=[ItemStatus.QUEUED, ItemStatus.RETRYING],
+            claim_token__isnull=True,
+            sequence__status__in=FANNING,
+        )
+        .select_related("sequence")
+        .order_by("sequence_id", "index")
+    )
+
+
+def _run_item(element: SequenceItem, fail_fast: bool) -> int:
+    """Run one element as a worker would; 1 (an attempt ran, or was refused and ends)."""
+    record = element.sequence
+    left = max(0, retry_of(spec_for(record, element.step_index)).max - element.attempt)
+    reset = runner.execution.set(runner.Execution(worker=WORKER, retries_left=left))
+    try:
+        runner.run_step(record.pk, element.step_index, record.epoch, ITEM, element.index)
+    except Exception:
+        if fail_fast:
+            raise
+    finally:
+        runner.execution.reset(reset)
+    return 1
 
 
 def _run(record: SequenceRecord, fail_fast: bool) -> int:

@@ -227,3 +227,19 @@ def test_drain_can_leave_sleeps_asleep(db):
     drain(skip_sleeps=False)
     seq.refresh()
     assert seq.status == "sleeping"
+
+
+@TESTING
+def test_drain_runs_a_foreach_element_by_element(db):
+    from testproject.testapp.sequences import FlakySquares, UnluckySquares
+
+    seq = FlakySquares(numbers=[1, 2, 3, 4])
+    drain()
+    seq.refresh()
+    assert seq.status == "completed"
+    assert [r["n"] for r in seq.data["squares"]] == [1, 4, 9, 16]
+    failing = UnluckySquares(numbers=[1, 13])
+    drain()
+    failing.refresh()
+    assert failing.status == "failed"
+    assert "element 1 failed: unlucky" in failing.error

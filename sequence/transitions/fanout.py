@@ -203,7 +203,8 @@ def fail_item(ic: ItemClaim, error: str, tb: str, *, will_retry: bool) -> str:
     flight after it failed for good: fail the sequence) or ``"wait"`` (others run on)."""
     with transaction.atomic():
         status = ItemStatus.RETRYING if will_retry else ItemStatus.FAILED
-        if not ic.mine().update(status=status, error=error, **RELEASED):
+        due = Now() if will_retry else None  # RQ holds the retry; the sweep checks it is there
+        if not ic.mine().update(status=status, error=error, dispatch_due=due, **RELEASED):
             ic.settled = True
             return "wait"
         history.write(ic.entry(Outcome.FAILED, error, tb))
@@ -233,14 +234,21 @@ def finish(record: SequenceRecord, data: dict[str, Any], token: str) -> Status |
         "recoveries": 0, "error": "", "updated_at": Now(), **RELEASED,
     }  # fmt: skip
     target = Status.COMPLETED if last else Status.PENDING
-    if rows.filter(status__in=sources("fan_in", target)).update(
-        status=target, dispatch_due=None if last else Now(),
-        finished_at=Now() if last else None, **moved,
-    ):  # fmt: skip
-        return target
-    for held in (Status.PAUSED, Status.CANCELED):
-        if rows.filter(status__in=sources("fan_in", held)).update(**moved):
-            return held
+    entry = history.Entry(
+        record.pk, record.step_index, record.plan[record.step_index], record.epoch, 1,
+        Outcome.SUCCEEDED, record.claimed_at or timezone.now(), "",
+    )  # fmt: skip
+    with transaction.atomic():
+        if rows.filter(status__in=sources("fan_in", target)).update(
+            status=target, dispatch_due=None if last else Now(),
+            finished_at=Now() if last else None, **moved,
+        ):  # fmt: skip
+            history.write(entry)
+            return target
+        for held in (Status.PAUSED, Status.CANCELED):
+            if rows.filter(status__in=sources("fan_in", held)).update(**moved):
+                history.write(entry)
+                return held
     return None
 
 
@@ -263,3 +271,44 @@ def fail_fan_out(
         **RELEASED,
     )  # fmt: skip
     return ending["status"] if changed else None
+
+
+def recover_item(item: SequenceItem, reason: str, *, give_up: bool) -> str:
+    """A ForEach element whose worker died (or whose job was lost), if still as read.
+
+    Its claim is dropped and it is queued again (``"requeued"``: queue its job); with
+    ``give_up`` (it was recovered SEQUENCE_MAX_RECOVERIES times) it fails for good
+    instead (``"failed"``, or ``"fail"`` when it was the last in flight: fail the
+    sequence). ``""`` if it moved meanwhile.
+    """
+    rows = SequenceItem.objects.filter(
+        pk=item.pk, status=item.status, claim_token=item.claim_token, attempt=item.attempt
+    )
+    record = SequenceRecord.objects.get(pk=item.sequence_id)
+    entry = history.Entry(
+        record.pk, item.step_index, record.plan[item.step_index], record.epoch, item.attempt,
+        Outcome.LOST, item.claimed_at or timezone.now(), item.claimed_by, reason, "", item.index,
+    )  # fmt: skip
+    with transaction.atomic():
+        if not give_up:
+            if not rows.update(
+                status=ItemStatus.QUEUED, recoveries=F("recoveries") + 1, dispatch_due=Now(),
+                **RELEASED,
+            ):  # fmt: skip
+                return ""
+            if item.claim_token is not None:
+                history.write(entry)
+            return "requeued"
+        if not rows.update(status=ItemStatus.FAILED, error=reason, **RELEASED):
+            return ""
+        history.write(entry)
+        SequenceRecord.objects.filter(pk=record.pk).update(
+            items_failed=F("items_failed") + 1, updated_at=Now()
+        )
+        SequenceItem.objects.filter(
+            sequence_id=record.pk, step_index=item.step_index, status=ItemStatus.QUEUED
+        ).update(status=ItemStatus.PENDING, dispatch_due=None)
+        in_flight = SequenceItem.objects.filter(
+            sequence_id=record.pk, step_index=item.step_index, status__in=IN_FLIGHT
+        ).exists()
+    return "failed" if in_flight else "fail"

@@ -15,6 +15,7 @@ Invariants, for every sequence the test started:
 6. Atomic steps (Effect) and idempotency-ledger steps (Payment) show their effect once
    per committed step, and never for an uncommitted one.
 7. Nothing is stuck: every sequence ended in a status the test expected.
+9. ForEach elements: each recorded as succeeded once; a completed sequence has all.
 8. Compensations: once a walk ended, every completed step that defines compensate() has
    exactly one final record (compensated, or its last compensation_failed), none is
    compensated twice, and they ran last step first; a compensation is claimed only
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection
+from django.db.models import Count
 
-from sequence.models import SequenceRecord, StepAttempt
+from sequence.models import SequenceItem, SequenceRecord, StepAttempt
 from sequence.states import Outcome, Status
 from testproject.testapp.models import BodyRun, Effect, Journal, Payment
 
@@ -83,7 +85,7 @@ def check(
         journal[row.seq_id].append(row)
     succeeded: dict[int, Counter[int]] = defaultdict(Counter)
     for seq_id, index in StepAttempt.objects.filter(
-        sequence_id__in=ids, outcome="succeeded"
+        sequence_id__in=ids, outcome="succeeded", item__isnull=True
     ).values_list("sequence_id", "step_index"):
         succeeded[seq_id][index] += 1
     report.recoveries = StepAttempt.objects.filter(sequence_id__in=ids, outcome="lost").count()
@@ -206,10 +208,33 @@ def check(
                 f"#{seq_id}: ended {record.status} at step {record.step_index}, expected {sorted(allowed)}"
             )
         v.extend(_compensation_violations(record))
+        v.extend(_element_violations(record))
     report.statuses = dict(statuses)
     if write:
         _write(report)
     return report
+
+
+def _element_violations(record: SequenceRecord) -> list[str]:
+    """Invariant 9: each ForEach element of a completed sequence succeeded exactly once in
+    the history, and its result is in place."""
+    found = []
+    rows = StepAttempt.objects.filter(
+        sequence_id=record.pk, item__isnull=False, outcome=Outcome.SUCCEEDED
+    )
+    per_item = Counter(rows.values_list("step_index", "item"))
+    found += [f"#{record.pk}: element {k} recorded {n} times" for k, n in per_item.items() if n > 1]
+    if record.status != Status.COMPLETED:
+        return found
+    for step_index, total in (
+        SequenceItem.objects.filter(sequence_id=record.pk)
+        .values_list("step_index")
+        .annotate(n=Count("pk"))
+    ):
+        done = sum(1 for (s, _k) in per_item if s == step_index)
+        if done != total:
+            found.append(f"#{record.pk}: {done} of {total} elements recorded at step {step_index}")
+    return found
 
 
 def _compensation_violations(record: SequenceRecord) -> list[str]:
