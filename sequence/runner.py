@@ -94,18 +94,7 @@ def run_step(
     entered = time.monotonic()
     job = get_current_job()
     context = execution.get()
-    worker = (
-        (context and context.worker)
-        or (job and job.worker_name)
-        or f"{socket.gethostname()}:{os.getpid()}"
-    )
-    token = (context and context.token) or uuid.uuid4().hex
-    if job is not None:
-        retries_left = job.retries_left or 0
-    else:
-        retries_left = context.retries_left if context is not None else 0
-    # The job was queued with the step's timeout: the lease must outlast it.
-    timeout = int((job and job.timeout) or settings.TIMEOUT)
+    worker, token, retries_left, timeout = _who(job, context)
     if kind in (UNDO, ITEM):
         unit = (sequence_id, step_index, epoch, item, worker, token, timeout, entered)
         run = _run_undo if kind == UNDO else _run_item
@@ -116,29 +105,9 @@ def run_step(
                 job.retries_left = 0  # failed for good before RQ's retries ran out
             raise
         return
-    try:
-        claim = transitions.claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
-    except (OperationalError, InterfaceError):
-        # The step did not start: RQ's retry of this job must not count as an attempt.
-        if job is not None and job.retries_left:
-            job.retries_left += 1
-        connection.close()
-        raise
+    claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered, job)
     if claim is None:
-        record = _current(sequence_id)
-        if (
-            record is not None
-            and (record.status, record.step_index, record.epoch)
-            == (Status.FAILED, step_index, epoch)
-            and job is not None
-            and requeued_by_hand(job)
-        ):
-            claim = transitions.claim(
-                sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
-            )
-        if claim is None:
-            _stale(record, sequence_id, step_index, epoch)
-            return
+        return
     if timeout > 0 and job is not None and job.started_at is not None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
     inline = context.inline if context is not None else None
@@ -151,6 +120,59 @@ def run_step(
         raise
     while follow is not None and inline is not None:
         follow = _run_inline(follow, worker, token, inline, may_inline)
+
+
+def _who(job: Any, context: Execution | None) -> tuple[str, str, int, int]:
+    """Who runs the job (worker, claim token), the retries RQ has left, and the timeout."""
+    worker = (
+        (context and context.worker)
+        or (job and job.worker_name)
+        or f"{socket.gethostname()}:{os.getpid()}"
+    )
+    token = (context and context.token) or uuid.uuid4().hex
+    if job is not None:
+        retries_left = job.retries_left or 0
+    else:
+        retries_left = context.retries_left if context is not None else 0
+    # The job was queued with the step's timeout: the lease must outlast it.
+    timeout = int((job and job.timeout) or settings.TIMEOUT)
+    return worker, token, retries_left, timeout
+
+
+def _claim(
+    sequence_id: int,
+    step_index: int,
+    epoch: int,
+    worker: str,
+    token: str,
+    timeout: int,
+    entered: float,
+    job: Any,
+) -> Claim | None:
+    """Claim the step, or end a stale job (queueing a successor whose dispatch was lost)."""
+    try:
+        claim = transitions.claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
+    except (OperationalError, InterfaceError):
+        # The step did not start: RQ's retry of this job must not count as an attempt.
+        if job is not None and job.retries_left:
+            job.retries_left += 1
+        connection.close()
+        raise
+    if claim is not None:
+        return claim
+    record = _current(sequence_id)
+    if (
+        record is not None
+        and (record.status, record.step_index, record.epoch) == (Status.FAILED, step_index, epoch)
+        and job is not None
+        and requeued_by_hand(job)
+    ):
+        claim = transitions.claim(
+            sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
+        )
+    if claim is None:
+        _stale(record, sequence_id, step_index, epoch)
+    return claim
 
 
 def _run_undo(

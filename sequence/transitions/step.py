@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cache
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -49,31 +50,11 @@ def claim(
     A connection lost before the claim is tried once more on a fresh connection; if the
     database stays out of reach, the error goes to the caller.
     """
-    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
-    now = now_sql()
-    lease, lease_arg = now_plus_sql(lease_seconds(timeout))
-    relaxed = ""
-    if connection.vendor == "postgresql":
-        # The claim's commit does not wait for the WAL flush: a claim lost in a crash
-        # of PostgreSQL only makes the step claimable again, and the step's own commit
-        # (synchronous, later in the same WAL) makes the claim durable before it.
-        relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
-    takes = sources("claim") & TERMINAL if failed else sources("claim") - TERMINAL
-    takes_sql, takes_args = status_in(takes)
-    own_sql, own_args = status_in(sources("reclaim"))
-    sql = f"""
-        UPDATE {table}
-        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
-            lease_until = {lease}, dispatch_due = NULL, updated_at = {now},
-            attempt = attempt + CASE WHEN claim_token = %s THEN 0 ELSE 1 END
-        {relaxed}
-        WHERE id = %s AND epoch = %s AND step_index = %s
-            AND ({takes_sql} OR ({own_sql} AND claim_token = %s))
-        RETURNING name, data, plan, version, queue, attempt
-    """
+    sql, statuses = _claim_sql(connection.vendor, failed)
+    _, lease_arg = now_plus_sql(lease_seconds(timeout))
     params: list[Any] = [
         Status.RUNNING, token, worker[:200], lease_arg, token,
-        sequence_id, epoch, step_index, *takes_args, *own_args, token,
+        sequence_id, epoch, step_index, *statuses, token,
     ]  # fmt: skip
     row = None
     for last_try in (False, True):
@@ -113,6 +94,34 @@ def claim(
             undo_index=None, ends_as=""
         )
     return Claim(record, token, worker, timezone.now(), deadline, timeout)
+
+
+@cache
+def _claim_sql(vendor: str, failed: bool) -> tuple[str, list[Any]]:
+    """The claim's statement for this database, and the statuses it names."""
+    table = connection.ops.quote_name(SequenceRecord._meta.db_table)
+    now = now_sql()
+    lease, _ = now_plus_sql(0)
+    relaxed = ""
+    if vendor == "postgresql":
+        # The claim's commit does not wait for the WAL flush: a claim lost in a crash
+        # of PostgreSQL only makes the step claimable again, and the step's own commit
+        # (synchronous, later in the same WAL) makes the claim durable before it.
+        relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
+    takes = sources("claim") & TERMINAL if failed else sources("claim") - TERMINAL
+    takes_sql, takes_args = status_in(takes)
+    own_sql, own_args = status_in(sources("reclaim"))
+    sql = f"""
+        UPDATE {table}
+        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
+            lease_until = {lease}, dispatch_due = NULL, updated_at = {now},
+            attempt = attempt + CASE WHEN claim_token = %s THEN 0 ELSE 1 END
+        {relaxed}
+        WHERE id = %s AND epoch = %s AND step_index = %s
+            AND ({takes_sql} OR ({own_sql} AND claim_token = %s))
+        RETURNING name, data, plan, version, queue, attempt
+    """
+    return sql, [*takes_args, *own_args]
 
 
 def heartbeat(claim: Claim) -> None:
