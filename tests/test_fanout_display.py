@@ -9,6 +9,8 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import Value
+from django.db.models.functions import Concat
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -16,6 +18,7 @@ from sequence.models import ItemStatus, SequenceItem, SequenceRecord
 from sequence.states import Status
 from testproject.testapp.sequences import Squares, UnluckySquares
 
+from .conftest import wait_for
 from .lifecycle_support import make_record, run_jobs
 
 LIST_URL = reverse("admin:sequence_sequencerecord_changelist")
@@ -41,9 +44,13 @@ def unlucky() -> int:
     """A failed ForEach run on a real worker: elements 0 and 1 done then compensated,
     element 2 failed for good, element 3 never started."""
     seq = UnluckySquares.start({"numbers": [1, 2, 13, 4]})
-    run_jobs()
-    seq.refresh()
-    assert seq.status == Status.FAILED
+
+    def failed() -> bool:
+        run_jobs()
+        seq.refresh()
+        return seq.status == Status.FAILED
+
+    wait_for(failed, timeout=30, message="the ForEach to fail")
     return seq.id
 
 
@@ -54,12 +61,12 @@ def many_failed(failures: int, total: int = 100) -> SequenceRecord:
         data={"numbers": list(range(total)), "password": "hunter2-secret"},
     )  # fmt: skip
     SequenceItem.objects.bulk_create(
-        SequenceItem(
-            sequence=record, step_index=1, index=i, attempt=3,
-            status=ItemStatus.FAILED if i < failures else ItemStatus.DONE,
-            error=f"boom {i} with hunter2-secret" if i < failures else "",
-        )  # fmt: skip
+        SequenceItem(sequence=record, step_index=1, index=i, attempt=3, status=ItemStatus.DONE)
         for i in range(total)
+    )
+    SequenceItem.objects.filter(sequence=record, index__lt=failures).update(
+        status=ItemStatus.FAILED,
+        error=Concat(Value("boom "), "index", Value(" with hunter2-secret")),
     )
     return record
 
