@@ -39,6 +39,8 @@ PG_NAMES = ("bench_sequence", "bench_sequence_admin")
 # a wake pass and a sweep with many asleep against none. And start_many against start.
 WAITING = {"lateness": 1000, "holding": 100_000, "holding_reps": 20}
 START_MANY = {"start_many": 10_000}
+# A ForEach of 10,000 no-op elements against as many (c) steps, on 2 recommended workers.
+FOREACH = {"foreach": 10_000, "foreach_reps": 1}
 # What a plan that measures only some parts turns off.
 PART = {
     "reps": 1, "queries": False, "matrix": False, "profile_seconds": 0, "scale": [],
@@ -68,6 +70,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "celery": True,
         **WAITING,
         **START_MANY,
+        **FOREACH,
     },
     "quick": {
         "reps": 1,
@@ -88,10 +91,12 @@ PLANS: dict[str, dict[str, Any]] = {
         "holding": 10_000,
         "holding_reps": 5,
         "start_many": 1000,
+        "foreach": 1000,
     },
     # Parts, run alone (``--plan waiting,start_many``): everything else is off.
     "waiting": {**PART, **WAITING},
     "start_many": {**PART, **START_MANY},
+    "foreach": {**PART, **FOREACH},
 }
 
 
@@ -200,7 +205,7 @@ def parse_args() -> argparse.Namespace:
         default="full",
         help="Sizes and repetitions (default full; quick is a smoke test: small sizes, "
         "one repetition, and it writes bench/out/RESULTS.md unless --output says otherwise). "
-        "Parts, comma-separated, measure only themselves: waiting, start_many; with "
+        "Parts, comma-separated, measure only themselves: waiting, start_many, foreach; with "
         "--output bench/RESULTS.md their sections replace theirs in the full table.",
     )
     parser.add_argument("--quick", action="store_true", help="Same as --plan quick.")

@@ -25,13 +25,13 @@ django.setup()
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from bench import procs, waiting  # noqa: E402
+from bench import fanout, procs, waiting  # noqa: E402
 from bench.app import jobs  # noqa: E402
 from bench.app.models import HandChain  # noqa: E402
 from bench.app.sequences import Fifty, Five, Gate, Long  # noqa: E402
 from bench.measure import Phases, Timings, check_complete, quantile  # noqa: E402
 from sequence import Sequence  # noqa: E402
-from sequence.models import SequenceRecord, StepAttempt  # noqa: E402
+from sequence.models import SequenceItem, SequenceRecord, StepAttempt  # noqa: E402
 
 IMPLS = ("a", "b", "c")
 # (e) is (c) with SEQUENCE_INLINE_STEPS: only sequence's own worker runs steps inline.
@@ -248,7 +248,7 @@ SCALE_SWEEPS = {"SEQUENCE_RECOVER_INTERVAL": "10", "SEQUENCE_DISPATCH_GRACE": "5
 def reset_state() -> None:
     """Empty the sequence tables and the bench's Redis database (no worker is running)."""
     with connection.cursor() as cursor:
-        for model in (StepAttempt, SequenceRecord, HandChain):
+        for model in (StepAttempt, SequenceItem, SequenceRecord, HandChain):
             cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
     jobs.queue("bench-c").connection.flushdb()
 
@@ -403,6 +403,11 @@ def main() -> None:
     waiting.run(
         plan, out, result, lambda: Pool("recommended", "c", 1, out), reset_state, say, phases
     )
+    if plan.get("foreach"):
+        fanout.run(
+            plan, result, timings, lambda: Pool("recommended", "c", 2, out),
+            lambda pool, n: throughput(pool, timings, n // 5, 5), reset_state, say, phases,
+        )  # fmt: skip
     out_file.write_text(json.dumps(result, indent=1))
 
 

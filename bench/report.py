@@ -585,6 +585,57 @@ def start_many_section(results: dict[str, Any], targets: Targets) -> list[str]:
     return out
 
 
+def foreach_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    """A ForEach's elements against plain steps, and its cost per element by size."""
+    dbs = [db for db in results["databases"] if db.get("foreach")]
+    if not dbs:
+        return []
+    out = [
+        "## Fan-out",
+        "",
+        "One `ForEach` of N no-op elements (concurrency 20, results collected with `into`) "
+        "on 2 recommended workers, queued while the workers were parked and then released: "
+        "elements per second from the first element's start to the last one's end, against "
+        "(c) steps per second on the same workers in the same run (N steps, N/5 chains of "
+        "5). Per element: the workers' CPU time, and the wall time from their release to "
+        "the sequence's completion (the ForEach's start and its results' write included), "
+        "divided by the elements; at 100 elements the median of 5 runs per repetition. "
+        "Cells: median of the repetitions.",
+        "",
+        "| database | elements | elements/s | (c) steps/s | ratio | CPU ms per element, "
+        "N / 100 | wall ms per element, N / 100 | CPU ratio N/100 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for db in dbs:
+        f = db["foreach"]
+        name = VENDORS[db["vendor"]]
+
+        def med(rows: list[dict[str, Any]], key: str) -> float:
+            return float(statistics.median(row[key] for row in rows))
+
+        rate, steps = med(f["big"], "rate"), med(f["steps"], "rate")
+        ratio = rate / steps
+        cpu_big, cpu_small = med(f["big"], "cpu_ms"), med(f["small"], "cpu_ms")
+        wall_big, wall_small = med(f["big"], "wall_ms"), med(f["small"], "wall_ms")
+        growth = cpu_big / cpu_small
+        out.append(
+            f"| {name} | {f['elements']:,} | {rate:.0f} | {steps:.0f} | **{ratio:.2f}x** "
+            f"| {cpu_big:.2f} / {cpu_small:.2f} | {wall_big:.2f} / {wall_small:.2f} "
+            f"| **{growth:.2f}x** |"
+        )
+        targets.add(
+            f"ForEach of {f['elements']:,} elements >= 0.8x (c) steps/s, {name}",
+            f"{ratio:.2f}x",
+            ratio >= 0.8,
+        )
+        targets.add(
+            f"ForEach cost per element at {f['elements']:,} <= 1.2x at 100, {name}",
+            f"{growth:.2f}x (CPU; wall {wall_big / wall_small:.2f}x)",
+            growth <= 1.2,
+        )
+    return out
+
+
 def run_section(results: dict[str, Any], targets: Targets) -> list[str]:
     """Where the bench's own run spent its time (not a measurement of anything compared)."""
     if not results.get("phases"):
@@ -674,6 +725,7 @@ def write(results: dict[str, Any], path: Path) -> None:
         admin_section,
         waiting_section,
         start_many_section,
+        foreach_section,
         run_section,
     ):
         part = section(results, targets)
@@ -703,7 +755,7 @@ def write(results: dict[str, Any], path: Path) -> None:
         update_readme(results, path.resolve().parent.parent / "README.md")
 
 
-PARTS = (waiting_section, start_many_section)
+PARTS = (waiting_section, start_many_section, foreach_section)
 SEPARATELY = "- Measured separately:"
 
 

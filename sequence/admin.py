@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from sequence import columns, display, steering, timeline
+from sequence import columns, display, elements, steering, timeline
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.health import gather, summary
 from sequence.masking import MASK, mask_data, mask_text, unmask_data
@@ -397,6 +397,7 @@ class SequenceAdmin(ModelAdmin):
         if total_attempts == MAX_ATTEMPTS:
             total_attempts = StepAttempt.objects.filter(sequence_id=record.pk).count()
         can_change = self.has_change_permission(request, record)
+        fans = {fan.step_index: fan for fan in elements.of(record)}
         actions = [
             {
                 "name": action,
@@ -413,7 +414,9 @@ class SequenceAdmin(ModelAdmin):
             "subtitle": None,
             "record": record,
             "status_label": Status(record.status).label,
-            "progress": display.plan_steps(record),
+            # Each step of the plan with its ForEach's elements (None for other steps).
+            "plan_rows": [(step, fans.get(step.index)) for step in display.plan_steps(record)],
+            "fans": list(fans.values()),
             "done": record.steps_done,
             "total": record.total_steps,
             "percent": record.progress.percent,

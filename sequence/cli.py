@@ -14,7 +14,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.management.base import CommandError
 from django.db.models import QuerySet
 
-from sequence import display, steering, waiting
+from sequence import display, elements, steering, waiting
 from sequence.exceptions import InvalidData, InvalidTransition, SequenceError, UnknownSequence
 from sequence.masking import mask_data, mask_text
 from sequence.models import SequenceRecord, StepAttempt
@@ -363,8 +363,9 @@ def _outcome_style(out: Output) -> Callable[[str], str]:
 def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
     record = _get(id)
     attempts = list(StepAttempt.objects.filter(sequence_id=record.pk).order_by("id"))
+    fans = elements.of(record)
     if out.as_json:
-        out.json(display.detail(record, attempts))
+        out.json({**display.detail(record, attempts), "items": _items_json(record, fans)})
         return
     rows = [
         ["status", out.status(record.status)],
@@ -381,6 +382,7 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
     ]
     if waiting := display.waiting_text(record):
         rows.insert(1, ["waiting", waiting])
+    rows[2:2] = [["elements", str(fan)] for fan in fans if fan.step_index == record.step_index]
     if record.error:
         rows.append(["error", out.command.style.ERROR(mask_text(record.error, record.data))])
     out.line(out.command.style.MIGRATE_HEADING(f"Sequence #{record.pk} {record.name}"))
@@ -396,6 +398,7 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
     out.line(out.command.style.MIGRATE_HEADING("Data"))
     for text in json.dumps(mask_data(record.data), indent=2, ensure_ascii=False).splitlines():
         out.line(f"  {text}")
+    _show_elements(out, fans)
     _show_events(out, record)
     out.line()
     out.line(out.command.style.MIGRATE_HEADING(f"Attempts ({len(attempts)})"))
@@ -427,6 +430,32 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
         if tracebacks and attempt.traceback:
             for tb_line in mask_text(attempt.traceback, record.data).rstrip().splitlines():
                 out.line(f"      | {tb_line}")
+
+
+def _items_json(record: SequenceRecord, fans: list[elements.Elements]) -> dict[str, Any] | None:
+    """The ``items`` of ``show --json``: the elements of the ForEach at the current step
+    (running, or the one that failed), else of the last ForEach that ran; None if none."""
+    current = [fan for fan in fans if fan.step_index == record.step_index]
+    chosen = current or fans[-1:]
+    return chosen[0].as_json() if chosen else None
+
+
+def _show_elements(out: Output, fans: list[elements.Elements]) -> None:
+    for fan in fans:
+        out.line()
+        out.line(
+            out.command.style.MIGRATE_HEADING(
+                f"Elements of step {fan.step_index + 1} ({fan.step}): {fan}"
+            )
+        )
+        for failed in fan.failures:
+            item = f" {failed.item}" if failed.item else ""
+            out.line(f"  element {failed.index}{item}, {failed.attempts} attempts:")
+            out.line(out.command.style.ERROR(f"      {failed.error}"))
+        if fan.more_failed:
+            out.line(f"  ...and {fan.more_failed} more failed, not listed")
+        if fan.compensated:
+            out.line(f"  compensated: {fan.compensated_ranges}")
 
 
 def _show_events(out: Output, record: SequenceRecord) -> None:

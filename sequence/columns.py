@@ -29,14 +29,39 @@ def status_badge(record: SequenceRecord) -> SafeString:
 
 
 def progress_bar(record: SequenceRecord) -> SafeString:
+    """The steps done of all; under it, for a running ForEach, its elements done of all
+    (from the counts on the row: no query)."""
     progress = record.progress
     done, total, percent = progress.done, progress.total, progress.percent
+    steps = _steps_bar(record.status, done, total, percent)
+    if progress.items is None:
+        return steps
+    items_done, items_total = progress.items
+    return format_html(
+        '<span class="seq-meter-stack">{}<span class="seq-meter seq-meter-elements">'
+        '<span class="seq-progress seq-progress-thin seq-status-{}" role="progressbar" '
+        'aria-valuemin="0" aria-valuemax="{}" aria-valuenow="{}" title="{} of {} elements done">'
+        '<span class="seq-progress-fill" style="width: {}%"></span></span>'
+        '<span class="seq-progress-text">{}/{} elements</span></span></span>',
+        steps,
+        record.status,
+        items_total,
+        items_done,
+        items_done,
+        items_total,
+        items_done * 100 // items_total if items_total else 100,
+        items_done,
+        items_total,
+    )
+
+
+def _steps_bar(status: str, done: int, total: int, percent: int) -> SafeString:
     return format_html(
         '<span class="seq-meter"><span class="seq-progress seq-status-{}" role="progressbar" '
         'aria-valuemin="0" aria-valuemax="{}" aria-valuenow="{}" title="{} of {} steps done">'
         '<span class="seq-progress-fill" style="width: {}%"></span></span>'
         '<span class="seq-progress-text">{}/{}</span></span>',
-        record.status,
+        status,
         total,
         done,
         done,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.app.jobs import gate
 from bench.app.timing import timed_work
-from sequence import Sequence, Sleep, Step
+from sequence import ForEach, Sequence, Sleep, Step
 
 
 class Work(Step):
@@ -53,3 +53,16 @@ class Started(Sequence):
     """For start_many against start: what starting costs, nothing run."""
 
     steps = [first]
+
+
+class Element(Step):
+    """A ForEach's element: the same no-op body, timed under the element's position."""
+
+    def perform(self) -> None:
+        timed_work(self.data, self.sequence.id, self.index or 0)
+
+
+class Fan(Sequence):
+    """For the ForEach bench: one no-op element per entry of data["items"], 20 at once."""
+
+    steps = [ForEach("items", Element, concurrency=20, into="results")]
