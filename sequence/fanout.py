@@ -10,7 +10,6 @@ the sequence on (a ForEach of n elements costs O(n), not O(n²)).
 
 from __future__ import annotations
 
-import copy
 import logging
 import traceback
 
@@ -92,7 +91,8 @@ def run_item(ic: ItemClaim, retries_left: int) -> None:
     assert spec is not None
     each = spec.each
     assert each is not None
-    data = copy.deepcopy(record.data)  # its changes to the data are not saved
+    # Read for this element alone: its changes to the data are not saved.
+    data = record.data
     step = spec.cls(
         data=data, sequence=cls._bind(record), attempt=ic.attempt,
         idempotency_key=f"{record.pk}:{record.step_index}:{each.step.__name__}[{ic.index}]",

@@ -145,21 +145,25 @@ def claim_item(
         attempt=F("attempt") + 1,
     ):  # fmt: skip
         return None
-    item = SequenceItem.objects.get(sequence_id=sequence_id, step_index=step_index, index=index)
+    item_pk, attempt = rows.model.objects.values_list("pk", "attempt").get(
+        sequence_id=sequence_id, step_index=step_index, index=index
+    )
     record = SequenceRecord.objects.get(pk=sequence_id)
     deadline = entered + timeout if timeout > 0 else float("inf")
     return ItemClaim(
-        record, item.pk, index, token, worker, timezone.now(), deadline, timeout, item.attempt
+        record, item_pk, index, token, worker, timezone.now(), deadline, timeout, attempt
     )
 
 
 def _count(ic: ItemClaim, **counts: Any) -> SequenceRecord:
-    """Count the element on the sequence row (taking its lock); the row as it is then."""
+    """Count the element on the sequence row (taking its lock); its counts as they are then
+    (only those: the data, which holds the whole list, is not read again)."""
     r = ic.record
     SequenceRecord.objects.filter(pk=r.pk, epoch=r.epoch, step_index=r.step_index).update(
         **counts, updated_at=Now()
     )
-    return SequenceRecord.objects.get(pk=r.pk)
+    fields = ("status", "step_index", "items_done", "items_total", "items_failed")
+    return SequenceRecord.objects.only(*fields).get(pk=r.pk)
 
 
 def _in_flight(ic: ItemClaim) -> int:
