@@ -67,6 +67,10 @@ class Progress:
         items = f" ({self.items[0]}/{self.items[1]} elements)" if self.items else ""
         return f"{self.done}/{self.total}{items}"
 
+    def __repr__(self) -> str:
+        items = f", items={self.items!r}" if self.items else ""
+        return f"Progress(done={self.done}, total={self.total}{items})"
+
 
 # The verbs that act on many rows (``pause``, ``resume``, ``cancel``) and a row's handle
 # belong to sequence.steering, which imports this module: it puts them here when it is
