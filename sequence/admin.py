@@ -25,7 +25,7 @@ from django.views.decorators.http import require_POST
 
 from sequence import columns, display, elements, steering, timeline
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
-from sequence.health import gather, summary
+from sequence.health import gather, no_worker_note, summary
 from sequence.masking import MASK, mask_data, mask_text, unmask_data
 from sequence.models import NOT_MIGRATED, SequenceRecord, StepAttempt, not_migrated
 from sequence.paginator import EstimatedCountPaginator
@@ -426,6 +426,7 @@ class SequenceAdmin(ModelAdmin):
             ),
             "error": mask_text(record.error, record.data),
             "waiting": display.waiting_text(record),
+            "no_worker": no_worker_note(record),
             "events": [display.event_detail(e) for e in record.events.order_by("id")[:100]],
             "attempts": [
                 {

@@ -16,12 +16,12 @@ from typing import Any
 from django.db.models import BooleanField, Case, Count, Q, Value, When
 
 from sequence.conf import settings
-from sequence.dispatch import get_queue
+from sequence.dispatch import get_queue, queue_for
 from sequence.models import SequenceRecord, WorkerBeat, ago
 from sequence.recovery import CurrentStep, dead_claims, maybe_lost, overdue, read
-from sequence.registry import find_step, registered
+from sequence.registry import find_step, registered, spec_for
 from sequence.rqview import LiveJobs, dead_workers
-from sequence.states import TERMINAL, Status
+from sequence.states import QUEUED, TERMINAL, Status
 
 # "Failed in the last hour".
 RECENT = timedelta(hours=1)
@@ -188,6 +188,20 @@ def _groups(grace: float, whole_table: bool) -> list[dict[str, Any]]:
         maybe_lost=Count("pk", filter=Q(pk__in=maybe_lost(grace).values("pk"))),
     )
     return [dict(row) for row in rows]
+
+
+def no_worker_note(record: SequenceRecord) -> str:
+    """For a sequence whose step waits in its queue: a line saying no live worker listens
+    there (and how to start one), or "" when one does (or the queue cannot be read)."""
+    if record.status not in QUEUED:
+        return ""
+    name = queue_for(spec_for(record), record.queue)
+    queue = _queue(name, _beats(), 0)
+    if queue.workers or queue.error:
+        return ""
+    return (
+        f"no live worker listens on queue {name!r}: start `python manage.py sequence worker {name}`"
+    )
 
 
 def _beats() -> list[WorkerBeat]:

@@ -294,3 +294,21 @@ def test_the_admin_list_has_no_warnings_when_all_is_well(admin_client, workers):
         "0 pending · 0 running · 0 retrying · 0 sleeping · 0 waiting · 0 paused · "
         "0 compensating · 0 failed in the last hour"
     ) in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_show_and_the_admin_say_when_no_worker_listens_on_a_pending_sequences_queue(
+    admin_client,
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from testproject.testapp.sequences import ThreeSteps
+
+    seq = ThreeSteps.start({})
+    out = StringIO()
+    call_command("sequence", "show", str(seq.id), stdout=out)
+    assert "no live worker listens on queue 'default'" in out.getvalue()
+    page = admin_client.get(f"/admin/sequence/sequencerecord/{seq.id}/change/")
+    assert "no live worker listens on queue" in page.content.decode()

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from django.db.models import QuerySet
 
 from sequence import display, elements
+from sequence.health import no_worker_note
 from sequence.masking import mask_data, mask_text
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.states import Status
@@ -170,6 +171,8 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
     ]
     if waiting := display.waiting_text(record):
         rows.insert(1, ["waiting", waiting])
+    if note := no_worker_note(record):
+        rows.insert(1, ["warning", out.command.style.WARNING(note)])
     rows[2:2] = [["elements", str(fan)] for fan in fans if fan.step_index == record.step_index]
     if record.error:
         rows.append(["error", out.command.style.ERROR(mask_text(record.error, record.data))])
