@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.contrib.contenttypes.admin import GenericTabularInline
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.db.models import Q, QuerySet
@@ -17,41 +15,29 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from sequence import columns, display, elements, steering, timeline
+from sequence.admin_list import NameFilter, RetryForm, SequenceChangeList
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.health import gather, no_worker_note, summary
-from sequence.masking import MASK, mask_data, mask_text, unmask_data
+from sequence.masking import mask_data, mask_text, unmask_data
 from sequence.models import NOT_MIGRATED, SequenceRecord, StepAttempt, not_migrated
 from sequence.paginator import EstimatedCountPaginator
 from sequence.registry import registered
 from sequence.states import REQUESTS, Status, available
+from sequence.subject_admin import SequenceInline
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[SequenceRecord]
 else:  # not subscriptable at run time
     ModelAdmin = admin.ModelAdmin
 
-# Columns the list needs: never the data or the error, which may be large.
-LIST_FIELDS = (
-    "id",
-    "name",
-    "status",
-    "plan",
-    "step_index",
-    "items_total",  # a running ForEach's elements, in the progress bar
-    "items_done",
-    "attempt",
-    "created_at",
-    "updated_at",
-    "finished_at",
-)
-# Attempts shown on a detail page, the newest; older ones are counted, not drawn.
+__all__ = ["SequenceAdmin", "SequenceInline"]
+
 MAX_ATTEMPTS = 200
 # Sequences one list action may change; more belong to `manage.py sequence`.
 MAX_SELECTED = 1000
@@ -70,73 +56,6 @@ BUTTONS = {
     "retry": _("Retry"),
     "wake": _("Wake now"),
 }
-
-
-class NameFilter(admin.SimpleListFilter):
-    """Filter by sequence name, offering the registered names (no query to list them)."""
-
-    title = _("name")
-    parameter_name = "name"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(name, name) for name in sorted(registered())]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(name=value) if value else queryset
-
-
-class SequenceChangeList(ChangeList):
-    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
-        return super().get_queryset(request, exclude_parameters).only(*LIST_FIELDS)
-
-
-class RetryForm(forms.Form):
-    sequence_data = forms.CharField(
-        label=_("Data"),
-        widget=forms.Textarea(attrs={"rows": 18, "cols": 80, "class": "seq-json-input"}),
-        help_text=_(
-            "The data the failed step runs with, as a JSON object. Values shown as %(mask)s "
-            "are secrets: leave them as they are to keep the stored value."
-        )
-        % {"mask": MASK},
-    )
-    epoch = forms.IntegerField(widget=forms.HiddenInput)
-    from_step = forms.ChoiceField(
-        label=_("Carry on from"),
-        required=False,
-        help_text=_(
-            "The failed step of the stored plan, or a step of the sequence's current plan: "
-            "the sequence then moves onto the current plan and version (the way back after "
-            "a deploy removed a step)."
-        ),
-    )
-    force = forms.BooleanField(
-        label=_("Retry although its compensations ran"),
-        required=False,
-        help_text=_("Its steps' work was undone; running them again may act on undone work."),
-    )
-
-    def __init__(self, *args: Any, plan: list[str] = (), **kwargs: Any) -> None:  # type: ignore[assignment]
-        super().__init__(*args, **kwargs)
-        choices = [("", _("the failed step, on the stored plan"))] + [(n, n) for n in plan]
-        self.fields["from_step"].choices = choices  # type: ignore[attr-defined]
-
-    def clean_sequence_data(self) -> dict[str, Any]:
-        text = self.cleaned_data["sequence_data"]
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(
-                _("This is not valid JSON: %(error)s (line %(line)s, column %(column)s)."),
-                params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
-            ) from None
-        if not isinstance(value, dict):
-            raise forms.ValidationError(
-                _("Give a JSON object ({...}), not %(type)s."),
-                params={"type": type(value).__name__},
-            )
-        return value
 
 
 @admin.register(SequenceRecord)
@@ -559,61 +478,3 @@ def _wakeable(record: SequenceRecord) -> list[str]:
 def _ids(records: list[SequenceRecord]) -> str:
     shown = ", ".join(f"#{r.pk}" for r in records[:20])
     return shown + (f" and {len(records) - 20} more" if len(records) > 20 else "")
-
-
-class SequenceInline(GenericTabularInline):
-    """The sequences of one of your own models, on its admin page (read-only).
-
-    Put it in your ``ModelAdmin``'s ``inlines``; it lists the sequences started with
-    ``subject=`` that object, newest first, each linking to its own page.
-    """
-
-    model = SequenceRecord
-    ct_field = "subject_type"
-    ct_fk_field = "subject_id"
-    fields = readonly_fields = ("sequence", "status_badge", "progress_bar", "step", "created")
-    extra = 0
-    max_num = 0
-    can_delete = False
-    verbose_name = _("sequence")
-    verbose_name_plural = _("sequences")
-
-    class Media:
-        css = {"all": ("sequence/admin.css",)}
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[SequenceRecord]:
-        return super().get_queryset(request).only(*LIST_FIELDS).order_by("-id")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description=_("sequence"))
-    def sequence(self, record: SequenceRecord) -> str:
-        url = reverse(
-            f"admin:{record._meta.app_label}_{record._meta.model_name}_change",
-            args=[record.pk],
-            current_app=self.admin_site.name,
-        )
-        return format_html('<a href="{}">{} #{}</a>', url, record.name, record.pk)
-
-    @admin.display(description=_("status"))
-    def status_badge(self, record: SequenceRecord) -> str:
-        return columns.status_badge(record)
-
-    @admin.display(description=_("progress"))
-    def progress_bar(self, record: SequenceRecord) -> str:
-        return columns.progress_bar(record)
-
-    @admin.display(description=_("current step"))
-    def step(self, record: SequenceRecord) -> str:
-        return record.current_step or "—"
-
-    @admin.display(description=_("created"))
-    def created(self, record: SequenceRecord) -> str:
-        return columns.when(record.created_at)
