@@ -156,6 +156,10 @@ def test_the_command_steers_by_name_and_status_and_prints_the_count():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="one database is enough for a minute of 10,000 sequences: PostgreSQL's pass runs it",
+)
 @pytest.mark.django_db(transaction=True)
 def test_ten_thousand_running_sequences_pause_in_one_update_and_no_step_starts_after(workers):
     total = 10_000
