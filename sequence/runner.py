@@ -185,21 +185,20 @@ def _run_undo(
     timeout: int,
     entered: float,
     retries_left: int,
-) -> bool:
+) -> None:
     claim = transitions.claim_undo(sequence_id, index, epoch, worker, token, timeout, entered, item)
     if claim is None:
         logger.info(
             "Sequence %s: the compensation of step %s under epoch %s is stale; job ends.",
             sequence_id, index, epoch,
         )  # fmt: skip
-        return False
+        return
     try:
         run_undo(claim, retries_left)
     except Exception:
         if not claim.settled:
             release_or_remember(claim)
         raise
-    return False
 
 
 def _run_item(
@@ -212,8 +211,9 @@ def _run_item(
     timeout: int,
     entered: float,
     retries_left: int,
-) -> bool:
-    """Run element ``item`` of the ForEach at ``index``; True if it failed for good early."""
+) -> None:
+    """Run element ``item`` of the ForEach at ``index`` (a failure re-raised, marked final
+    when RQ must not retry it)."""
     assert item is not None
     ic = transitions.fanout.claim_item(
         sequence_id, index, epoch, item, worker, token, timeout, entered
@@ -223,13 +223,12 @@ def _run_item(
             "Sequence %s: element %s of step %s under epoch %s is not due; job ends.",
             sequence_id, item, index, epoch,
         )  # fmt: skip
-        return False
+        return
     try:
         fanout.run_item(ic, retries_left)
     except Exception as exc:
         exc.final = ic.final  # type: ignore[attr-defined]
         raise
-    return False
 
 
 def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
