@@ -32,9 +32,10 @@ REQS := scripts/requirements
 # The suite's passes: name, environment, database, Redis database (one per pass, so
 # passes running side by side never flush each other's queues).
 PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-sqlite py311-django52-postgres
-# How many passes run at once. The suite mostly waits on worker processes, so two
-# passes share two cores well; TEST_JOBS=1 runs them one after another.
-TEST_JOBS ?= 2
+# How many passes run at once. The suite mostly waits on worker processes (the load
+# stays under the two cores with two passes), and each pass has its own test database
+# and Redis database, so all four run side by side; TEST_JOBS=1 runs them one by one.
+TEST_JOBS ?= 4
 # Extra pytest arguments, e.g. PYTEST_ARGS="-k retry -x".
 PYTEST_ARGS ?=
 # Extra pytest arguments for the Django 5.2 LTS passes only. To keep `make test` within

@@ -229,13 +229,11 @@ def _sweep_items(grace: float, jobs: LiveJobs, result: SweepResult) -> None:
     )
     items = list(waiting.select_related("sequence").order_by("pk")[:size])
     live = jobs.live_items(items)
+    # An element keeps its dispatch time until its claim: one whose job a worker took
+    # and then died with is looked at again by the next sweep.
     for item in items:
         if item.pk not in live:
             _recover_item(item, "RQ holds no job for it", result, give_up=False)
-        else:
-            SequenceItem.objects.filter(pk=item.pk, dispatch_due__isnull=False).update(
-                dispatch_due=None
-            )
 
 
 def _recover_item(item: SequenceItem, reason: str, result: SweepResult, give_up: bool) -> None:

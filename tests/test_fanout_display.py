@@ -9,8 +9,8 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.db import connection
-from django.db.models import Value
-from django.db.models.functions import Concat
+from django.db.models import TextField, Value
+from django.db.models.functions import Cast, Concat
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -66,7 +66,7 @@ def many_failed(failures: int, total: int = 100) -> SequenceRecord:
     )
     SequenceItem.objects.filter(sequence=record, index__lt=failures).update(
         status=ItemStatus.FAILED,
-        error=Concat(Value("boom "), "index", Value(" with hunter2-secret")),
+        error=Concat(Value("boom "), Cast("index", TextField()), Value(" with hunter2-secret")),
     )
     return record
 
