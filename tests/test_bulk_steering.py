@@ -189,6 +189,8 @@ def test_ten_thousand_running_sequences_pause_in_one_update_and_no_step_starts_a
     assert not SequenceRecord.objects.filter(claimed_at__gt=returned).exists()
     assert Slow.records().exclude(status__in=[Status.PAUSED, Status.COMPLETED]).count() == 0
 
+    # The stale jobs still queued would only delay the resumed ones behind them.
+    get_queue("default").empty()
     # Resumed all at once, then canceled all at once while the workers run them.
     ran = Ledger.objects.count()
     assert Slow.records().resume() == paused

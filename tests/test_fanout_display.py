@@ -66,7 +66,12 @@ def many_failed(failures: int, total: int = 100) -> SequenceRecord:
     )
     SequenceItem.objects.filter(sequence=record, index__lt=failures).update(
         status=ItemStatus.FAILED,
-        error=Concat(Value("boom "), Cast("index", TextField()), Value(" with hunter2-secret")),
+        error=Concat(
+            Value("boom "),
+            Cast("index", TextField()),
+            Value(" with hunter2-secret"),
+            output_field=TextField(),
+        ),
     )
     return record
 
