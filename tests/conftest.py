@@ -16,6 +16,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from sequence.dispatch import get_queue
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
 
@@ -31,6 +33,8 @@ def redis_db() -> Iterator[object]:
     yield conn
     conn.flushdb()
     conn.connection_pool.disconnect()  # django_rq built this client and pool for us
+    # A test that changed RQ_QUEUES must not leave its queues to the next one.
+    get_queue.cache_clear()
 
 
 class Workers:

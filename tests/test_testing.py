@@ -205,8 +205,7 @@ class DrainInTestCase(TestCase):
 # -- sleeps and waits ---------------------------------------------------------------------
 
 
-@TESTING
-def test_drain_skips_sleeps_and_a_wait_needs_send(db):
+def test_drain_skips_sleeps_and_a_wait_needs_send(db, no_redis):
     from testproject.testapp.onboarding import Onboarding
 
     seq = Onboarding(user_id=1)
@@ -219,8 +218,7 @@ def test_drain_skips_sleeps_and_a_wait_needs_send(db):
     assert seq.status == "completed"
 
 
-@TESTING
-def test_drain_can_leave_sleeps_asleep(db):
+def test_drain_can_leave_sleeps_asleep(db, no_redis):
     from testproject.testapp.onboarding import Onboarding
 
     seq = Onboarding(user_id=1)
@@ -229,8 +227,7 @@ def test_drain_can_leave_sleeps_asleep(db):
     assert seq.status == "sleeping"
 
 
-@TESTING
-def test_drain_runs_a_foreach_element_by_element(db):
+def test_drain_runs_a_foreach_element_by_element(db, no_redis):
     from testproject.testapp.sequences import FlakySquares, UnluckySquares
 
     seq = FlakySquares(numbers=[1, 2, 3, 4])
