@@ -54,7 +54,7 @@ from sequence.failure import after_walk, undo_after, undo_start
 from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord, WorkerBeat, ago
 from sequence.registry import find_step, registered
 from sequence.rqview import LiveJobs, dead_workers, step_name
-from sequence.states import MOVING, Status
+from sequence.states import FANNING, MOVING, Status
 from sequence.waiting import wake_due
 
 logger = logging.getLogger("sequence")
@@ -217,7 +217,11 @@ def _sweep_items(grace: float, jobs: LiveJobs, result: SweepResult) -> None:
         status__in=[ItemStatus.QUEUED, ItemStatus.RUNNING, ItemStatus.RETRYING],
     )
     idle = SequenceRecord.objects.filter(
-        items_total__isnull=False, claim_token__isnull=False, updated_at__lt=ago(grace)
+        # By status first: the status index keeps this to the rows running now.
+        status__in=FANNING,
+        items_total__isnull=False,
+        claim_token__isnull=False,
+        updated_at__lt=ago(grace),
     ).filter(Q(items_failed__gt=0) | Q(items_done__gte=F("items_total")))
     for record in idle.exclude(Exists(busy)).order_by("pk")[:size]:
         result.redispatched.append(record.pk)
