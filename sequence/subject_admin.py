@@ -43,6 +43,7 @@ class SequenceInline(GenericTabularInline):
     can_delete = False
     verbose_name = _("sequence")
     verbose_name_plural = _("sequences")
+    classes = ("seq-inline",)
 
     class Media:
         css = {"all": ("sequence/admin.css",)}
