@@ -269,15 +269,14 @@ class SequenceRecord(models.Model):
         indexes = [
             models.Index(fields=["status", "-id"], name="sequence_status_idx"),
             models.Index(fields=["name", "-id"], name="sequence_name_idx"),
+            # The sweep reads outbox entries and claims in batches by id: indexed by id
+            # over just those rows, so the batches never walk the whole table (the
+            # planners would rather scan the primary key in id order than sort).
             models.Index(
-                fields=["dispatch_due"],
-                condition=Q(dispatch_due__isnull=False),
-                name="sequence_outbox_idx",
+                fields=["id"], condition=Q(dispatch_due__isnull=False), name="sequence_outbox_idx"
             ),
             models.Index(
-                fields=["lease_until"],
-                condition=Q(lease_until__isnull=False),
-                name="sequence_lease_idx",
+                fields=["id"], condition=Q(lease_until__isnull=False), name="sequence_lease_idx"
             ),
             # Waking reads only what is due: sleepers and waits with a deadline.
             models.Index(
@@ -418,13 +417,14 @@ class SequenceItem(models.Model):
             models.Index(
                 fields=["sequence", "step_index", "status", "index"], name="sequence_item_idx"
             ),
+            # As the records': the sweep's batches, by id, over the rows in question.
             models.Index(
-                fields=["lease_until"],
+                fields=["id"],
                 condition=Q(lease_until__isnull=False),
                 name="sequence_item_lease_idx",
             ),
             models.Index(
-                fields=["dispatch_due"],
+                fields=["id"],
                 condition=Q(dispatch_due__isnull=False),
                 name="sequence_item_outbox_idx",
             ),
