@@ -1,9 +1,9 @@
 """Health at a glance: workers and backlog per queue, sequences by status, and what is stuck.
 
 ``gather()`` only reads. Its database work is a fixed handful of statements whatever the
-number of sequences: one GROUP BY over the records (which also counts, through the
-recovery sweep's own querysets, the rows the sweep would take back), one read of the
-worker rows, and, for jobs RQ lost, one bounded batch checked in Redis as the sweep does.
+number of sequences: a GROUP BY over the records (which also counts, by the recovery
+sweep's own conditions, the rows the sweep would take back), one read of the worker
+rows, and, for jobs RQ lost, one bounded batch checked in Redis as the sweep does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from django.db.models import BooleanField, Case, Count, Q, Value, When
 from sequence.conf import settings
 from sequence.dispatch import get_queue, queue_for
 from sequence.models import SequenceRecord, WorkerBeat, ago
-from sequence.recovery import CurrentStep, dead_claims, maybe_lost, overdue, read
+from sequence.recovery import (
+    CurrentStep,
+    dead_claim,
+    maybe_lost,
+    overdue_entry,
+    read,
+    unconfirmed_move,
+)
 from sequence.registry import find_step, registered, spec_for
 from sequence.rqview import LiveJobs, dead_workers
 from sequence.states import QUEUED, TERMINAL, Status
@@ -167,27 +174,43 @@ def _defined_queues() -> Iterable[str]:
 
 
 def _groups(grace: float, whole_table: bool) -> list[dict[str, Any]]:
-    """One statement: records by status, queue, sequence and current step, with counts.
+    """Records by status, queue, sequence and current step, with counts.
 
     The current step is read only for rows still in flight (it picks the queue their
     next job goes to); the groups are bounded by the code's sequences and steps, not by
-    the rows. Stuck rows are counted with the sweep's own querysets as subqueries.
+    the rows. Stuck rows are counted by the sweep's own conditions.
+
+    With ``whole_table`` one GROUP BY reads every row. Without, the rows in flight are
+    grouped through the status index and the finished ones of the last hour counted
+    through the finished index, in a second statement: a single statement with both
+    sets OR-ed together lets the planner walk the status index over every row kept.
     """
+    recent = Q(finished_at__gte=ago(RECENT.total_seconds()))
     step = Case(When(status__in=list(TERMINAL), then=Value(None)), default=CurrentStep())
     records = SequenceRecord.objects.order_by()
     if not whole_table:
-        in_flight = [status for status in Status if status not in TERMINAL]
-        records = records.filter(
-            Q(status__in=in_flight) | Q(finished_at__gte=ago(RECENT.total_seconds()))
+        records = records.filter(status__in=[s for s in Status if s not in TERMINAL])
+    rows = [
+        dict(row)
+        for row in records.values("status", "queue", "name", step=step).annotate(
+            n=Count("pk"),
+            recent=Count("pk", filter=recent),
+            dead=Count("pk", filter=dead_claim()),
+            overdue=Count("pk", filter=overdue_entry(grace)),
+            maybe_lost=Count("pk", filter=unconfirmed_move(grace)),
         )
-    rows = records.values("status", "queue", "name", step=step).annotate(
-        n=Count("pk"),
-        recent=Count("pk", filter=Q(finished_at__gte=ago(RECENT.total_seconds()))),
-        dead=Count("pk", filter=Q(pk__in=dead_claims().values("pk"))),
-        overdue=Count("pk", filter=Q(pk__in=overdue(grace).values("pk"))),
-        maybe_lost=Count("pk", filter=Q(pk__in=maybe_lost(grace).values("pk"))),
-    )
-    return [dict(row) for row in rows]
+    ]
+    if not whole_table:
+        # No GROUP BY: one count per finished status over the index's range.
+        finished = SequenceRecord.objects.order_by().filter(recent)
+        counts = finished.aggregate(**{s: Count("pk", filter=Q(status=s)) for s in TERMINAL})
+        rows += [
+            {"status": s, "queue": None, "name": None, "step": None, "n": n, "recent": n}
+            | {"dead": 0, "overdue": 0, "maybe_lost": 0}
+            for s, n in counts.items()
+            if n
+        ]
+    return rows
 
 
 def no_worker_note(record: SequenceRecord) -> str:

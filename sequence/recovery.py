@@ -96,31 +96,43 @@ class SweepResult:
         )
 
 
-def dead_claims() -> QuerySet[SequenceRecord]:
+# The three kinds of stuck rows, as conditions (health counts rows by them too).
+
+
+def dead_claim() -> Q:
     # lease_until is set exactly while a claim is held (the partial index covers it).
     dead = dead_workers().values("name")
-    return (
-        SequenceRecord.objects.filter(lease_until__isnull=False)
-        .filter(Q(lease_until__lt=Now()) | Q(claimed_by__in=dead))
-        .annotate(
-            lease_ran_out=Case(
-                When(lease_until__lt=Now(), then=True), default=False, output_field=BooleanField()
-            )
-        )
-    )
+    return Q(lease_until__isnull=False) & (Q(lease_until__lt=Now()) | Q(claimed_by__in=dead))
 
 
-def overdue(grace: float) -> QuerySet[SequenceRecord]:
-    return SequenceRecord.objects.filter(dispatch_due__lt=ago(grace))
+def overdue_entry(grace: float) -> Q:
+    return Q(dispatch_due__lt=ago(grace))
 
 
-def maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
-    return SequenceRecord.objects.filter(
+def unconfirmed_move(grace: float) -> Q:
+    """Moving, neither claimed nor with a dispatch due, for longer than ``grace``: its job
+    may be lost (the sweep asks Redis)."""
+    return Q(
         status__in=MOVING,
         dispatch_due__isnull=True,
         lease_until__isnull=True,
         updated_at__lt=ago(grace),
     )
+
+
+def dead_claims() -> QuerySet[SequenceRecord]:
+    lease_ran_out = Case(
+        When(lease_until__lt=Now(), then=True), default=False, output_field=BooleanField()
+    )
+    return SequenceRecord.objects.filter(dead_claim()).annotate(lease_ran_out=lease_ran_out)
+
+
+def overdue(grace: float) -> QuerySet[SequenceRecord]:
+    return SequenceRecord.objects.filter(overdue_entry(grace))
+
+
+def maybe_lost(grace: float) -> QuerySet[SequenceRecord]:
+    return SequenceRecord.objects.filter(unconfirmed_move(grace))
 
 
 class CurrentStep(Func):

@@ -143,6 +143,16 @@ def test_stuck_rows_are_counted_by_the_sweeps_own_rules(redis_db):
     assert "1 pending or retrying sequence has no job in RQ for its step" in problems
     assert redis_db.keys("sequence:*") == []  # a health check writes nothing
 
+    # The admin's reading (rows in flight and the last hour's) counts the same, less the
+    # sequence that failed two hours ago.
+    before = gather(lost_jobs=False)
+    recent = gather(lost_jobs=False, whole_table=False)
+    assert recent.stuck == before.stuck
+    assert (before.stuck.dead_claims, before.stuck.overdue_outbox) == (2, 1)
+    assert recent.failed_last_hour == before.failed_last_hour == 1
+    assert recent.by_status == {**before.by_status, Status.FAILED: 1}
+    assert [q.name for q in recent.queues] == [q.name for q in before.queues]
+
     # The sweep agrees: it takes back exactly what health called stuck.
     result = recovery.sweep()
     assert len(result.redispatched) + len(result.failed) == 4
@@ -260,12 +270,15 @@ def test_the_admin_list_shows_the_warnings_and_counts_above_the_table(admin_clie
     )
     with CaptureQueriesContext(connection) as captured:
         response = admin_client.get(url)
+    # The rows in flight by group, the last hour's finished ones, the worker rows.
     health_queries = [
         q["sql"]
         for q in captured.captured_queries
-        if "GROUP BY" in q["sql"] or '"sequence_worker"' in q["sql"]
+        if 'COUNT("sequence_record"."id")' in q["sql"] or '"sequence_worker"' in q["sql"]
     ]
-    assert len(health_queries) == 2, health_queries
+    assert len(health_queries) == 3, health_queries
+    # Neither reads the rows finished before the last hour.
+    assert all("GROUP BY" not in sql or '"status" IN' in sql for sql in health_queries)
     html = response.content.decode()
     assert html.index('id="sequence-health"') < html.index('id="result_list"')
     assert (
