@@ -156,11 +156,13 @@ def enqueue_first_steps(sequence_ids: Sequence[int], queue: str, spec: StepSpec 
         pipe.execute()
 
 
-def dispatch_many(records: list[SequenceRecord]) -> int:
+def dispatch_many(records: list[SequenceRecord], *, at_front: bool = False) -> int:
     """Queue the unit each row says is due, one Redis pipeline per queue; clear the outbox.
 
     Returns how many were queued. A queue that cannot be reached leaves its rows'
     outbox entries for the sweep. Nothing is queued with ``SEQUENCE_TESTING``.
+    ``at_front`` pushes each job to the head of its queue, in turn: the last row ends
+    up first.
     """
     if settings.TESTING:
         return 0
@@ -169,7 +171,9 @@ def dispatch_many(records: list[SequenceRecord]) -> int:
         index, kind, item = unit_of(record)
         spec = spec_for(record, index)
         options = _options(record.pk, index, record.epoch, spec, kind=kind, item=item)
-        data = Queue.prepare_data(ENTRY_POINT, timeout=timeout_of(spec), **options)
+        data = Queue.prepare_data(
+            ENTRY_POINT, timeout=timeout_of(spec), at_front=at_front, **options
+        )
         by_queue.setdefault(queue_for(spec, record.queue), []).append((record, data))
     queued: dict[int, list[int]] = {}
     for name, items in by_queue.items():

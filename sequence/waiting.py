@@ -184,11 +184,14 @@ def _wake_sleepers(ids: list[int]) -> int:
     with transaction.atomic():
         changed = transitions.bulk.wake(SequenceRecord.objects.filter(pk__in=ids))
         if changed:
-            transaction.on_commit(lambda: _dispatch_woken(changed), robust=True)
+            transaction.on_commit(lambda: _dispatch_woken(changed, ids), robust=True)
     return len(changed)
 
 
-def _dispatch_woken(changed: list[Any]) -> None:
+def _dispatch_woken(changed: list[Any], ids: list[int]) -> None:
+    """Queue the woken sleepers' next steps at the head of their queues: their time has
+    come, so they go before work queued since (the one due first at the very head)."""
+    due_order = {pk: position for position, pk in enumerate(ids)}
     records = [
         SequenceRecord(
             pk=row.id,
@@ -199,11 +202,11 @@ def _dispatch_woken(changed: list[Any]) -> None:
             queue=row.queue,
             plan=row.plan,
         )
-        for row in changed
+        for row in sorted(changed, key=lambda row: due_order[row.id], reverse=True)
     ]
     for record in records:
         points.fire("after_wake", sequence=record.pk, step=record.step_index, epoch=record.epoch)
-    dispatch_many(records)
+    dispatch_many(records, at_front=True)
 
 
 def _wake(record: SequenceRecord) -> int:

@@ -38,7 +38,7 @@ from testproject.testapp.sequences import (
 )
 
 from .conftest import wait_for
-from .lifecycle_support import run_jobs
+from .lifecycle_support import queued_jobs, run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,6 +85,19 @@ def test_real_workers_wake_a_sleeper_on_time(workers):
     b = StepAttempt.objects.get(sequence_id=seq.id, step="B")
     lateness = (b.started_at - wake_at).total_seconds()
     assert 0 <= lateness < 2.5
+
+
+def test_woken_sleepers_go_to_the_head_of_the_queue_the_first_due_first():
+    first, second = Snooze.start({}), Snooze.start({})
+    run_jobs()  # both asleep, the first one due first
+    assert status(first) == status(second) == Status.SLEEPING
+    later = SequenceRecord.objects.get(pk=first.id).wake_at + timedelta(milliseconds=10)
+    SequenceRecord.objects.filter(pk=second.id).update(wake_at=later)
+    queued_since = Snooze.start({})  # its first step waits in the queue
+    wait_for(lambda: timezone.now() > later, timeout=10, message="both wake-up times")
+    assert wake_due() == 2  # one pass: the first due at the very head
+    head = [job_id.split("-")[1] for job_id in queued_jobs()]
+    assert head == [str(first.id), str(second.id), str(queued_since.id)]
 
 
 def test_a_sleep_until_a_time_from_the_data():
