@@ -5,7 +5,8 @@
 #   make admin       the admin on the demo's database (a superuser's password printed)
 #   make test        everything CI runs: lint, types, Django checks, the docs' strict
 #                    build, the package build, the suite on Python 3.12 + newest
-#                    Django 6 and Python 3.11 + Django 5.2 LTS, each on SQLite and PostgreSQL
+#                    Django 6 and Python 3.11 + Django 5.2 LTS, each on SQLite and
+#                    PostgreSQL, and on Python 3.13 + Django 6.0 (SQLite)
 #   make docs        builds the documentation site and serves it on a free local port
 #   make lint | typecheck | check | docs-build | package | pytest | bench | clean
 #
@@ -21,20 +22,24 @@ MAKEFLAGS += --no-print-directory
 
 ENV_MAIN := .venvs/py312-django6
 ENV_LTS := .venvs/py311-django52
+ENV_60 := .venvs/py313-django60
 ENV_BENCH := .venvs/bench
 ENV_DEMO := .venvs/demo
 PY := $(ENV_MAIN)/bin/python
 PY_LTS := $(ENV_LTS)/bin/python
+PY_60 := $(ENV_60)/bin/python
 PY_BENCH := $(ENV_BENCH)/bin/python
 PY_DEMO := $(ENV_DEMO)/bin/python
 REQS := scripts/requirements
 
 # The suite's passes: name, environment, database, Redis database (one per pass, so
 # passes running side by side never flush each other's queues).
-PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-sqlite py311-django52-postgres
+PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-sqlite py311-django52-postgres \
+	py313-django60-sqlite
 # How many passes run at once. The suite mostly waits on worker processes (the load
 # stays under the two cores with two passes), and each pass has its own test database
-# and Redis database, so all four run side by side; TEST_JOBS=1 runs them one by one.
+# and Redis database, so four run side by side (the fifth, short, starts when the first
+# ends); TEST_JOBS=1 runs them one by one.
 TEST_JOBS ?= 4
 # Extra pytest arguments, e.g. PYTEST_ARGS="-k retry -x".
 PYTEST_ARGS ?=
@@ -44,6 +49,9 @@ PYTEST_ARGS ?=
 # RQ, Redis and the database rather than Django, and they run on the primary env on
 # both databases. LTS_PYTEST_ARGS= runs the whole suite there too.
 LTS_PYTEST_ARGS ?= -m "not slow" --ignore=tests/faults
+# The same for the pass on Python 3.13 + Django 6.0, the versions between the two above
+# (declared in pyproject.toml), on SQLite: the suite less the fault tests and the browser.
+MID_PYTEST_ARGS ?= $(LTS_PYTEST_ARGS) --ignore=tests/browser
 
 .PHONY: help env envs lint format typecheck check docs-build docs package static pytest test \
 	passes bench demo admin clean \
@@ -60,6 +68,9 @@ $(ENV_MAIN)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/lint.txt $(REQS)
 $(ENV_LTS)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django52.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_LTS) 3.11 3.11.7 $(REQS)/django52.txt $(REQS)/test.txt
 
+$(ENV_60)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django60.txt scripts/mkenv.sh
+	scripts/mkenv.sh $(ENV_60) 3.13 3.13.0 $(REQS)/django60.txt $(REQS)/test.txt
+
 # The benchmark's own: Celery's requirements (an older python-dateutil) must not change
 # the environment the suite runs in.
 $(ENV_BENCH)/.installed: pyproject.toml $(REQS)/django6.txt bench/requirements.txt scripts/mkenv.sh
@@ -71,7 +82,7 @@ $(ENV_DEMO)/.installed: pyproject.toml $(REQS)/django6.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_DEMO) 3.12 3.12.1 $(REQS)/django6.txt
 
 env: $(ENV_MAIN)/.installed
-envs: $(ENV_MAIN)/.installed $(ENV_LTS)/.installed
+envs: $(ENV_MAIN)/.installed $(ENV_LTS)/.installed $(ENV_60)/.installed
 
 # -- static checks ---------------------------------------------------------------
 
@@ -86,10 +97,10 @@ format: env
 typecheck: env
 	$(PY) -m mypy sequence
 
-# System checks and missing migrations, under both Django versions. SQLite in var/, so
+# System checks and missing migrations, under each Django version tested. SQLite in var/, so
 # no server is needed.
 check: envs
-	@for py in $(PY) $(PY_LTS); do \
+	@for py in $(PY) $(PY_LTS) $(PY_60); do \
 		echo "== manage.py check / makemigrations --check ($$($$py -c 'import django; print("Django", django.__version__)'))"; \
 		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py check --fail-level WARNING; \
 		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py makemigrations --check --dry-run; \
@@ -131,6 +142,8 @@ pass-py311-django52-sqlite: $(ENV_LTS)/.installed
 	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LTS) sqlite 13 $(LTS_PYTEST_ARGS) $(PYTEST_ARGS)
 pass-py311-django52-postgres: $(ENV_LTS)/.installed
 	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LTS) postgres 12 $(LTS_PYTEST_ARGS) $(PYTEST_ARGS)
+pass-py313-django60-sqlite: $(ENV_60)/.installed
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_60) sqlite 11 $(MID_PYTEST_ARGS) $(PYTEST_ARGS)
 
 # Every pass, keeping on past a failing one; then the tally, and the private Redis (if
 # one was started) is stopped whatever happened.

@@ -145,7 +145,8 @@ def test_breadcrumbs_and_title_follow_the_running_djangos_admin(client):
         reverse("admin:sequence_sequencerecord_retry", args=[seq.id]),
     ):
         text = client.get(url).content.decode()
-        if django.VERSION >= (6, 0):
+        # Django 6.1 draws them as a list; 5.2 and 6.0 as a div of links.
+        if django.VERSION >= (6, 1):
             assert '<ol class="breadcrumbs">' in own
             assert '<ol class="breadcrumbs">' in text
             assert '<div class="breadcrumbs">' not in text
