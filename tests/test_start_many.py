@@ -88,6 +88,32 @@ def test_the_jobs_are_those_start_queues():
         str(many.id), ""
     )
     assert a.serializer is b.serializer
+    # Field by field in Redis: only the times and what names the sequence differ.
+    stored = [queue.connection.hgetall(job.key) for job in (a, b)]
+    assert stored[0].keys() == stored[1].keys()
+    differ = {field for field in stored[0] if stored[0][field] != stored[1][field]}
+    assert differ <= {b"created_at", b"enqueued_at", b"data", b"description"}
+
+
+def test_the_rows_are_those_start_saves():
+    ada = User.objects.create(username="ada")
+    data = {"n": 0, "name": "Zoë", "tags": ["a", "b"], "nested": {"x": None, "y": 1.5}}
+    one = ThreeSteps.start(data, key="one", subject=ada)
+    many = ThreeSteps.start_many([data, {}], keys=["many", None], subjects=[ada, None])
+    rows = SequenceRecord.objects.order_by("id").values()
+    a, b, c = (rows.get(pk=pk) for pk in (one.id, many[0].id, many[1].id))
+    assert {field for field in a if a[field] != b[field]} == {
+        "id", "key", "created_at", "updated_at",
+    }  # fmt: skip
+    assert b["data"] == data
+    assert (c["key"], c["data"], c["subject_type_id"], c["subject_id"]) == (None, {}, None, "")
+    assert many[0].id < many[1].id
+    # The handles hold what the rows hold.
+    for handle, row in zip(many, (b, c), strict=True):
+        record = handle.record
+        assert {f: getattr(record, f) for f in row if f != "dispatch_due"} == {
+            f: v for f, v in row.items() if f != "dispatch_due"
+        }
 
 
 def test_two_thousand_sequences_take_at_most_two_round_trips_to_redis(round_trips):
