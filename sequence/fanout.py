@@ -76,10 +76,13 @@ def pump(record: SequenceRecord) -> None:
 
 
 def _dispatch(record: SequenceRecord, spec: StepSpec, positions: list[int]) -> None:
+    # An element's outbox entry is on its own row (``dispatch_due``), cleared by its
+    # claim: nothing on the sequence's row to confirm.
     for index in positions:
         dispatch(
-            record.pk, record.step_index, record.epoch, record.queue, spec, kind=ITEM, item=index
-        )
+            record.pk, record.step_index, record.epoch, record.queue, spec,
+            confirm=False, kind=ITEM, item=index,
+        )  # fmt: skip
 
 
 def run_item(ic: ItemClaim, retries_left: int) -> None:

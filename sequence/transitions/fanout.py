@@ -10,19 +10,21 @@ commit hands its place to the next element not yet started, in list order.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from sequence import history
-from sequence.claims import Claim, lease_seconds
+from sequence.claims import Claim, lease_seconds, now_plus_sql, now_sql
 from sequence.exceptions import StepDeadlineExceeded, StepFenced
-from sequence.models import ItemStatus, SequenceItem, SequenceRecord, ago
+from sequence.models import ItemStatus, SequenceItem, SequenceRecord
 from sequence.states import FANNING, Outcome, Status, sources
 from sequence.transitions.base import RELEASED
 
@@ -130,29 +132,80 @@ def claim_item(
     sequence_id: int, step_index: int, epoch: int, index: int, worker: str, token: str,
     timeout: int, entered: float,
 ) -> ItemClaim | None:  # fmt: skip
-    """Take an element whose job this is, while its ForEach runs; None if the job is stale."""
-    running = SequenceRecord.objects.filter(
-        pk=sequence_id, epoch=epoch, step_index=step_index, status__in=FANNING,
-        items_total__isnull=False, items_failed=0,
-    )  # fmt: skip
-    rows = SequenceItem.objects.filter(
-        Q(status__in=CLAIMABLE) | Q(status=ItemStatus.RUNNING, claim_token=token),
-        sequence_id=sequence_id, step_index=step_index, index=index,
-    )  # fmt: skip
-    if not rows.filter(sequence__in=running).update(
-        status=ItemStatus.RUNNING, claim_token=token, claimed_by=worker[:200],
-        claimed_at=Now(), lease_until=ago(-lease_seconds(timeout)), dispatch_due=None,
-        attempt=F("attempt") + 1,
-    ):  # fmt: skip
+    """Take an element whose job this is, while its ForEach runs; None if the job is stale.
+
+    One statement: the element's row, if its ForEach still runs under this epoch, with
+    what the element runs on read from the sequence's row (``RETURNING``).
+    """
+    _, lease_arg = now_plus_sql(lease_seconds(timeout))
+    params = [
+        ItemStatus.RUNNING, token, worker[:200], lease_arg,
+        sequence_id, step_index, index, *sorted(CLAIMABLE), ItemStatus.RUNNING, token,
+        sequence_id, epoch, step_index, *sorted(FANNING),
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_item_sql(connection.vendor), params)
+        row = cursor.fetchone()
+    if row is None:
         return None
-    item_pk, attempt = rows.model.objects.values_list("pk", "attempt").get(
-        sequence_id=sequence_id, step_index=step_index, index=index
-    )
-    record = SequenceRecord.objects.get(pk=sequence_id)
+    item_pk, attempt, name, data, plan, version, queue, held_by, done, total = row
+    record = SequenceRecord(
+        pk=sequence_id, name=name, status=Status.RUNNING, data=_json(data), plan=_json(plan),
+        version=version, queue=queue, step_index=step_index, epoch=epoch,
+        claim_token=held_by, items_done=done, items_total=total,
+    )  # fmt: skip
     deadline = entered + timeout if timeout > 0 else float("inf")
     return ItemClaim(
         record, item_pk, index, token, worker, timezone.now(), deadline, timeout, attempt
     )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# What an element runs on, read from its sequence's row by its claim.
+_RECORD_COLUMNS = (
+    "name", "data", "plan", "version", "queue", "claim_token", "items_done", "items_total",
+)  # fmt: skip
+
+
+@cache
+def _claim_item_sql(vendor: str) -> str:
+    """The element's claim, for this database."""
+    q = connection.ops.quote_name
+    items, records = q(SequenceItem._meta.db_table), q(SequenceRecord._meta.db_table)
+    now = now_sql()
+    lease, _ = now_plus_sql(0)
+    claimable = ", ".join(["%s"] * len(CLAIMABLE))
+    fanning = ", ".join(["%s"] * len(FANNING))
+    # SQLite's RETURNING cannot name a joined table; a subquery per column reads the
+    # sequence's row (by its primary key) on either database.
+    returned = ", ".join(
+        f"(SELECT r.{q(column)} FROM {records} r WHERE r.id = {items}.sequence_id)"
+        for column in _RECORD_COLUMNS
+    )
+    relaxed = ""
+    if vendor == "postgresql":
+        # As a step's claim: its commit does not wait for the WAL flush (a claim lost in
+        # a crash of PostgreSQL leaves the element queued, for the sweep to queue again;
+        # the element's own commit, synchronous and later in the WAL, makes it durable).
+        relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
+    return f"""
+        UPDATE {items}
+        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
+            lease_until = {lease}, dispatch_due = NULL, attempt = attempt + 1
+        {relaxed}
+        WHERE sequence_id = %s AND step_index = %s AND {q("index")} = %s
+            AND (status IN ({claimable}) OR (status = %s AND claim_token = %s))
+            AND EXISTS (
+                SELECT 1 FROM {records} r
+                WHERE r.id = %s AND r.epoch = %s AND r.step_index = %s
+                    AND r.status IN ({fanning}) AND r.items_total IS NOT NULL
+                    AND r.items_failed = 0
+            )
+        RETURNING id, attempt, {returned}
+    """
 
 
 def _count(ic: ItemClaim, **counts: Any) -> SequenceRecord:
@@ -179,27 +232,100 @@ def commit_item(ic: ItemClaim, result: Any, concurrency: int) -> tuple[str, list
     Returns ``("finish", [])`` when it was the last element (the caller moves the
     sequence on), ``("fail", [])`` when it was the last in flight after a failure,
     or ``("go", [next position])``.
+
+    Hand-written SQL, as a step's commit: the element's row (fenced by its token and
+    lease), the count on the sequence's row (taking its lock, so the commit that counts
+    the last element is the one that moves the sequence on), the history row, then the
+    next element queued under that lock. On PostgreSQL the first three are one statement.
     """
+    r = ic.record
+    stored = SequenceItem._meta.get_field("result").get_db_prep_save(result, connection)
+    done = [ItemStatus.DONE, stored, ic.pk, ic.token, ItemStatus.RUNNING]
+    counted = [r.pk, r.epoch, r.step_index]
     with transaction.atomic():
-        if (
-            not ic.mine()
-            .filter(status=ItemStatus.RUNNING, lease_until__gt=Now())
-            .update(status=ItemStatus.DONE, result=result, error="", dispatch_due=None, **RELEASED)
-        ):
+        if connection.vendor == "postgresql":
+            insert, fields = history.insert_sql(select_from="done")
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _commit_item_sql(connection.vendor, insert),
+                    done + counted + history.params(ic.entry(Outcome.SUCCEEDED), fields),
+                )
+                ours, *row = cursor.fetchone()
+        else:
+            sql_done, sql_counted = _commit_item_sql(connection.vendor, "").split(";")
+            with connection.cursor() as cursor:
+                cursor.execute(sql_done, done)
+                ours = cursor.rowcount
+                if ours:
+                    cursor.execute(sql_counted, counted)
+                    row = list(cursor.fetchone() or (None,) * 4)
+                    history.write(ic.entry(Outcome.SUCCEEDED))
+        if not ours:
             if ic.mine().exists():
                 raise StepDeadlineExceeded(
                     f"element {ic.index} reached the database after its lease; not committed."
                 )
             raise StepFenced(f"element {ic.index} lost its claim; its result is discarded.")
-        row = _count(ic, items_done=F("items_done") + 1)
-        history.write(ic.entry(Outcome.SUCCEEDED))
-        if row.items_failed:
+        status, items_done, items_total, items_failed = row
+        if status is None:
+            return "go", []  # the ForEach this element ran in is over (a new epoch)
+        if items_failed:
             return ("fail" if not _in_flight(ic) else "go"), []
-        if row.items_done >= (row.items_total or 0):
+        if items_done >= (items_total or 0):
             return "finish", []
-        if row.status not in FANNING:
+        if status not in FANNING:
             return "go", []
-        return "go", _queue(row.pk, row.step_index, 1)
+        return "go", _queue_next(r.pk, r.step_index)
+
+
+@cache
+def _commit_item_sql(vendor: str, insert: str) -> str:
+    """The element's commit for this database (``insert``: the history row from ``done``
+    on PostgreSQL); on SQLite, its two statements joined by ``;``."""
+    q = connection.ops.quote_name
+    items, records = q(SequenceItem._meta.db_table), q(SequenceRecord._meta.db_table)
+    now = now_sql()
+    done = f"""
+        UPDATE {items}
+        SET status = %s, result = %s, error = '', dispatch_due = NULL, claim_token = NULL,
+            claimed_by = '', claimed_at = NULL, lease_until = NULL
+        WHERE id = %s AND claim_token = %s AND status = %s AND lease_until > {now}
+    """
+    counted = f"""
+        UPDATE {records} SET items_done = items_done + 1, updated_at = {now}
+        WHERE id = %s AND epoch = %s AND step_index = %s
+    """
+    counts = "RETURNING status, items_done, items_total, items_failed"
+    if vendor != "postgresql":
+        return f"{done};{counted} {counts}"
+    return f"""
+        WITH done AS ({done} RETURNING id),
+            counted AS ({counted} AND EXISTS (SELECT 1 FROM done) {counts}),
+            written AS ({insert})
+        SELECT (SELECT count(*) FROM done), c.status, c.items_done, c.items_total,
+            c.items_failed
+        FROM (SELECT 1) AS one LEFT JOIN counted c ON TRUE
+    """
+
+
+def _queue_next(sequence_id: int, step_index: int) -> list[int]:
+    """Queue the first element not started, in list order: the place a commit hands on
+    (under the sequence row's lock, which the commit's count took)."""
+    q = connection.ops.quote_name
+    items = q(SequenceItem._meta.db_table)
+    sql = f"""
+        UPDATE {items} SET status = %s, dispatch_due = {now_sql()}
+        WHERE id = (
+            SELECT id FROM {items}
+            WHERE sequence_id = %s AND step_index = %s AND status = %s
+            ORDER BY {q("index")} LIMIT 1
+        ) AND status = %s
+        RETURNING {q("index")}
+    """
+    pending = ItemStatus.PENDING
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ItemStatus.QUEUED, sequence_id, step_index, pending, pending])
+        return [index for (index,) in cursor.fetchall()]
 
 
 def fail_item(ic: ItemClaim, error: str, tb: str, *, will_retry: bool) -> str:

@@ -1,0 +1,78 @@
+"""The database cost of a ForEach element, pinned: a fixed few queries, as a step's.
+
+Counted with Django's CaptureQueriesContext, which also counts BEGIN and COMMIT. The
+elements run in this process, one job at a time, against real Redis.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from sequence import ForEach, Sequence, Step
+from sequence.dispatch import ITEM, get_queue
+from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
+from sequence.runner import run_step
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# The claim; then BEGIN, the element's row, its count on the sequence's row, its
+# history row, the next element queued, COMMIT. On PostgreSQL the row, the count and
+# the history row are one statement.
+QUERIES_PER_ELEMENT = {"sqlite": 7, "postgresql": 5}
+
+
+class Nothing(Step):
+    def perform(self) -> dict[str, object]:
+        # What the element sees of its sequence: the elements done before it, of all.
+        return {
+            "at": self.index,
+            "item": self.item,
+            "progress": list(self.sequence.progress.items or ()),
+        }
+
+
+class CostlyFan(Sequence):
+    steps = [ForEach("items", Nothing, concurrency=3, into="results")]
+
+
+def test_each_element_takes_the_same_few_queries_however_long_the_list():
+    n = 12
+    seq = CostlyFan.start({"items": [f"x{i}" for i in range(n)]})
+    queue = get_queue("default")
+    queue.empty()  # run the jobs by hand, one at a time
+    run_step(seq.id, 0, 0)
+    epoch = SequenceRecord.objects.get(pk=seq.id).epoch
+    counts = []
+    for index in range(n):
+        with CaptureQueriesContext(connection) as queries:
+            run_step(seq.id, 0, epoch, ITEM, index)
+        counts.append(len(queries.captured_queries))
+    # The last one also writes the results and moves the sequence on.
+    assert counts[:-1] == [QUERIES_PER_ELEMENT[connection.vendor]] * (n - 1), (
+        counts,
+        [q["sql"][:100] for q in queries.captured_queries],
+    )
+    seq.refresh()
+    assert seq.status == "completed"
+    assert seq.data["results"] == [{"at": i, "item": f"x{i}", "progress": [i, n]} for i in range(n)]
+    items = SequenceItem.objects.filter(sequence_id=seq.id)
+    assert set(items.values_list("status", "attempt")) == {(ItemStatus.DONE, 1)}
+    attempts = StepAttempt.objects.filter(sequence_id=seq.id, item__isnull=False)
+    assert sorted(attempts.values_list("item", flat=True)) == list(range(n))
+
+
+def test_a_stale_element_job_takes_one_query_and_changes_nothing():
+    seq = CostlyFan.start({"items": [1, 2]})
+    get_queue("default").empty()
+    run_step(seq.id, 0, 0)
+    epoch = SequenceRecord.objects.get(pk=seq.id).epoch
+    run_step(seq.id, 0, epoch, ITEM, 0)
+    before = list(SequenceItem.objects.order_by("index").values_list("status", "attempt"))
+    with CaptureQueriesContext(connection) as queries:
+        run_step(seq.id, 0, epoch, ITEM, 0)  # a duplicate of a job that ran
+        run_step(seq.id, 0, epoch + 1, ITEM, 1)  # a job of another epoch
+    assert len(queries.captured_queries) == 2, [q["sql"][:100] for q in queries.captured_queries]
+    after = list(SequenceItem.objects.order_by("index").values_list("status", "attempt"))
+    assert after == before
