@@ -223,30 +223,11 @@ def _insert_rows(records: list[SequenceRecord]) -> None:
         return
     pg = vendor == "postgresql"
     first, quote = records[0], connection.ops.quote_name
-    query = SequenceRecord.objects.all().query
-    compiler = query.get_compiler(connection=connection)
-    fields = {f.name: f for f in SequenceRecord._meta.concrete_fields if not f.primary_key}
-    column = {name: quote(str(field.column)) for name, field in fields.items()}
-    columns: list[str] = []
-    values: list[str] = []
-    params: list[Any] = []
-    for name, field in fields.items():
-        if name in VARYING:
-            continue
-        value = field.pre_save(first, add=True)  # the created and updated times, once
-        if hasattr(value, "resolve_expression"):  # the outbox's Now()
-            sql, args = compiler.compile(value.resolve_expression(query))
-        else:
-            value = field.get_db_prep_save(value, connection)
-            if value is None:
-                continue  # the column's NULL
-            sql, args = (f"%s::{field.db_type(connection)}" if pg else "%s"), [value]
-        columns.append(column[name])
-        values.append(sql)
-        params.extend(args)
+    columns, values, params = _shared_columns(first, pg)
+    fields = {f.name: f for f in SequenceRecord._meta.concrete_fields}
     for position, name in enumerate(VARYING):
         field = fields[name]
-        columns.append(column[name])
+        columns.append(quote(str(field.column)))
         if not pg:
             values.append(f"json_extract(e.value, '$[{position}]')")
         elif isinstance(field, models.JSONField):
@@ -271,3 +252,28 @@ def _insert_rows(records: list[SequenceRecord]) -> None:
         record.pk = pk
         record.created_at, record.updated_at = first.created_at, first.updated_at
         record._state.adding, record._state.db = False, connection.alias
+
+
+def _shared_columns(first: SequenceRecord, pg: bool) -> tuple[list[str], list[str], list[Any]]:
+    """The columns every row holds as ``first`` does (less those left NULL): their
+    quoted names, their SQL (a parameter, or the outbox's ``Now()``) and parameters."""
+    query = SequenceRecord.objects.all().query
+    compiler = query.get_compiler(connection=connection)
+    columns: list[str] = []
+    values: list[str] = []
+    params: list[Any] = []
+    for field in SequenceRecord._meta.concrete_fields:
+        if field.primary_key or field.name in VARYING:
+            continue
+        value = field.pre_save(first, add=True)  # the created and updated times, once
+        if hasattr(value, "resolve_expression"):
+            sql, args = compiler.compile(value.resolve_expression(query))
+        else:
+            value = field.get_db_prep_save(value, connection)
+            if value is None:
+                continue
+            sql, args = (f"%s::{field.db_type(connection)}" if pg else "%s"), [value]
+        columns.append(connection.ops.quote_name(str(field.column)))
+        values.append(sql)
+        params.extend(args)
+    return columns, values, params

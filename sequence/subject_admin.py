@@ -5,7 +5,7 @@ Put it in your ``ModelAdmin``'s ``inlines``; it is public as ``sequence.admin.Se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.contrib import admin
 from django.contrib.contenttypes.admin import GenericTabularInline
@@ -16,15 +16,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from sequence import columns
-from sequence.models import SequenceRecord
-
-if TYPE_CHECKING:
-    ModelAdmin = admin.ModelAdmin[SequenceRecord]
-else:  # not subscriptable at run time
-    ModelAdmin = admin.ModelAdmin
-
-# Columns the list needs: never the data or the error, which may be large.
 from sequence.admin_list import LIST_FIELDS
+from sequence.models import SequenceRecord
 
 
 class SequenceInline(GenericTabularInline):
