@@ -14,6 +14,7 @@ from sequence import ForEach, Sequence, Step
 from sequence.dispatch import ITEM, get_queue
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
 from sequence.runner import run_step
+from sequence.transitions import fanout as machine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -76,3 +77,46 @@ def test_a_stale_element_job_takes_one_query_and_changes_nothing():
     assert len(queries.captured_queries) == 2, [q["sql"][:100] for q in queries.captured_queries]
     after = list(SequenceItem.objects.order_by("index").values_list("status", "attempt"))
     assert after == before
+
+
+class Meddler(Step):
+    """Changes everything it can reach of the data in place; returns what it saw first."""
+
+    def perform(self) -> dict[str, object]:
+        seen = {"flat": list(self.data["flat"]), "nested": dict(self.data["nested"]["deep"][0])}
+        seen["note"] = self.data["note"]
+        self.data["flat"].append(99)
+        self.data["flat"][0] = "changed"
+        self.data["nested"]["deep"][0]["n"] += 1
+        self.data["nested"]["new"] = True
+        self.data["note"] = "changed"
+        self.item["n"] += 100  # its own element, in place
+        return seen
+
+
+class MeddlingFan(Sequence):
+    steps = [ForEach("elements", Meddler, concurrency=1, into="seen")]
+
+
+def test_elements_run_in_one_process_each_see_the_data_as_the_foreach_began(monkeypatch):
+    reads = []
+    snapshot = machine._Snapshot
+    monkeypatch.setattr(machine, "_Snapshot", lambda *args: reads.append(1) or snapshot(*args))
+    data = {
+        "flat": ["a", 1, 2.5, None, True],
+        "nested": {"deep": [{"n": 1}]},
+        "note": "as begun",
+        "elements": [{"n": 0}, {"n": 1}, {"n": 2}],
+    }
+    seq = MeddlingFan.start(data)
+    get_queue("default").empty()
+    run_step(seq.id, 0, 0)
+    epoch = SequenceRecord.objects.get(pk=seq.id).epoch
+    for index in range(3):  # all in this process, sharing one read of the data
+        run_step(seq.id, 0, epoch, ITEM, index)
+    seq.refresh()
+    assert seq.status == "completed"
+    first = {"flat": ["a", 1, 2.5, None, True], "nested": {"n": 1}, "note": "as begun"}
+    assert seq.data["seen"] == [first] * 3
+    assert {k: seq.data[k] for k in data} == data
+    assert len(reads) == 1  # the data was read by the first element's claim only

@@ -11,6 +11,7 @@ commit hands its place to the next element not yet started, in list order.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -135,13 +136,16 @@ def claim_item(
     """Take an element whose job this is, while its ForEach runs; None if the job is stale.
 
     One statement: the element's row, if its ForEach still runs under this epoch, with
-    what the element runs on read from the sequence's row (``RETURNING``).
+    what the element runs on read from the sequence's row (``RETURNING``). The data and
+    the plan come back only if this process has not read them for this ForEach yet.
     """
     _, lease_arg = now_plus_sql(lease_seconds(timeout))
+    known = _snapshots.get((sequence_id, epoch))
+    held = known.token if known is not None else None
     params = [
         ItemStatus.RUNNING, token, worker[:200], lease_arg,
         sequence_id, step_index, index, *sorted(CLAIMABLE), ItemStatus.RUNNING, token,
-        sequence_id, epoch, step_index, *sorted(FANNING),
+        sequence_id, epoch, step_index, *sorted(FANNING), held, held,
     ]  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(_claim_item_sql(connection.vendor), params)
@@ -149,10 +153,15 @@ def claim_item(
     if row is None:
         return None
     item_pk, attempt, name, data, plan, version, queue, held_by, done, total = row
+    snapshot = known if data is None and known is not None and held_by == held else None
+    if snapshot is None:
+        if data is None or plan is None:  # not ours after all: read them
+            data, plan = SequenceRecord.objects.values_list("data", "plan").get(pk=sequence_id)
+        snapshot = _remember((sequence_id, epoch), _Snapshot(held_by, _json(data), _json(plan)))
     record = SequenceRecord(
-        pk=sequence_id, name=name, status=Status.RUNNING, data=_json(data), plan=_json(plan),
-        version=version, queue=queue, step_index=step_index, epoch=epoch,
-        claim_token=held_by, items_done=done, items_total=total,
+        pk=sequence_id, name=name, status=Status.RUNNING, data=snapshot.data(),
+        plan=list(snapshot.plan), version=version, queue=queue, step_index=step_index,
+        epoch=epoch, claim_token=held_by, items_done=done, items_total=total,
     )  # fmt: skip
     deadline = entered + timeout if timeout > 0 else float("inf")
     return ItemClaim(
@@ -164,10 +173,63 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-# What an element runs on, read from its sequence's row by its claim.
+# JSON's values that nothing can change in place.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SHARED, _COPIED, _DECODED = "shared", "copied", "decoded"
+
+
+class _Snapshot:
+    """The data and the plan a running ForEach's elements see, read once per process.
+
+    Neither changes while the ForEach runs (a change of either takes a new epoch, and a
+    ForEach begun again has a new claim token), so the elements of one ForEach a process
+    runs share one read of them. Each element still gets data of its own, as if freshly
+    read: a value nothing can change in place is shared, a list of such values is copied
+    (the usual ForEach list: a copy costs little next to decoding it), and anything else
+    is decoded again from its JSON.
+    """
+
+    __slots__ = ("parts", "plan", "token")
+
+    def __init__(self, token: str, data: dict[str, Any], plan: list[str]) -> None:
+        self.token = token
+        self.plan = plan
+        self.parts: list[tuple[str, str, Any]] = []
+        for key, value in data.items():
+            if type(value) in _SCALARS:
+                self.parts.append((key, _SHARED, value))
+            elif type(value) is list and all(type(v) in _SCALARS for v in value):
+                self.parts.append((key, _COPIED, value))
+            else:
+                self.parts.append((key, _DECODED, json.dumps(value)))
+
+    def data(self) -> dict[str, Any]:
+        """A copy of the data for one element, sharing nothing it could change."""
+        return {
+            key: value if how == _SHARED else value.copy() if how == _COPIED else json.loads(value)
+            for key, how, value in self.parts
+        }
+
+
+# The snapshots of the ForEach elements this process ran last, by (sequence, epoch).
+_snapshots: OrderedDict[tuple[int, int], _Snapshot] = OrderedDict()
+SNAPSHOTS = 8
+
+
+def _remember(key: tuple[int, int], snapshot: _Snapshot) -> _Snapshot:
+    _snapshots[key] = snapshot
+    _snapshots.move_to_end(key)
+    while len(_snapshots) > SNAPSHOTS:
+        _snapshots.popitem(last=False)
+    return snapshot
+
+
+# What an element runs on, read from its sequence's row by its claim; the data and the
+# plan only when the claim token of its ForEach is not the one given (see _Snapshot).
 _RECORD_COLUMNS = (
     "name", "data", "plan", "version", "queue", "claim_token", "items_done", "items_total",
 )  # fmt: skip
+_KNOWN = ("data", "plan")
 
 
 @cache
@@ -179,33 +241,49 @@ def _claim_item_sql(vendor: str) -> str:
     lease, _ = now_plus_sql(0)
     claimable = ", ".join(["%s"] * len(CLAIMABLE))
     fanning = ", ".join(["%s"] * len(FANNING))
-    # SQLite's RETURNING cannot name a joined table; a subquery per column reads the
-    # sequence's row (by its primary key) on either database.
+    claimed = f"""
+        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
+            lease_until = {lease}, dispatch_due = NULL, attempt = i.attempt + 1
+    """
+    element = f"""
+        i.sequence_id = %s AND i.step_index = %s AND i.{q("index")} = %s
+        AND (i.status IN ({claimable}) OR (i.status = %s AND i.claim_token = %s))
+    """
+    running = f"""
+        r.id = %s AND r.epoch = %s AND r.step_index = %s AND r.status IN ({fanning})
+        AND r.items_total IS NOT NULL AND r.items_failed = 0
+    """
+    if vendor == "postgresql":
+        # As a step's claim, its commit does not wait for the WAL flush: a claim lost in
+        # a crash of PostgreSQL leaves the element queued, for the sweep to queue again;
+        # the element's own commit, synchronous and later in the WAL, makes it durable.
+        relaxed = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
+        returned = ", ".join(_column("r", column) for column in _RECORD_COLUMNS)
+        return f"""
+            UPDATE {items} AS i {claimed}
+            FROM {records} AS r, {relaxed}
+            WHERE {element} AND {running} AND r.id = i.sequence_id
+            RETURNING i.id, i.attempt, {returned}
+        """
+    # SQLite's RETURNING cannot name a joined table, nor the updated one by its alias: a
+    # subquery per column reads the sequence's row, by its primary key.
     returned = ", ".join(
-        f"(SELECT r.{q(column)} FROM {records} r WHERE r.id = {items}.sequence_id)"
+        f"(SELECT {_column('r', column)} FROM {records} AS r WHERE r.id = {items}.sequence_id)"
         for column in _RECORD_COLUMNS
     )
-    relaxed = ""
-    if vendor == "postgresql":
-        # As a step's claim: its commit does not wait for the WAL flush (a claim lost in
-        # a crash of PostgreSQL leaves the element queued, for the sweep to queue again;
-        # the element's own commit, synchronous and later in the WAL, makes it durable).
-        relaxed = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
     return f"""
-        UPDATE {items}
-        SET status = %s, claim_token = %s, claimed_by = %s, claimed_at = {now},
-            lease_until = {lease}, dispatch_due = NULL, attempt = attempt + 1
-        {relaxed}
-        WHERE sequence_id = %s AND step_index = %s AND {q("index")} = %s
-            AND (status IN ({claimable}) OR (status = %s AND claim_token = %s))
-            AND EXISTS (
-                SELECT 1 FROM {records} r
-                WHERE r.id = %s AND r.epoch = %s AND r.step_index = %s
-                    AND r.status IN ({fanning}) AND r.items_total IS NOT NULL
-                    AND r.items_failed = 0
-            )
+        UPDATE {items} AS i {claimed}
+        WHERE {element} AND EXISTS (SELECT 1 FROM {records} AS r WHERE {running})
         RETURNING id, attempt, {returned}
     """
+
+
+def _column(table: str, column: str) -> str:
+    """A column the claim returns: the data and the plan as NULL when already known."""
+    name = f"{table}.{connection.ops.quote_name(column)}"
+    if column in _KNOWN:
+        return f"CASE WHEN {table}.claim_token = %s THEN NULL ELSE {name} END"
+    return name
 
 
 def _count(ic: ItemClaim, **counts: Any) -> SequenceRecord:
@@ -275,7 +353,7 @@ def commit_item(ic: ItemClaim, result: Any, concurrency: int) -> tuple[str, list
             return "finish", []
         if status not in FANNING:
             return "go", []
-        return "go", _queue_next(r.pk, r.step_index)
+        return "go", _queue_next(r.pk, r.step_index, after=ic.index)
 
 
 @cache
@@ -308,24 +386,33 @@ def _commit_item_sql(vendor: str, insert: str) -> str:
     """
 
 
-def _queue_next(sequence_id: int, step_index: int) -> list[int]:
+def _queue_next(sequence_id: int, step_index: int, after: int) -> list[int]:
     """Queue the first element not started, in list order: the place a commit hands on
-    (under the sequence row's lock, which the commit's count took)."""
+    (under the sequence row's lock, which the commit's count took).
+
+    Looked for past ``after`` first (the committing element's position: elements are
+    queued in list order, so those not started come after it), then from the start.
+    On PostgreSQL the index keeps an entry for each version of a queued element's row
+    until a vacuum; a search from the start would step over them all, each time.
+    """
     q = connection.ops.quote_name
-    items = q(SequenceItem._meta.db_table)
+    items, index = q(SequenceItem._meta.db_table), q("index")
+    first = f"""
+        SELECT id FROM {items}
+        WHERE sequence_id = %s AND step_index = %s AND status = %s AND {index} > %s
+        ORDER BY {index} LIMIT 1
+    """
     sql = f"""
         UPDATE {items} SET status = %s, dispatch_due = {now_sql()}
-        WHERE id = (
-            SELECT id FROM {items}
-            WHERE sequence_id = %s AND step_index = %s AND status = %s
-            ORDER BY {q("index")} LIMIT 1
-        ) AND status = %s
-        RETURNING {q("index")}
+        WHERE id = COALESCE(({first}), ({first})) AND status = %s
+        RETURNING {index}
     """
     pending = ItemStatus.PENDING
+    params: list[Any] = [ItemStatus.QUEUED, sequence_id, step_index, pending, after]
+    params += [sequence_id, step_index, pending, -1, pending]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [ItemStatus.QUEUED, sequence_id, step_index, pending, pending])
-        return [index for (index,) in cursor.fetchall()]
+        cursor.execute(sql, params)
+        return [i for (i,) in cursor.fetchall()]
 
 
 def fail_item(ic: ItemClaim, error: str, tb: str, *, will_retry: bool) -> str:
