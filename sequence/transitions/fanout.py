@@ -6,6 +6,9 @@ its own claim, so elements never wait on each other's work; each element's commi
 itself on the sequence row, under that row's lock, so the commit that counts the last
 element is the one that moves the sequence on, once. With ``concurrency`` places, each
 commit hands its place to the next element not yet started, in list order.
+
+An element's claim and commit are on every element's path, so they are hand-written SQL
+as a step's are (pinned by tests/test_fanout_cost.py); the rarer statements use the ORM.
 """
 
 from __future__ import annotations
