@@ -238,10 +238,13 @@ def _sweep_items(grace: float, jobs: LiveJobs, result: SweepResult) -> None:
     for record in idle.exclude(Exists(busy)).order_by("pk")[:size]:
         result.redispatched.append(record.pk)
         fanout.settle(record)
+    # Only while the ForEach runs: the queued elements of a paused sequence wait for its
+    # resume (which queues them again), those of a finished one for nothing.
     waiting = SequenceItem.objects.filter(
         status__in=[ItemStatus.QUEUED, ItemStatus.RETRYING],
         claim_token__isnull=True,
         dispatch_due__lt=ago(grace),
+        sequence__status__in=FANNING,
     )
     items = list(waiting.select_related("sequence").order_by("pk")[:size])
     live = jobs.live_items(items)

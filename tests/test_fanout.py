@@ -183,6 +183,28 @@ def test_cancel_stops_new_elements():
     assert runs(seq.id) == ["square 0"]
 
 
+@pytest.mark.parametrize("stop", ["pause", "cancel"])
+def test_the_sweep_leaves_the_queued_elements_of_a_stopped_foreach_alone(stop):
+    from sequence.dispatch import get_queue
+    from sequence.recovery import sweep
+    from sequence.worker import build_worker
+
+    seq = Squares.start({"numbers": [1, 2, 3]})
+    build_worker(["default"]).work(burst=True, max_jobs=3)  # A, start, element 0
+    getattr(seq, stop)()
+    run_jobs()  # element 1's job finds the sequence stopped and ends
+    queued = SequenceItem.objects.filter(sequence_id=seq.id, status=ItemStatus.QUEUED)
+    assert queued.count() == 1
+    result = sweep(grace=0)  # its dispatch time is past the grace, and RQ holds no job
+    assert seq.id not in result.redispatched
+    assert get_queue("default").count == 0
+    assert queued.get().recoveries == 0
+    if stop == "pause":
+        seq.resume()  # queues it again
+        run_jobs()
+        assert [r["n"] for r in seq.wait(5)["squares"]] == [1, 4, 9]
+
+
 def test_at_most_concurrency_elements_run_at_once(workers):
     workers.start(3)
     seq = SquaresAtOnce.start({"numbers": list(range(12)), "slow": 0.3})
