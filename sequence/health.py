@@ -204,9 +204,9 @@ def _groups(grace: float, whole_table: bool) -> list[dict[str, Any]]:
         # No GROUP BY: one count per finished status over the index's range.
         finished = SequenceRecord.objects.order_by().filter(recent)
         counts = finished.aggregate(**{s: Count("pk", filter=Q(status=s)) for s in TERMINAL})
+        stuck = {"dead": 0, "overdue": 0, "maybe_lost": 0}  # finished rows are never stuck
         rows += [
-            {"status": s, "queue": None, "name": None, "step": None, "n": n, "recent": n}
-            | {"dead": 0, "overdue": 0, "maybe_lost": 0}
+            {"status": s, "queue": None, "name": None, "step": None, "n": n, "recent": n, **stuck}
             for s, n in counts.items()
             if n
         ]
