@@ -6,8 +6,11 @@ elements run in this process, one job at a time, against real Redis.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from sequence import ForEach, Sequence, Step
@@ -16,12 +19,14 @@ from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttemp
 from sequence.runner import run_step
 from sequence.transitions import fanout as machine
 
+from .conftest import wait_for
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # The claim; then BEGIN, the element's row, its count on the sequence's row, its
-# history row, the next element queued, COMMIT. On PostgreSQL the row, the count and
-# the history row are one statement.
-QUERIES_PER_ELEMENT = {"sqlite": 7, "postgresql": 5}
+# history row, the next element queued, COMMIT. On PostgreSQL the row, the count, the
+# history row and the next element are one statement, a transaction of its own.
+QUERIES_PER_ELEMENT = {"sqlite": 7, "postgresql": 2}
 
 
 class Nothing(Step):
@@ -120,3 +125,64 @@ def test_elements_run_in_one_process_each_see_the_data_as_the_foreach_began(monk
     assert seq.data["seen"] == [first] * 3
     assert {k: seq.data[k] for k in data} == data
     assert len(reads) == 1  # the data was read by the first element's claim only
+
+
+class Wide(Sequence):
+    steps = [ForEach("items", Nothing, concurrency=2, into="results")]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's commit queues the next element itself"
+)
+def test_a_commit_that_waited_for_another_still_hands_its_place_on():
+    """Two elements commit at once: the second waits for the sequence row's lock, which
+    the first holds until it has queued the next element. The second's statement began
+    before that element was queued, yet it must queue the one after, not lose its place."""
+    seq = Wide.start({"items": ["a", "b", "c", "d"]})
+    get_queue("default").empty()
+    run_step(seq.id, 0, 0)  # begins the ForEach: elements 0 and 1 queued
+    epoch = SequenceRecord.objects.get(pk=seq.id).epoch
+    first, second = (
+        machine.claim_item(seq.id, 0, epoch, i, "w", f"t{i}", 60, time.monotonic()) for i in (0, 1)
+    )
+    assert first is not None
+    assert second is not None
+    first_done, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def commit(name: str, ic: machine.ItemClaim, hold: bool) -> None:
+        try:
+            with transaction.atomic():
+                outcomes[name] = machine.commit_item(ic, {"at": ic.index}, 2)
+                if hold:  # keep the sequence row's lock until told
+                    first_done.set()
+                    release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=commit, args=("first", first, True))
+    holder.start()
+    assert first_done.wait(30)
+    waiter = threading.Thread(target=commit, args=("second", second, False))
+    waiter.start()
+    try:
+        with connection.cursor() as cursor:  # the second commit waits for the row's lock
+
+            def waiting() -> bool:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return cursor.fetchone()[0] == 1
+
+            wait_for(waiting, 30, "the second commit to wait for the lock")
+    finally:
+        release.set()
+        holder.join(30)
+        waiter.join(30)
+    assert outcomes == {"first": ("go", [2]), "second": ("go", [3])}
+    statuses = SequenceItem.objects.filter(sequence_id=seq.id).order_by("index")
+    assert list(statuses.values_list("status", flat=True)) == [
+        ItemStatus.DONE, ItemStatus.DONE, ItemStatus.QUEUED, ItemStatus.QUEUED,
+    ]  # fmt: skip
+    assert SequenceRecord.objects.get(pk=seq.id).items_done == 2

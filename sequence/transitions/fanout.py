@@ -317,52 +317,72 @@ def commit_item(ic: ItemClaim, result: Any, concurrency: int) -> tuple[str, list
     Hand-written SQL, as a step's commit: the element's row (fenced by its token and
     lease), the count on the sequence's row (taking its lock, so the commit that counts
     the last element is the one that moves the sequence on), the history row, then the
-    next element queued under that lock. On PostgreSQL the first three are one statement.
+    next element queued under that lock. On PostgreSQL all four are one statement.
     """
     r = ic.record
     stored = SequenceItem._meta.get_field("result").get_db_prep_save(result, connection)
     done = [ItemStatus.DONE, stored, ic.pk, ic.token, ItemStatus.RUNNING]
     counted = [r.pk, r.epoch, r.step_index]
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            insert, fields = history.insert_sql(select_from="done")
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    _commit_item_sql(connection.vendor, insert),
-                    done + counted + history.params(ic.entry(Outcome.SUCCEEDED), fields),
-                )
-                ours, *row = cursor.fetchone()
-        else:
-            sql_done, sql_counted = _commit_item_sql(connection.vendor, "").split(";")
-            with connection.cursor() as cursor:
-                cursor.execute(sql_done, done)
-                ours = cursor.rowcount
-                if ours:
-                    cursor.execute(sql_counted, counted)
-                    row = list(cursor.fetchone() or (None,) * 4)
-                    history.write(ic.entry(Outcome.SUCCEEDED))
-        if not ours:
-            if ic.mine().exists():
-                raise StepDeadlineExceeded(
-                    f"element {ic.index} reached the database after its lease; not committed."
-                )
-            raise StepFenced(f"element {ic.index} lost its claim; its result is discarded.")
-        status, items_done, items_total, items_failed = row
-        if status is None:
-            return "go", []  # the ForEach this element ran in is over (a new epoch)
-        if items_failed:
-            return ("fail" if not _in_flight(ic) else "go"), []
-        if items_done >= (items_total or 0):
-            return "finish", []
-        if status not in FANNING:
-            return "go", []
-        return "go", _queue_next(r.pk, r.step_index, after=ic.index)
+    row: list[Any] = [None] * 4
+    queued: int | None = None
+    if connection.vendor == "postgresql":
+        insert, fields = history.insert_sql(select_from="done")
+        pending = [r.pk, r.step_index, ItemStatus.PENDING]
+        params = (
+            done + counted + sorted(FANNING) + history.params(ic.entry(Outcome.SUCCEEDED), fields)
+        )
+        params += [ItemStatus.QUEUED, *pending, ic.index, *pending]
+        with connection.cursor() as cursor:
+            cursor.execute(_commit_item_sql(connection.vendor, insert), params)
+            ours, *row, queued = cursor.fetchone()
+    else:
+        sql_done, sql_counted = _commit_item_sql(connection.vendor, "").split(";")
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql_done, done)
+            ours = cursor.rowcount
+            if ours:
+                cursor.execute(sql_counted, counted)
+                row = list(cursor.fetchone() or (None,) * 4)
+                history.write(ic.entry(Outcome.SUCCEEDED))
+                if _next_queued(row):
+                    queued = _queue_next(r.pk, r.step_index, after=ic.index)
+    if not ours:
+        if ic.mine().exists():
+            raise StepDeadlineExceeded(
+                f"element {ic.index} reached the database after its lease; not committed."
+            )
+        raise StepFenced(f"element {ic.index} lost its claim; its result is discarded.")
+    status, items_done, items_total, items_failed = row
+    if status is None:
+        return "go", []  # the ForEach this element ran in is over (a new epoch)
+    if items_failed:
+        return ("fail" if not _in_flight(ic) else "go"), []
+    if items_done >= (items_total or 0):
+        return "finish", []
+    return "go", [] if queued is None else [queued]
+
+
+def _next_queued(row: list[Any]) -> bool:
+    """Whether a commit that counted its element to ``row`` hands its place on."""
+    status, items_done, items_total, items_failed = row
+    return status in FANNING and not items_failed and items_done < (items_total or 0)
 
 
 @cache
 def _commit_item_sql(vendor: str, insert: str) -> str:
     """The element's commit for this database (``insert``: the history row from ``done``
-    on PostgreSQL); on SQLite, its two statements joined by ``;``."""
+    on PostgreSQL); on SQLite, its first two statements joined by ``;``.
+
+    On PostgreSQL the next element is queued in the same statement. Its count waits for
+    the sequence row's lock, held by a commit that queued an element meanwhile, which
+    the statement's snapshot (taken before the wait) still shows as not started; the
+    search for the next element locks what it finds (``FOR UPDATE``), which reads each
+    row found as it is now and passes over the one that was queued, so no place is lost.
+    It runs after the count (it reads the count's row), under the sequence row's lock;
+    as on SQLite it looks past the committing element first, as the index keeps an entry
+    for each version of a queued element's row until a vacuum, which a search from the
+    start would step over, each time.
+    """
     q = connection.ops.quote_name
     items, records = q(SequenceItem._meta.db_table), q(SequenceRecord._meta.db_table)
     now = now_sql()
@@ -379,24 +399,41 @@ def _commit_item_sql(vendor: str, insert: str) -> str:
     counts = "RETURNING status, items_done, items_total, items_failed"
     if vendor != "postgresql":
         return f"{done};{counted} {counts}"
+    fanning = ", ".join(["%s"] * len(FANNING))
+    index = q("index")
+    pending = f"""
+        SELECT id FROM {items}
+        WHERE sequence_id = %s AND step_index = %s AND status = %s {{past}}
+            AND EXISTS (SELECT 1 FROM go)
+        ORDER BY {index} LIMIT 1 FOR UPDATE SKIP LOCKED
+    """
     return f"""
         WITH done AS ({done} RETURNING id),
             counted AS ({counted} AND EXISTS (SELECT 1 FROM done) {counts}),
-            written AS ({insert})
+            go AS (
+                SELECT 1 FROM counted WHERE status IN ({fanning}) AND items_failed = 0
+                    AND items_done < items_total
+            ),
+            written AS ({insert}),
+            queued AS (
+                UPDATE {items} SET status = %s, dispatch_due = {now}
+                WHERE id = COALESCE(
+                    ({pending.format(past=f"AND {index} > %s")}), ({pending.format(past="")})
+                )
+                RETURNING {index}
+            )
         SELECT (SELECT count(*) FROM done), c.status, c.items_done, c.items_total,
-            c.items_failed
+            c.items_failed, (SELECT {index} FROM queued)
         FROM (SELECT 1) AS one LEFT JOIN counted c ON TRUE
     """
 
 
-def _queue_next(sequence_id: int, step_index: int, after: int) -> list[int]:
+def _queue_next(sequence_id: int, step_index: int, after: int) -> int | None:
     """Queue the first element not started, in list order: the place a commit hands on
-    (under the sequence row's lock, which the commit's count took).
+    (under the sequence row's lock, which the commit's count took). On SQLite.
 
     Looked for past ``after`` first (the committing element's position: elements are
     queued in list order, so those not started come after it), then from the start.
-    On PostgreSQL the index keeps an entry for each version of a queued element's row
-    until a vacuum; a search from the start would step over them all, each time.
     """
     q = connection.ops.quote_name
     items, index = q(SequenceItem._meta.db_table), q("index")
@@ -415,7 +452,8 @@ def _queue_next(sequence_id: int, step_index: int, after: int) -> list[int]:
     params += [sequence_id, step_index, pending, -1, pending]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [i for (i,) in cursor.fetchall()]
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def fail_item(ic: ItemClaim, error: str, tb: str, *, will_retry: bool) -> str:
