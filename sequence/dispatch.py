@@ -176,6 +176,29 @@ def enqueue_first_steps(sequence_ids: Sequence[int], queue: str, spec: StepSpec 
         pipe.execute()
 
 
+def enqueue_items(
+    sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None,
+    items: Sequence[int],
+) -> bool:  # fmt: skip
+    """Queue the jobs of elements of one ForEach, in one Redis pipeline (a ForEach's first
+    places, or its places after a resume). False leaves them for the sweep; nothing is
+    queued with ``SEQUENCE_TESTING``."""
+    if settings.TESTING or not items:
+        return True
+    timeout = timeout_of(spec)
+    options = [_options(sequence_id, step_index, epoch, spec, kind=ITEM, item=i) for i in items]
+    datas = [Queue.prepare_data(ENTRY_POINT, timeout=timeout, **each) for each in options]
+    try:
+        get_queue(queue_for(spec, queue)).enqueue_many(datas)  # one pipeline
+    except Exception:
+        logger.exception(
+            "Could not queue %s elements of step %s of sequence %s; the recovery sweep will.",
+            len(items), step_index, sequence_id,
+        )  # fmt: skip
+        return False
+    return True
+
+
 def dispatch_many(records: list[SequenceRecord], *, at_front: bool = False) -> int:
     """Queue the unit each row says is due, one Redis pipeline per queue; clear the outbox.
 

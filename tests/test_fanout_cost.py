@@ -14,12 +14,13 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from sequence import ForEach, Sequence, Step
-from sequence.dispatch import ITEM, get_queue
+from sequence.dispatch import ITEM, enqueue_step, get_queue, job_id
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
 from sequence.runner import run_step
 from sequence.transitions import fanout as machine
 
 from .conftest import wait_for
+from .test_start_many import RoundTrips
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -186,3 +187,33 @@ def test_a_commit_that_waited_for_another_still_hands_its_place_on():
         ItemStatus.DONE, ItemStatus.DONE, ItemStatus.QUEUED, ItemStatus.QUEUED,
     ]  # fmt: skip
     assert SequenceRecord.objects.get(pk=seq.id).items_done == 2
+
+
+class Broad(Sequence):
+    steps = [ForEach("items", Nothing, concurrency=5)]
+
+
+def test_a_foreach_queues_its_first_places_in_one_round_trip_as_single_jobs_are():
+    seq = Broad.start({"items": list(range(8))})
+    queue = get_queue("default")
+    queue.empty()
+    trips = RoundTrips()
+    trips.wrap(queue.connection)
+    try:
+        run_step(seq.id, 0, 0)  # begins the ForEach: its first five places
+    finally:
+        del queue.connection.execute_command, queue.connection.pipeline
+    assert trips.count == 1
+    record = SequenceRecord.objects.get(pk=seq.id)
+    epoch, spec = record.epoch, Broad.step_named(record.plan[0])
+    assert queue.get_job_ids() == [job_id(seq.id, 0, epoch, ITEM, i) for i in range(5)]
+    # Field by field in Redis, the jobs are those queued one at a time.
+    enqueue_step(seq.id, 0, epoch, "default", spec, kind=ITEM, item=5)
+    one, many = (queue.fetch_job(job_id(seq.id, 0, epoch, ITEM, i)) for i in (5, 0))
+    assert one is not None
+    assert many is not None
+    assert list(many.args) == [seq.id, 0, epoch, ITEM, 0]
+    stored = [queue.connection.hgetall(job.key) for job in (one, many)]
+    assert stored[0].keys() == stored[1].keys()
+    differ = {field for field in stored[0] if stored[0][field] != stored[1][field]}
+    assert differ <= {b"created_at", b"enqueued_at", b"data", b"description"}
