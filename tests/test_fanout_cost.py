@@ -6,7 +6,6 @@ elements run in this process, one job at a time, against real Redis.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -27,9 +26,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # The claim; then BEGIN, the element's row, its count on the sequence's row, its
 # history row, the next element queued, COMMIT. On PostgreSQL the row, the count, the
-# history row and the next element are one statement, a transaction of its own that
-# does not wait for the WAL flush, and a second statement makes it durable.
-QUERIES_PER_ELEMENT = {"sqlite": 7, "postgresql": 3}
+# history row and the next element are one statement, a transaction of its own.
+QUERIES_PER_ELEMENT = {"sqlite": 7, "postgresql": 2}
 
 
 class Nothing(Step):
@@ -219,28 +217,3 @@ def test_a_foreach_queues_its_first_places_in_one_round_trip_as_single_jobs_are(
     assert stored[0].keys() == stored[1].keys()
     differ = {field for field in stored[0] if stored[0][field] != stored[1][field]}
     assert differ <= {b"created_at", b"enqueued_at", b"data", b"description"}
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's commit setting")
-@pytest.mark.parametrize("in_block", [False, True])
-def test_an_element_commit_is_durable_before_it_returns(in_block):
-    """On its own, the commit skips the wait for the WAL flush (so the sequence row's lock
-    is not held through it) and a transaction of its own then waits for the flush; inside
-    a caller's transaction it changes nothing of that transaction's commit."""
-    seq = Wide.start({"items": ["a", "b", "c"]})
-    get_queue("default").empty()
-    run_step(seq.id, 0, 0)
-    epoch = SequenceRecord.objects.get(pk=seq.id).epoch
-    ic = machine.claim_item(seq.id, 0, epoch, 0, "w", "t0", 60, time.monotonic())
-    assert ic is not None
-    block = transaction.atomic() if in_block else contextlib.nullcontext()  # a worker: none
-    with CaptureQueriesContext(connection) as queries, block:
-        assert machine.commit_item(ic, {"at": 0}, 2) == ("go", [2])
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            setting = cursor.fetchone()[0]
-    sql = [q["sql"] for q in queries.captured_queries]
-    commit = next(s for s in sql if s.lstrip().startswith("WITH done"))
-    assert ("set_config('synchronous_commit', 'off'" in commit) is not in_block
-    assert (machine.DURABLE in sql) is not in_block
-    assert setting == "on"  # the caller's transaction, or the session, as it was

@@ -332,12 +332,9 @@ def commit_item(ic: ItemClaim, result: Any, concurrency: int) -> tuple[str, list
             done + counted + sorted(FANNING) + history.params(ic.entry(Outcome.SUCCEEDED), fields)
         )
         params += [ItemStatus.QUEUED, *pending, ic.index, *pending]
-        relaxed = not connection.in_atomic_block  # the statement is its own transaction
         with connection.cursor() as cursor:
-            cursor.execute(_commit_item_sql(connection.vendor, insert, relaxed), params)
+            cursor.execute(_commit_item_sql(connection.vendor, insert), params)
             ours, *row, queued = cursor.fetchone()
-            if relaxed and ours:
-                cursor.execute(DURABLE)
     else:
         sql_done, sql_counted = _commit_item_sql(connection.vendor, "").split(";")
         with transaction.atomic(), connection.cursor() as cursor:
@@ -371,23 +368,10 @@ def _next_queued(row: list[Any]) -> bool:
     return status in FANNING and not items_failed and items_done < (items_total or 0)
 
 
-# A transaction of its own that takes a transaction id, so that its commit (synchronous)
-# waits for the WAL flush past every commit before it: the relaxed commit of an element.
-DURABLE = "SELECT pg_current_xact_id()"
-
-
 @cache
-def _commit_item_sql(vendor: str, insert: str, relaxed: bool = False) -> str:
+def _commit_item_sql(vendor: str, insert: str) -> str:
     """The element's commit for this database (``insert``: the history row from ``done``
     on PostgreSQL); on SQLite, its first two statements joined by ``;``.
-
-    ``relaxed`` (PostgreSQL, the statement being its own transaction): its commit does
-    not wait for the WAL flush, so the sequence row's lock, which every element's commit
-    of the ForEach takes in turn, is not held through a flush, and the workers' flushes
-    can be shared. The caller then runs ``DURABLE`` before anything follows (the next
-    element's job, the end of this one): the element's commit is durable when it returns,
-    as a step's is. A crash of PostgreSQL between the two loses the element's commit, and
-    the element runs again, as it would after a crash during its run.
 
     On PostgreSQL the next element is queued in the same statement. Its count waits for
     the sequence row's lock, held by a commit that queued an element meanwhile, which
@@ -441,7 +425,6 @@ def _commit_item_sql(vendor: str, insert: str, relaxed: bool = False) -> str:
         SELECT (SELECT count(*) FROM done), c.status, c.items_done, c.items_total,
             c.items_failed, (SELECT {index} FROM queued)
         FROM (SELECT 1) AS one LEFT JOIN counted c ON TRUE
-        {", (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed" if relaxed else ""}
     """
 
 
