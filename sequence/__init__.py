@@ -8,13 +8,17 @@ from typing import TYPE_CHECKING, Any
 from sequence.exceptions import (
     ConfigurationError,
     Fail,
+    ForeignJob,
     InvalidData,
     InvalidTransition,
     SequenceCanceled,
     SequenceError,
     SequenceFailed,
     SequenceTimeout,
+    StepDeadlineExceeded,
+    StepFenced,
     UnknownSequence,
+    UnreadableJob,
 )
 
 if TYPE_CHECKING:
@@ -39,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "Fail",
     "ForEach",
+    "ForeignJob",
     "InvalidData",
     "InvalidTransition",
     "Retry",
@@ -50,7 +55,10 @@ __all__ = [
     "SequenceTimeout",
     "Sleep",
     "Step",
+    "StepDeadlineExceeded",
+    "StepFenced",
     "UnknownSequence",
+    "UnreadableJob",
     "WaitFor",
 ]
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from sequence import hooks, signals
 from sequence.conf import settings
-from sequence.dispatch import confirm_dispatch, enqueue_first_steps
+from sequence.dispatch import confirm_dispatch, enqueue_first_steps, known_queue
 from sequence.exceptions import ConfigurationError, InvalidData
 from sequence.models import SequenceRecord, subject_of
 from sequence.validation import check_data
@@ -51,6 +51,8 @@ def start_many(
     """
     if not getattr(cls, "step_specs", None):
         raise ConfigurationError(f"{cls.__qualname__} has no steps; list them in steps = [...].")
+    if queue is not None:
+        known_queue(queue)
     datas = list(datas)
     keys = _parallel("keys", keys, len(datas))
     about = [

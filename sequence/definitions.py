@@ -65,6 +65,10 @@ class Step(Generic[D]):
     queue: ClassVar[str | None] = None
     atomic: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_options(cls)
+
     def __init__(
         self,
         *,
@@ -101,6 +105,34 @@ class Step(Generic[D]):
     def using(cls, **values: Any) -> Use:
         """One use of this step in a plan, with ``values`` merged into the data before it runs."""
         return Use(cls, values)
+
+
+def _check_options(cls: type[Step[Any]]) -> None:
+    """Refuse a step's options when its class is defined, not when its job is queued."""
+    name = cls.__qualname__
+    if cls.retry is not None:
+        if isinstance(cls.retry, bool) or not isinstance(cls.retry, Retry | int | Mapping):
+            raise ConfigurationError(
+                f"{name}.retry = {cls.retry!r}: give a Retry(...), or None for SEQUENCE_RETRY."
+            )
+        try:
+            Retry.coerce(cls.retry)
+        except (ConfigurationError, TypeError) as exc:
+            raise ConfigurationError(f"{name}.retry = {cls.retry!r}: {exc}") from exc
+    timeout = cls.timeout
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"{name}.timeout = {timeout!r}: give whole seconds > 0 (the RQ job timeout), "
+            "or None for SEQUENCE_TIMEOUT."
+        )
+    if cls.queue is not None and (not isinstance(cls.queue, str) or not cls.queue):
+        raise ConfigurationError(
+            f"{name}.queue = {cls.queue!r}: give the name of a queue in RQ_QUEUES, or None."
+        )
+    if not isinstance(cls.atomic, bool):
+        raise ConfigurationError(f"{name}.atomic = {cls.atomic!r}: give True or False.")
 
 
 class FunctionStep(Step):
@@ -284,6 +316,11 @@ class SequenceDefinition(Generic[D]):
                     f"{cls.__qualname__} has two different steps named {spec.name!r}; "
                     "rename one of them."
                 )
+        if cls.schema is not None and not callable(cls.schema):
+            raise ConfigurationError(
+                f"{cls.__qualname__}.schema = {cls.schema!r}: give a pydantic model class, or "
+                "a callable that takes the data and returns it cleaned (or raises)."
+            )
         names = [s.name for s in cls.schedules]
         if len(names) != len(set(names)):
             raise ConfigurationError(
@@ -371,7 +408,12 @@ class SequenceDefinition(Generic[D]):
             raise
         except Exception as exc:
             raise InvalidData(f"{cls.name}: the schema rejected the data: {exc}") from exc
-        return dict(cleaned) if isinstance(cleaned, Mapping) else _not_a_dict(cleaned)
+        if not isinstance(cleaned, Mapping):
+            raise InvalidData(
+                f"{cls.name}: the schema returned {type(cleaned).__name__} {cleaned!r:.80}; "
+                "it must return the cleaned data, a dict."
+            )
+        return dict(cleaned)
 
     # -- hooks --------------------------------------------------------------------
 

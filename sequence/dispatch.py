@@ -13,6 +13,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db.models import Q
 from rq import Callback, Queue
 from rq.job import Job
@@ -27,6 +28,7 @@ from rq.serializers import JSONSerializer
 
 from sequence.conf import settings
 from sequence.definitions import StepSpec
+from sequence.exceptions import ConfigurationError
 from sequence.models import SequenceRecord
 from sequence.registry import spec_for
 from sequence.retry import Retry
@@ -70,6 +72,18 @@ def get_queue(name: str) -> Queue:
 
     connection = django_rq.get_connection(name)
     return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def known_queue(name: str) -> str:
+    """``name``, if RQ_QUEUES has it: a queue given when starting, checked before anything
+    is saved (a class's queues are checked at start-up, as sequence.E002)."""
+    configured = getattr(django_settings, "RQ_QUEUES", {})
+    if name not in configured:
+        raise ConfigurationError(
+            f"queue={name!r} is not in RQ_QUEUES (it has {', '.join(map(repr, configured))}); "
+            "add it there, or start the sequence on one of those."
+        )
+    return name
 
 
 def queue_for(spec: StepSpec | None, queue: str) -> str:

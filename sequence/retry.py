@@ -23,6 +23,10 @@ def _seconds(value: object) -> bool:
     )
 
 
+# The longest wait before a retry: RQ holds the job in its scheduled registry meanwhile.
+MAX_WAIT = 365 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class Retry:
     """How often a failing step runs again, and how long to wait before each retry.
@@ -64,6 +68,15 @@ class Retry:
             raise refuse("on", self.on, "give an exception class or a tuple of them.")
         object.__setattr__(self, "interval", tuple(intervals) if not single else self.interval)
         object.__setattr__(self, "on", on)
+        # The longest wait: the last, as backoff >= 1; for a list, any of those used.
+        used = range(1, min(self.max, len(intervals)) + 1) if not single else (self.max,)
+        longest = max((self.delay(n) for n in used if n > 0), default=0.0)
+        if longest > MAX_WAIT:
+            raise refuse(
+                "max_interval", self.max_interval,
+                f"a retry would wait {longest:.3g} s, over a year: cap the waits with "
+                "max_interval (seconds), or retry fewer times.",
+            )  # fmt: skip
 
     @classmethod
     def coerce(cls, value: Retry | Mapping[str, Any] | int | None) -> Retry:
@@ -81,7 +94,10 @@ class Retry:
         if isinstance(self.interval, tuple):
             wait = float(self.interval[min(n, len(self.interval)) - 1])
         else:
-            wait = float(self.interval) * self.backoff ** (n - 1)  # type: ignore[arg-type]
+            try:
+                wait = float(self.interval) * self.backoff ** (n - 1)  # type: ignore[arg-type]
+            except OverflowError:  # past a float's range: longer than any cap
+                wait = math.inf
         return wait if self.max_interval is None else min(wait, self.max_interval)
 
     def delays(self) -> list[int]:

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from sequence import hooks, signals
 from sequence.conf import settings
-from sequence.dispatch import dispatch
+from sequence.dispatch import dispatch, known_queue
 from sequence.exceptions import ConfigurationError
 from sequence.models import SequenceRecord, subject_of
 from sequence.validation import check_data
@@ -34,6 +34,8 @@ def start(
     """
     if not getattr(cls, "step_specs", None):
         raise ConfigurationError(f"{cls.__qualname__} has no steps; list them in steps = [...].")
+    if queue is not None:
+        known_queue(queue)
     cleaned = cls.clean(data)
     check_data(cleaned)
     subject_type, subject_id = subject_of(subject) if subject is not None else (None, "")

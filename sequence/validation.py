@@ -14,8 +14,18 @@ def _path(path: str, key: object) -> str:
     return f"{path}[{key!r}]"
 
 
-def _check(value: Any, path: str) -> None:
+# Deeper than this, JSON readers (Python's among them) give up; a value that contains
+# itself is refused here too.
+MAX_DEPTH = 200
+
+
+def _check(value: Any, path: str, depth: int = 0) -> None:
     # Exact types: subclasses (OrderedDict aside) may not round-trip unchanged.
+    if depth > MAX_DEPTH:
+        raise InvalidData(
+            f"{path[:120]}... nests more than {MAX_DEPTH} levels deep, or contains itself; "
+            "flatten it."
+        )
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
@@ -32,11 +42,11 @@ def _check(value: Any, path: str) -> None:
                 raise InvalidData(f"{path} has the key {key!r}; JSON object keys must be strings.")
             if "\x00" in key:
                 raise InvalidData(f"{_path(path, key)}: the key contains a NUL character.")
-            _check(item, _path(path, key))
+            _check(item, _path(path, key), depth + 1)
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _check(item, f"{path}[{index}]")
+            _check(item, f"{path}[{index}]", depth + 1)
         return
     hint = "a list" if isinstance(value, tuple | set | frozenset) else "a string or number"
     raise InvalidData(
@@ -54,7 +64,9 @@ def check_data(data: Any, *, what: str = "data") -> None:
     _check(data, what)
     size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
     if size > settings.MAX_DATA_BYTES:
+        largest = max(data, key=lambda k: len(json.dumps(data[k], ensure_ascii=False)))
         raise InvalidData(
             f"{what} is {size} bytes of JSON, over SEQUENCE_MAX_DATA_BYTES "
-            f"({settings.MAX_DATA_BYTES}); store large values elsewhere and keep a reference."
+            f"({settings.MAX_DATA_BYTES}), the largest part being {_path(what, largest)}; "
+            "store large values elsewhere and keep a reference."
         )

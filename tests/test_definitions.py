@@ -60,6 +60,48 @@ def test_retry_options_are_validated():
         Retry(max=-1)
     with pytest.raises(ConfigurationError, match="interval"):
         Retry(max=2, interval=[-1])
+    # Waits that grow past a year (or past a float's range) need a cap.
+    with pytest.raises(ConfigurationError, match="over a year: cap the waits with max_interval"):
+        Retry(max=1100, interval=1, backoff=2.0)
+    capped = Retry(max=1100, interval=1, backoff=2.0, max_interval=600)
+    assert capped.delays()[:3] == [1, 2, 4]
+    assert capped.delays()[-1] == 600
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"retry": "x"}, r"Odd\.retry = 'x': give a Retry"),
+        ({"retry": True}, r"Odd\.retry = True: give a Retry"),
+        ({"retry": {"max": 2, "interval": -5}}, r"Odd\.retry = .*Retry\(interval=-5\)"),
+        ({"retry": {"maxx": 1}}, r"Odd\.retry = .*unexpected keyword argument 'maxx'"),
+        ({"timeout": "soon"}, r"Odd\.timeout = 'soon': give whole seconds > 0"),
+        ({"timeout": 0}, r"Odd\.timeout = 0: give whole seconds > 0"),
+        ({"queue": ""}, r"Odd\.queue = '': give the name of a queue"),
+        ({"atomic": "yes"}, r"Odd\.atomic = 'yes': give True or False"),
+    ],
+)
+def test_a_steps_options_are_refused_when_its_class_is_defined(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        type("Odd", (Step,), {"perform": lambda self: None, **options})
+
+
+def test_a_steps_options_in_their_other_forms_are_accepted():
+    for options in ({"retry": 3}, {"retry": {"max": 2, "interval": 1}}, {"retry": Retry(max=1)}):
+        type("Fine", (Step,), {"timeout": 5, "queue": "high", "atomic": True, **options})
+
+
+def test_a_schema_must_be_a_model_or_a_callable():
+    with pytest.raises(ConfigurationError, match=r"Schemaless\.schema = 5: give a pydantic model"):
+        type("Schemaless", (Sequence,), {"steps": [A], "schema": 5})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_schema_that_returns_no_dict_is_named_in_the_error():
+    cls = type("Forgetful", (Sequence,), {"steps": [A], "schema": lambda data: None})
+    with pytest.raises(InvalidData, match="the schema returned NoneType None; it must return"):
+        cls.start({})
+    assert not SequenceRecord.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)

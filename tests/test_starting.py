@@ -7,7 +7,7 @@ import math
 import pytest
 from django.db import transaction
 
-from sequence import InvalidData, SequenceError, UnknownSequence
+from sequence import ConfigurationError, InvalidData, SequenceError, UnknownSequence
 from sequence.dispatch import get_queue, job_id
 from sequence.models import SequenceRecord
 from sequence.states import Status
@@ -101,10 +101,33 @@ def test_bad_data_fails_at_once_naming_the_key(data, names):
     assert queued_ids() == []
 
 
-def test_data_over_the_size_limit_is_refused(settings):
+def test_data_over_the_size_limit_is_refused_naming_its_largest_part(settings):
     settings.SEQUENCE_MAX_DATA_BYTES = 100
-    with pytest.raises(InvalidData, match="SEQUENCE_MAX_DATA_BYTES"):
-        ThreeSteps.start({"text": "x" * 200})
+    with pytest.raises(InvalidData, match=r"SEQUENCE_MAX_DATA_BYTES.*data\['text'\]"):
+        ThreeSteps.start({"n": 1, "text": "x" * 200})
+    assert not SequenceRecord.objects.exists()
+
+
+def test_data_nested_too_deep_or_containing_itself_is_refused_naming_the_path():
+    deep: dict[str, object] = {}
+    for _ in range(1000):
+        deep = {"a": deep}
+    itself: list[object] = []
+    itself.append(itself)
+    for data, path in ((deep, "data['a']['a']"), ({"x": itself}, "data['x'][0][0]")):
+        with pytest.raises(InvalidData, match="levels deep, or contains itself") as error:
+            ThreeSteps.start(data)
+        assert str(error.value).startswith(path)
+    assert not SequenceRecord.objects.exists()
+
+
+def test_a_queue_missing_from_rq_queues_is_refused_before_anything_is_saved():
+    for start in (
+        lambda: ThreeSteps.start({}, queue="nope"),
+        lambda: ThreeSteps.start_many([{}], queue="nope"),
+    ):
+        with pytest.raises(ConfigurationError, match=r"queue='nope' is not in RQ_QUEUES"):
+            start()
     assert not SequenceRecord.objects.exists()
 
 
