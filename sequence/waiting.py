@@ -102,10 +102,19 @@ def send(
     """Deliver ``event`` to a sequence; its ``WaitFor`` consumes it now or when it gets there.
 
     With ``id``, a second delivery of the same event id is accepted and ignored (the
-    first one's row is returned). InvalidTransition for a finished sequence, InvalidData
+    first one's row is returned), even once the sequence has finished. InvalidTransition
+    for a finished sequence (an event it has not had), InvalidData
     for an event no WaitFor of its plan waits for, or data that cannot be stored.
     """
     record = SequenceRecord.objects.find(sequence_id)
+    if id is not None:
+        # A webhook delivered again, perhaps after its first delivery finished the sequence.
+        again = SequenceEvent.objects.filter(sequence_id=record.pk, event_id=id).first()
+        if again is not None:
+            logger.info(
+                "Sequence %s: event %r with id %r came again; ignored.", record.pk, event, id
+            )
+            return again
     if record.status in TERMINAL:
         raise InvalidTransition(
             f"Cannot send {event!r} to {record}: it is {record.status}, and a finished "

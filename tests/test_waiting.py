@@ -244,6 +244,13 @@ def test_a_second_delivery_of_one_event_id_is_accepted_and_ignored():
     assert SequenceEvent.objects.filter(sequence_id=seq.id).count() == 1
     run_jobs()
     assert seq.wait(5)["n"] == 1
+    # Delivered again once the first delivery finished the sequence: still ignored.
+    assert seq.send("approved", {"n": 3}, id="delivery-9") is None
+    assert SequenceEvent.objects.filter(sequence_id=seq.id).count() == 1
+    out = io.StringIO()
+    call_command("sequence", "send", str(seq.id), "approved", "--id", "delivery-9", stdout=out)
+    with pytest.raises(InvalidTransition, match="completed"):
+        seq.send("approved", id="delivery-10")  # a new event is refused
 
 
 def test_send_refuses_finished_sequences_unknown_events_and_bad_data():
@@ -297,6 +304,27 @@ def test_a_wait_that_times_out_fails_and_compensates_naming_the_event():
     assert seq.status == Status.FAILED
     assert "WaitFor('approved') timed out after 1s" in seq.error
     assert StepAttempt.objects.filter(sequence_id=seq.id, outcome="compensated").count() == 1
+    # It failed on its WaitFor, which says so in its history.
+    assert seq.current_step.startswith("WaitFor")
+    failed = StepAttempt.objects.get(sequence_id=seq.id, outcome="failed")
+    assert (failed.step_index, failed.error) == (1, seq.error)
+
+
+def test_retrying_a_wait_that_timed_out_waits_for_the_event_again():
+    seq = ApprovalOrUndo.start({})
+    run_jobs()
+    wake_when_due(seq)
+    run_jobs()
+    assert status(seq) == Status.FAILED
+    seq.retry(force=True)  # compensations ran
+    run_jobs()
+    seq.refresh()
+    assert seq.status == Status.WAITING  # not on to B without the event
+    assert Ledger.objects.filter(sequence_id=seq.id, step="B").count() == 0
+    seq.send("approved", {"late": True})
+    run_jobs()
+    assert seq.wait(5)["late"] is True
+    assert Ledger.objects.filter(sequence_id=seq.id, step="B").count() == 1
 
 
 def test_a_wait_that_times_out_can_go_on_without_the_event():

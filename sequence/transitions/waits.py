@@ -14,6 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from sequence import history
 from sequence.claims import Claim
@@ -73,7 +74,12 @@ def wake(record: SequenceRecord, data: dict[str, Any] | None = None) -> Status |
 
 
 def time_out(record: SequenceRecord, error: str, undo_from: Position | None) -> Status | None:
-    """A WaitFor's deadline passed with on_timeout="fail": failed, or compensating first."""
+    """A WaitFor's deadline passed with on_timeout="fail": failed, or compensating first.
+
+    The sequence is back on its WaitFor, which failed (a history row says so): a retry
+    waits for the event again, with a new deadline.
+    """
+    wait = record.step_index - 1
     ending: dict[str, Any] = {"status": Status.FAILED, "finished_at": Now(), "dispatch_due": None}
     if undo_from is not None:
         ending = {
@@ -84,10 +90,17 @@ def time_out(record: SequenceRecord, error: str, undo_from: Position | None) -> 
     rows = SequenceRecord.objects.filter(
         pk=record.pk, epoch=record.epoch, status__in=sources("time_out"), wake_at__lte=Now()
     )
-    changed = rows.update(
-        **ending, epoch=F("epoch") + 1, error=error, wake_at=None, waiting_for="",
-        updated_at=Now(),
+    entry = history.Entry(
+        record.pk, wait, record.plan[wait], record.epoch, 1, Outcome.FAILED,
+        record.updated_at or timezone.now(), "", error,
     )  # fmt: skip
+    with transaction.atomic():
+        changed = rows.update(
+            **ending, step_index=wait, epoch=F("epoch") + 1, error=error, wake_at=None,
+            waiting_for="", updated_at=Now(),
+        )  # fmt: skip
+        if changed:
+            history.write(entry)
     return ending["status"] if changed else None
 
 
