@@ -99,8 +99,12 @@ def record_failure(
     reason = final_because(exc, spec, retries_left)
     claim.final = reason is not None
     undo_from = None if reason is None else undo_start(record, cls, record.step_index)
+    # Failed for good, the sequence's error names the step (Fail's message is the error).
+    summary = "" if reason is None or isinstance(exc, Fail) else f"{spec.base} failed: {error}"
     with transaction.atomic():
-        status = transitions.fail(claim, error, tb, will_retry=reason is None, undo_from=undo_from)
+        status = transitions.fail(
+            claim, error, tb, will_retry=reason is None, undo_from=undo_from, summary=summary
+        )
         if status == Status.COMPENSATING:
             transaction.on_commit(lambda: _dispatch_undo(record, undo_from), robust=True)
     name = record.step_label()
@@ -112,7 +116,7 @@ def record_failure(
     else:
         logger.error("Sequence %s failed for good, as %s: %s", name, reason, error)
     fresh = SequenceRecord.objects.get(pk=record.pk) if reason is not None else record
-    fresh.error = error
+    fresh.error = summary or error
     handle = cls._bind(fresh)
     hooks.send(
         signals.step_failed, cls, sequence=handle, step=spec.name,
@@ -120,7 +124,7 @@ def record_failure(
         will_retry=status == Status.RETRYING,
     )  # fmt: skip
     if status == Status.FAILED:
-        announce_failure(handle, error)
+        announce_failure(handle, summary or error)
     return True
 
 

@@ -69,7 +69,7 @@ def test_completed_steps_are_compensated_last_first_each_once_then_the_sequence_
         signals.sequence_failed.disconnect(on_failed)
     seq.refresh()
     assert seq.status == Status.FAILED
-    assert seq.error == "RuntimeError: half way"
+    assert seq.error == "HalfDone failed: RuntimeError: half way"
     assert history(seq.id) == [
         ("First", "succeeded"),
         ("NoUndo", "succeeded"),
@@ -83,7 +83,7 @@ def test_completed_steps_are_compensated_last_first_each_once_then_the_sequence_
         "First.undo",
         "on_failure",
     ]
-    assert failed == [(seq.id, Status.FAILED, "RuntimeError: half way")]
+    assert failed == [(seq.id, Status.FAILED, "HalfDone failed: RuntimeError: half way")]
 
 
 def test_compensations_and_on_failure_see_the_data_as_last_committed():
@@ -128,7 +128,7 @@ def test_a_compensation_that_fails_for_good_is_recorded_and_the_others_still_run
         ("FailingUndo", "compensation_failed"),  # attempt 2, for good
         ("First", "compensated"),
     ]
-    assert seq.error.startswith("RuntimeError: half way")
+    assert seq.error.startswith("HalfDone failed: RuntimeError: half way")
     assert "the compensation of FailingUndo failed: RuntimeError: cannot undo" in seq.error
 
 
@@ -232,7 +232,7 @@ def test_an_error_outside_retry_on_fails_the_step_at_once():
     run_jobs()
     seq.refresh()
     assert seq.status == Status.FAILED
-    assert seq.error == "NotRetriedError: not a timeout"
+    assert seq.error == "RetriesOnlyTimeouts failed: NotRetriedError: not a timeout"
     assert ledger(seq.id) == ["RetriesOnlyTimeouts"]
 
 

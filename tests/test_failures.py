@@ -33,7 +33,7 @@ def test_retries_exhausted_fail_the_sequence_and_compensate_in_reverse(workers):
     with pytest.raises(SequenceFailed, match="broken step"):
         seq.wait(30)
     assert seq.status == Status.FAILED
-    assert seq.error == "ValueError: broken step"
+    assert seq.error == "Broken failed: ValueError: broken step"  # names the step
     assert seq.current_step == "Broken"
     attempts = list(
         StepAttempt.objects.filter(sequence_id=seq.id).values_list("step", "attempt", "outcome")

@@ -134,8 +134,8 @@ def test_a_failing_step_stores_and_logs_its_error_with_the_secrets_masked(caplog
     record = SequenceRecord.objects.get(pk=seq.id)
     attempt = StepAttempt.objects.get(sequence=record)
     assert record.status == "failed"
-    assert record.error == f"ConnectionError: gateway refused {MASK}; sent api_key={MASK}"
-    assert attempt.error == record.error
+    assert attempt.error == f"ConnectionError: gateway refused {MASK}; sent api_key={MASK}"
+    assert record.error == f"LeakySecret failed: {attempt.error}"
     assert "ConnectionError" in attempt.traceback
     for secret in ("tok_live_999", "sk-abcdef"):
         assert secret not in attempt.traceback

@@ -166,13 +166,13 @@ def test_step_failed_says_whether_it_will_be_retried_then_failed_follows_compens
     assert tries[0]["error"] == "RuntimeError: no luck"
     assert tries[0]["row_status"] == "retrying"
     failed = journal.events[-1][1]
-    assert failed["error"] == "RuntimeError: no luck"
+    assert failed["error"] == "AlwaysFails failed: RuntimeError: no luck"
     assert failed["row_status"] == "failed"
     assert failed["in_transaction"] is False
     # Compensations ran before on_failure, and each hook ran once.
     assert hook_calls == [
         ("compensate", seq.id, None),
-        ("on_failure", seq.id, "RuntimeError: no luck"),
+        ("on_failure", seq.id, "AlwaysFails failed: RuntimeError: no luck"),
     ]
 
 

@@ -129,7 +129,7 @@ class TestInPytestDb:
         assert drain() == 6  # Reserve, Charge 1 + 3 retries, Reserve's compensation
         seq.refresh()
         assert seq.status == "failed"
-        assert seq.error.startswith("GatewayDown: attempt 4")
+        assert seq.error.startswith("Charge failed: GatewayDown: attempt 4")
         assert history(seq)[-1] == ("Reserve", 1, "compensated")
         assert Released.calls == [seq.id]
 

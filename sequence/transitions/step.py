@@ -299,15 +299,17 @@ def fail(
     *,
     will_retry: bool,
     undo_from: Position | None = None,
+    summary: str = "",
 ) -> Status | None:
     """Record a failed attempt: retrying, or failed for good, or (paused or canceled
-    meanwhile) only released.
+    meanwhile) only released. The attempt's row keeps ``error``; the sequence's shows
+    ``summary`` if given (naming the step).
 
     Failed for good with ``undo_from`` (the last completed step that has an undo), the
     sequence is compensating from there, under a new epoch, its first compensation due.
     Returns the status the sequence now has, or None if the claim was no longer ours.
     """
-    released = {**RELEASED, "error": error}
+    released = {**RELEASED, "error": summary or error}
     with transaction.atomic():
         status: Status | None = None
         if will_retry:
