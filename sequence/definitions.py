@@ -212,6 +212,12 @@ def _element_spec(step: Any, prefix: str) -> StepSpec:
     """The step a ForEach runs per element: a Step subclass, or a function fn(item, data)."""
     if isinstance(step, type) and issubclass(step, Step):
         return StepSpec(prefix + step.__name__, step)
+    if isinstance(step, type):
+        raise ConfigurationError(
+            f"ForEach(..., {step.__name__}): a ForEach runs a Step subclass or a function "
+            f"fn(item, data) per element; {step.__name__} is neither (a sequence cannot be "
+            "an element: start one per element with start_many instead)."
+        )
     cls = type(step.__name__, (ItemFunctionStep,), {"function": staticmethod(step)})
     cls.__module__ = getattr(step, "__module__", __name__)
     return StepSpec(prefix + step.__name__, cls)

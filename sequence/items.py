@@ -85,6 +85,7 @@ class Sleep:
             raise InvalidData(
                 f"{name}: its until callable raised {type(exc).__name__}: {exc}"
             ) from exc
+        returned = value
         if isinstance(value, str):
             try:
                 value = datetime.fromisoformat(value)
@@ -94,10 +95,11 @@ class Sleep:
                     "date and time."
                 ) from None
         if not isinstance(value, datetime) or value.tzinfo is None:
+            what = "has no time zone" if isinstance(value, datetime) else "is not a datetime"
             raise InvalidData(
-                f"{name}: its until callable returned {value!r}; return an aware datetime "
-                "(with a time zone, e.g. django.utils.timezone.now() + timedelta(days=1)) or "
-                "an ISO 8601 string with an offset."
+                f"{name}: its until callable returned {returned!r}, which {what}; return an "
+                "aware datetime (with a time zone, e.g. django.utils.timezone.now() + "
+                "timedelta(days=1)) or an ISO 8601 string with an offset."
             )
         return value
 

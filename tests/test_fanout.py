@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sequence import ConfigurationError, ForEach, SequenceFailed, Step
+from sequence import ConfigurationError, ForEach, Sequence, SequenceFailed, Step
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
 from sequence.states import Status
 from testproject.testapp.campaign import Campaign
@@ -239,6 +239,11 @@ def test_the_campaign_of_the_docs(workers):
 def test_bad_foreach_arguments_are_configuration_errors(make, message):
     with pytest.raises(ConfigurationError, match=message):
         make()
+
+
+def test_a_sequence_as_a_foreach_element_is_refused_when_the_class_is_defined():
+    with pytest.raises(ConfigurationError, match=r"Squares is neither .*start_many"):
+        type("Nested", (Sequence,), {"steps": [ForEach("groups", Squares)]})
 
 
 def test_the_stored_plan_names_the_foreach_with_its_parameters():

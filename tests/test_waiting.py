@@ -114,8 +114,10 @@ def test_a_sleep_until_a_time_from_the_data():
 def test_a_sleep_until_that_gives_no_aware_time_fails_naming_the_item():
     seq = SnoozeUntil.start({"wake_at": "2030-01-01T10:00:00"})  # no offset
     run_jobs()
-    with pytest.raises(SequenceFailed, match=r"Sleep \{\"until\".*aware datetime"):
+    with pytest.raises(SequenceFailed, match=r"Sleep \{\"until\".*aware datetime") as error:
         seq.wait(5)
+    # It names what the callable returned, not what it was read as.
+    assert "returned '2030-01-01T10:00:00', which has no time zone" in str(error.value)
 
 
 def test_a_sleep_as_the_last_item_completes_the_sequence_when_it_wakes():
