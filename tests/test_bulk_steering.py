@@ -153,6 +153,13 @@ def test_the_command_steers_by_name_and_status_and_prints_the_count():
     assert out.strip() == "Resumed 3 testapp.ThreeSteps sequences."
     out, _ = sequence("cancel", "--name", "testapp.Arithmetic", "--json")
     assert '"changed": 1' in out
+    # A name no sequence has: said, with the registered names it may have meant.
+    out, _ = sequence("pause", "--name", "ThreeSteps")
+    assert out.splitlines() == [
+        "Paused 0 ThreeSteps sequences.",
+        "No sequence is named 'ThreeSteps': names are app_label.ClassName. "
+        "Did you mean testapp.ThreeSteps?",
+    ]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from sequence import display, steering, waiting
 from sequence.exceptions import InvalidData, InvalidTransition, SequenceError, UnknownSequence
 from sequence.models import SequenceRecord
-from sequence.registry import get_sequence_class
+from sequence.registry import get_sequence_class, registered
 from sequence.retention import prune
 from sequence.starting import start
 
@@ -83,6 +83,10 @@ def handle_many(
         return
     which = f"{name} sequences" + (f" that were {' or '.join(status)}" if status else "")
     out.line(f"{PAST[action].capitalize()} {count} {which}.")
+    if not count and not SequenceRecord.objects.filter(name=name).exists():
+        known = sorted(n for n in registered() if n.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1])
+        hint = f" Did you mean {' or '.join(known)}?" if known else ""
+        out.line(f"No sequence is named {name!r}: names are app_label.ClassName.{hint}")
 
 
 def handle_action(
