@@ -316,8 +316,20 @@ class SequenceRecord(models.Model):
         return len(self.plan)
 
     @property
+    def in_wait(self) -> bool:
+        """In its Sleep or WaitFor (sleeping, waiting, or paused there): the row is already
+        past the item, which is still where the sequence is, and not done."""
+        if self.step_index < 1:
+            return False
+        if self.status in (Status.SLEEPING, Status.WAITING):
+            return True
+        return self.status == Status.PAUSED and (self.wake_at is not None or bool(self.waiting_for))
+
+    @property
     def steps_done(self) -> int:
-        return len(self.plan) if self.status == Status.COMPLETED else self.step_index
+        if self.status == Status.COMPLETED:
+            return len(self.plan)
+        return self.step_index - 1 if self.in_wait else self.step_index
 
     @property
     def progress(self) -> Progress:
@@ -334,9 +346,10 @@ class SequenceRecord(models.Model):
     @property
     def current_step(self) -> str | None:
         """The step running or next to run; None once completed."""
-        if self.status == Status.COMPLETED or self.step_index >= len(self.plan):
+        index = self.step_index - 1 if self.in_wait else self.step_index
+        if self.status == Status.COMPLETED or index >= len(self.plan):
             return None
-        step: str = self.plan[self.step_index]
+        step: str = self.plan[index]
         return step
 
 

@@ -63,7 +63,19 @@ def test_a_sleep_stores_its_wake_up_time_and_the_sequence_goes_on_after_it():
     assert status(seq) == Status.SLEEPING
     assert seq.record.wake_at is not None
     assert timedelta(seconds=0.5) < seq.record.wake_at - before < timedelta(seconds=3)
-    assert str(seq.progress) == "2/3"  # the sleep counts as a plan item
+    # The sleep is a plan item, where the sequence is until it wakes: not done yet.
+    assert str(seq.progress) == "1/3"
+    assert seq.current_step == 'Sleep {"seconds": 1.0}'
+    out = io.StringIO()
+    call_command("sequence", "show", str(seq.id), stdout=out)
+    plan = [
+        line.split()
+        for line in out.getvalue().splitlines()
+        if line.strip().startswith(("1.", "2.", "3.", ">"))
+    ]
+    assert plan == [
+        ["1.", "A", "done"], [">", "2.", "Sleep", '{"seconds":', "1.0}", "<-", "sleeping"], ["3.", "B"],
+    ]  # fmt: skip
     wake_when_due(seq)
     assert status(seq) == Status.PENDING
     run_jobs()
@@ -234,6 +246,20 @@ def test_an_event_sent_before_the_wait_is_kept_and_consumed_when_it_gets_there()
     assert status(seq) == Status.PENDING
     run_jobs()
     assert seq.wait(5)["early"] is True
+
+
+def test_a_waiting_sequence_is_at_its_wait_until_the_event_comes_even_paused():
+    seq = Approval.start({})
+    run_jobs()
+    seq.refresh()
+    at_wait = ("1/3", 'WaitFor {"event": "approved", "on_timeout": "fail", "timeout": null}')
+    assert (str(seq.progress), seq.current_step) == at_wait
+    seq.pause()
+    assert (str(seq.progress), seq.current_step) == at_wait
+    seq.resume()
+    seq.send("approved")
+    seq.refresh()
+    assert (str(seq.progress), seq.current_step) == ("2/3", "B")
 
 
 def test_a_second_delivery_of_one_event_id_is_accepted_and_ignored():
