@@ -50,8 +50,12 @@ class Schedule:
         check_cron(self.name, self.cron)
 
     def make_data(self) -> dict[str, Any]:
-        data = self.data() if callable(self.data) else self.data
-        return dict(data or {})
+        try:
+            data = self.data() if callable(self.data) else self.data
+            return dict(data or {})
+        except Exception as exc:
+            exc.schedule_data = True  # type: ignore[attr-defined]  # the tick is skipped
+            raise
 
 
 class Step(Generic[D]):

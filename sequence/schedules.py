@@ -4,6 +4,10 @@ Each tick starts its sequence with the start key ``schedule:<name>:<tick>``, the
 written with its UTC offset in ``settings.TIME_ZONE`` (so the two 01:30s of an autumn
 night differ); the unique key makes a second scheduler's start for the same tick return
 the first one. Which instants are ticks is decided in :mod:`sequence.cron`.
+
+A tick whose ``data`` callable raises (or gives data ``start`` refuses) is skipped: a
+marker in Redis, kept as long as the tick can be due, tells every scheduler so, and this
+process remembers it too (should Redis be out of reach).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from django.utils import timezone
 from sequence import cron
 from sequence.conf import settings
 from sequence.definitions import Schedule, SequenceDefinition
+from sequence.dispatch import get_queue, queue_for
+from sequence.exceptions import InvalidData
 from sequence.models import SequenceRecord
 from sequence.registry import registered
 from sequence.starting import start
@@ -70,20 +76,63 @@ def due(now: datetime | None = None, window: int | None = None) -> list[Tick]:
 
 
 def run_due(now: datetime | None = None) -> list[SequenceDefinition]:
-    """Start the sequence of every due tick not started yet; return the new handles."""
+    """Start the sequence of every due tick not started yet; return the new handles.
+
+    A tick whose data callable raises, or whose data is refused, is skipped (logged
+    once); one that could not start for another reason (the database, say) is tried
+    again by the next pass.
+    """
     started = []
     for tick in due(now):
         seen = SequenceRecord.objects.filter(name=tick.sequence.name, key=tick.key)
-        if seen.exists():
+        if seen.exists() or _skipped(tick):
             continue
         try:
             record = start(tick.sequence, tick.schedule.make_data(), key=tick.key)
             started.append(tick.sequence._bind(record))
-        except Exception:
+        except Exception as exc:
+            skip = isinstance(exc, InvalidData) or _from_data(exc)
             logger.exception(
-                "Schedule %s of %s could not start", tick.schedule.name, tick.sequence.name
-            )
+                "Schedule %s of %s could not start%s", tick.schedule.name, tick.sequence.name,
+                f"; its tick {tick.at.isoformat(timespec='minutes')} is skipped" if skip else "",
+            )  # fmt: skip
+            if skip:
+                _skip(tick)
     return started
+
+
+# Ticks skipped, as this process knows (the Redis marker tells the others).
+_skipped_here: set[str] = set()
+
+
+def _marker(tick: Tick) -> str:
+    return f"sequence:schedule-skipped:{tick.sequence.name}:{tick.key}"
+
+
+def _from_data(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of the schedule's data callable (set by make_data)."""
+    return getattr(exc, "schedule_data", False)
+
+
+def _connection(tick: Tick) -> Any:
+    return get_queue(queue_for(None, tick.sequence.queue or settings.QUEUE)).connection
+
+
+def _skip(tick: Tick) -> None:
+    _skipped_here.add(_marker(tick))
+    try:
+        _connection(tick).set(_marker(tick), 1, ex=settings.SCHEDULE_WINDOW + 60)
+    except Exception:
+        logger.warning("Schedule %s: could not mark its skipped tick in Redis", tick.key)
+
+
+def _skipped(tick: Tick) -> bool:
+    if _marker(tick) in _skipped_here:
+        return True
+    try:
+        return bool(_connection(tick).exists(_marker(tick)))
+    except Exception:
+        return False
 
 
 def describe(now: datetime | None = None) -> list[dict[str, Any]]:

@@ -217,6 +217,29 @@ def test_a_schedule_whose_data_raises_does_not_stop_the_others(use_schedules, ca
     assert "no report today" in caplog.text
 
 
+def test_a_tick_whose_data_raises_is_skipped_not_tried_again(use_schedules, caplog):
+    calls = []
+
+    def flaky() -> dict[str, str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not today")
+        return {"ok": "yes"}
+
+    use_schedules(Schedule("flaky", cron="* * * * *", data=flaky))
+    now = datetime(2026, 6, 1, 9, 0, 10, tzinfo=UTC)
+    assert schedules.run_due(now) == []
+    assert "its tick 2026-06-01T09:00+00:00 is skipped" in caplog.text
+    schedules._skipped_here.clear()  # as another scheduler process: Redis tells it
+    for later in (20, 50):
+        assert schedules.run_due(now.replace(second=later)) == []
+    assert len(calls) == 1  # called once for that tick, by every scheduler
+    # The next tick is another matter.
+    [next_one] = schedules.run_due(now + timedelta(minutes=1))
+    assert next_one.data == {"ok": "yes"}
+    assert started("flaky") == ["schedule:flaky:2026-06-01T09:01+00:00"]
+
+
 def test_a_schedule_whose_tick_cannot_be_computed_does_not_stop_the_others(use_schedules, caplog):
     never = Schedule("never", cron="* * * * *")
     # Past the check a definition gets: February 30th never comes.
