@@ -362,12 +362,16 @@ class SequenceDefinition(Generic[D]):
             values = json.loads(raw)
         except ValueError:
             return None
-        if spec is None or not isinstance(values, dict):
+        if not isinstance(values, dict):
             return None
-        if spec.wait is not None:
-            # The plan stored the item's parameters: keep them, whatever the class says now.
-            item = KINDS[type(spec.wait).__name__].from_params(values)
+        kind = base.rsplit(".", 1)[-1]
+        if (spec is None and kind in KINDS) or (spec is not None and spec.wait is not None):
+            # The plan stored the item's parameters: keep them, whatever the class says now
+            # (a Sleep or WaitFor needs no code: one a deploy removed still ends as stored).
+            item = KINDS[kind].from_params(values)
             return None if item is None else _wait_spec(base, item)
+        if spec is None:
+            return None
         if spec.each is not None:
             inner = cls._by_base.get(base[: -len("ForEach")] + str(values.get("step")))
             if inner is None:

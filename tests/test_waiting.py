@@ -35,6 +35,7 @@ from testproject.testapp.sequences import (
     SleepsLast,
     Snooze,
     SnoozeUntil,
+    ThreeSteps,
 )
 
 from .conftest import wait_for
@@ -260,6 +261,20 @@ def test_a_waiting_sequence_is_at_its_wait_until_the_event_comes_even_paused():
     seq.send("approved")
     seq.refresh()
     assert (str(seq.progress), seq.current_step) == ("2/3", "B")
+
+
+def test_a_wait_a_deploy_removed_still_takes_its_event():
+    seq = ThreeSteps.start({})  # as if its class had [A, WaitFor("go"), B] when it began
+    wait = 'WaitFor {"event": "go", "on_timeout": "fail", "timeout": null}'
+    SequenceRecord.objects.filter(pk=seq.id).update(
+        plan=["A", wait, "B"], step_index=2, status=Status.WAITING, waiting_for="go",
+        dispatch_due=None,
+    )  # fmt: skip
+    seq.send("go", {"went": True})
+    run_jobs()
+    data = seq.wait(5)
+    assert data["went"] is True
+    assert data["trail"] == ["B"]
 
 
 def test_a_second_delivery_of_one_event_id_is_accepted_and_ignored():
