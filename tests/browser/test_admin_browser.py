@@ -133,7 +133,9 @@ def test_a_failed_sequence_shows_its_error_and_traceback(page, live_server, admi
     page.click("input[type=submit]")
     page.wait_for_url(re.compile(rf"/{broken.id}/change/$"))
     assert page.get_by_test_id("status").inner_text() == "Failed"
-    assert page.locator(".seq-error").inner_text() == "Error: Broken failed: ValueError: broken step"
+    assert (
+        page.locator(".seq-error").inner_text() == "Error: Broken failed: ValueError: broken step"
+    )
     outcomes = page.locator(".seq-timeline .seq-bar")
     assert [outcomes.nth(i).get_attribute("data-outcome") for i in range(outcomes.count())] == [
         "succeeded",
