@@ -156,12 +156,12 @@ def bulk_seed(cls: type[Sequence], data: dict[str, Any], chains: int, queue: str
     q = get_queue(queue)
     spec = cls.step_specs[0]
     with q.connection.pipeline() as pipe:
-        q.enqueue_call = partial(type(q).enqueue_call, q, pipeline=pipe)  # type: ignore[method-assign]
+        q.enqueue_many = partial(type(q).enqueue_many, q, pipeline=pipe)  # type: ignore[method-assign]
         try:
             for row in rows:
                 enqueue_step(row.pk, 0, 0, queue, spec)
         finally:
-            del q.enqueue_call
+            del q.enqueue_many
         pipe.execute()
 
 

@@ -159,7 +159,8 @@ def enqueue_step(
     if delay:
         rq_queue.enqueue_in(timedelta(seconds=delay), ENTRY_POINT, job_timeout=timeout, **options)
     else:
-        rq_queue.enqueue_call(ENTRY_POINT, timeout=timeout, **options)
+        # One round trip: enqueue_call spends a first one adding the queue to RQ's set.
+        rq_queue.enqueue_many([Queue.prepare_data(ENTRY_POINT, timeout=timeout, **options)])
 
 
 def enqueue_first_steps(sequence_ids: Sequence[int], queue: str, spec: StepSpec | None) -> None:
@@ -194,9 +195,10 @@ def enqueue_items(
     sequence_id: int, step_index: int, epoch: int, queue: str, spec: StepSpec | None,
     items: Sequence[int],
 ) -> bool:  # fmt: skip
-    """Queue the jobs of elements of one ForEach, in one Redis pipeline (a ForEach's first
-    places, or its places after a resume). False leaves them for the sweep; nothing is
-    queued with ``SEQUENCE_TESTING``."""
+    """Queue the jobs of elements of one ForEach, in one Redis pipeline (the place a
+    commit hands on, a ForEach's first places, or its places after a resume). False
+    leaves them for the sweep (an element's outbox entry is on its own row, cleared by
+    its claim); nothing is queued with ``SEQUENCE_TESTING``."""
     if settings.TESTING or not items:
         return True
     timeout = timeout_of(spec)

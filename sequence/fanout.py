@@ -19,7 +19,7 @@ from sequence import hooks, signals, transitions
 from sequence.claims import Claim
 from sequence.conf import settings
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import ITEM, dispatch, dispatch_record, enqueue_items
+from sequence.dispatch import dispatch_record, enqueue_items
 from sequence.exceptions import Fail
 from sequence.failure import announce_failure, fail_for_good, final_because, undo_start
 from sequence.masking import mask_text
@@ -76,15 +76,7 @@ def pump(record: SequenceRecord) -> None:
 
 
 def _dispatch(record: SequenceRecord, spec: StepSpec, positions: list[int]) -> None:
-    # An element's outbox entry is on its own row (``dispatch_due``), cleared by its
-    # claim: nothing on the sequence's row to confirm.
-    if len(positions) == 1:
-        dispatch(
-            record.pk, record.step_index, record.epoch, record.queue, spec,
-            confirm=False, kind=ITEM, item=positions[0],
-        )  # fmt: skip
-    elif positions:
-        enqueue_items(record.pk, record.step_index, record.epoch, record.queue, spec, positions)
+    enqueue_items(record.pk, record.step_index, record.epoch, record.queue, spec, positions)
 
 
 def run_item(ic: ItemClaim, retries_left: int) -> None:

@@ -13,6 +13,8 @@ from sequence.models import SequenceRecord
 from sequence.states import Status
 from testproject.testapp.sequences import Arithmetic, ThreeSteps
 
+from .test_start_many import RoundTrips
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -31,6 +33,20 @@ def test_start_saves_the_record_and_queues_the_first_step():
     assert seq.status == "pending"
     assert seq.current_step == "A"
     assert (seq.progress.done, seq.progress.total) == (0, 3)
+
+
+def test_a_step_job_is_queued_in_one_round_trip_to_redis():
+    queue = get_queue("default")
+    ThreeSteps.start({})  # RQ reads the server's version once per queue
+    queue.empty()
+    trips = RoundTrips()
+    trips.wrap(queue.connection)
+    try:
+        seq = ThreeSteps.start({})
+    finally:
+        del queue.connection.execute_command, queue.connection.pipeline
+    assert trips.count == 1
+    assert queued_ids() == [job_id(seq.id, 0, 0)]
 
 
 def test_first_step_is_queued_only_when_the_transaction_commits():
