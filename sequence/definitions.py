@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, cast
 from django.apps import apps
 
 from sequence.cron import check_cron
-from sequence.exceptions import ConfigurationError, InvalidData
+from sequence.exceptions import ConfigurationError, InvalidData, SequenceError
 from sequence.items import KINDS, ForEach, PlanWait, Sleep, WaitFor
 from sequence.retry import Retry
 from sequence.validation import check_data
@@ -50,12 +50,16 @@ class Schedule:
         check_cron(self.name, self.cron)
 
     def make_data(self) -> dict[str, Any]:
+        """The tick's data; SkipTick (from the error) if the callable raises."""
         try:
             data = self.data() if callable(self.data) else self.data
             return dict(data or {})
         except Exception as exc:
-            exc.schedule_data = True  # type: ignore[attr-defined]  # the tick is skipped
-            raise
+            raise SkipTick(f"schedule {self.name!r}: its data callable raised: {exc!r}") from exc
+
+
+class SkipTick(SequenceError):
+    """A schedule's data could not be made: that tick is skipped (internal)."""
 
 
 class Step(Generic[D]):

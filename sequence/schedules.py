@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from sequence import cron
 from sequence.conf import settings
-from sequence.definitions import Schedule, SequenceDefinition
+from sequence.definitions import Schedule, SequenceDefinition, SkipTick
 from sequence.dispatch import get_queue, queue_for
 from sequence.exceptions import InvalidData
 from sequence.models import SequenceRecord
@@ -89,15 +89,15 @@ def run_due(now: datetime | None = None) -> list[SequenceDefinition]:
             continue
         try:
             record = start(tick.sequence, tick.schedule.make_data(), key=tick.key)
-            started.append(tick.sequence._bind(record))
-        except Exception as exc:
-            skip = isinstance(exc, InvalidData) or _from_data(exc)
+        except (SkipTick, InvalidData):
+            _skip(tick)
+            continue
+        except Exception:
             logger.exception(
-                "Schedule %s of %s could not start%s", tick.schedule.name, tick.sequence.name,
-                f"; its tick {tick.at.isoformat(timespec='minutes')} is skipped" if skip else "",
-            )  # fmt: skip
-            if skip:
-                _skip(tick)
+                "Schedule %s of %s could not start", tick.schedule.name, tick.sequence.name
+            )
+            continue
+        started.append(tick.sequence._bind(record))
     return started
 
 
@@ -109,16 +109,15 @@ def _marker(tick: Tick) -> str:
     return f"sequence:schedule-skipped:{tick.sequence.name}:{tick.key}"
 
 
-def _from_data(exc: BaseException) -> bool:
-    """Whether ``exc`` came out of the schedule's data callable (set by make_data)."""
-    return getattr(exc, "schedule_data", False)
-
-
 def _connection(tick: Tick) -> Any:
     return get_queue(queue_for(None, tick.sequence.queue or settings.QUEUE)).connection
 
 
 def _skip(tick: Tick) -> None:
+    logger.exception(
+        "Schedule %s of %s could not start; its tick %s is skipped", tick.schedule.name,
+        tick.sequence.name, tick.at.isoformat(timespec="minutes"),
+    )  # fmt: skip
     _skipped_here.add(_marker(tick))
     try:
         _connection(tick).set(_marker(tick), 1, ex=settings.SCHEDULE_WINDOW + 60)
