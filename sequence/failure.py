@@ -100,7 +100,7 @@ def record_failure(
     claim.final = reason is not None
     undo_from = None if reason is None else undo_start(record, cls, record.step_index)
     # Failed for good, the sequence's error names the step (Fail's message is the error).
-    summary = "" if reason is None or isinstance(exc, Fail) else f"{spec.base} failed: {error}"
+    summary = error if reason is None or isinstance(exc, Fail) else f"{spec.base} failed: {error}"
     with transaction.atomic():
         status = transitions.fail(
             claim, error, tb, will_retry=reason is None, undo_from=undo_from, summary=summary
@@ -116,7 +116,7 @@ def record_failure(
     else:
         logger.error("Sequence %s failed for good, as %s: %s", name, reason, error)
     fresh = SequenceRecord.objects.get(pk=record.pk) if reason is not None else record
-    fresh.error = summary or error
+    fresh.error = summary
     handle = cls._bind(fresh)
     hooks.send(
         signals.step_failed, cls, sequence=handle, step=spec.name,
@@ -124,7 +124,7 @@ def record_failure(
         will_retry=status == Status.RETRYING,
     )  # fmt: skip
     if status == Status.FAILED:
-        announce_failure(handle, summary or error)
+        announce_failure(handle, summary)
     return True
 
 

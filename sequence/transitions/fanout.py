@@ -331,7 +331,7 @@ def commit_item(ic: ItemClaim, result: Any, concurrency: int) -> tuple[str, list
         params = (
             done + counted + sorted(FANNING) + history.params(ic.entry(Outcome.SUCCEEDED), fields)
         )
-        params += [ItemStatus.QUEUED, *pending, ic.index, *pending]
+        params += [ItemStatus.QUEUED, *pending, ic.index, *pending, -1]
         with connection.cursor() as cursor:
             cursor.execute(_commit_item_sql(connection.vendor, insert), params)
             ours, *row, queued = cursor.fetchone()
@@ -401,12 +401,7 @@ def _commit_item_sql(vendor: str, insert: str) -> str:
         return f"{done};{counted} {counts}"
     fanning = ", ".join(["%s"] * len(FANNING))
     index = q("index")
-    pending = f"""
-        SELECT id FROM {items}
-        WHERE sequence_id = %s AND step_index = %s AND status = %s {{past}}
-            AND EXISTS (SELECT 1 FROM go)
-        ORDER BY {index} LIMIT 1 FOR UPDATE SKIP LOCKED
-    """
+    pending = _first_pending("AND EXISTS (SELECT 1 FROM go)", "FOR UPDATE SKIP LOCKED")
     return f"""
         WITH done AS ({done} RETURNING id),
             counted AS ({counted} AND EXISTS (SELECT 1 FROM done) {counts}),
@@ -417,14 +412,24 @@ def _commit_item_sql(vendor: str, insert: str) -> str:
             written AS ({insert}),
             queued AS (
                 UPDATE {items} SET status = %s, dispatch_due = {now}
-                WHERE id = COALESCE(
-                    ({pending.format(past=f"AND {index} > %s")}), ({pending.format(past="")})
-                )
+                WHERE id = COALESCE(({pending}), ({pending}))
                 RETURNING {index}
             )
         SELECT (SELECT count(*) FROM done), c.status, c.items_done, c.items_total,
             c.items_failed, (SELECT {index} FROM queued)
         FROM (SELECT 1) AS one LEFT JOIN counted c ON TRUE
+    """
+
+
+def _first_pending(condition: str = "", lock: str = "") -> str:
+    """The first element not started past a position, in list order. Its parameters: the
+    sequence, the step, the pending status and the position (-1: from the start)."""
+    q = connection.ops.quote_name
+    index = q("index")
+    return f"""
+        SELECT id FROM {q(SequenceItem._meta.db_table)}
+        WHERE sequence_id = %s AND step_index = %s AND status = %s AND {index} > %s {condition}
+        ORDER BY {index} LIMIT 1 {lock}
     """
 
 
@@ -437,11 +442,7 @@ def _queue_next(sequence_id: int, step_index: int, after: int) -> int | None:
     """
     q = connection.ops.quote_name
     items, index = q(SequenceItem._meta.db_table), q("index")
-    first = f"""
-        SELECT id FROM {items}
-        WHERE sequence_id = %s AND step_index = %s AND status = %s AND {index} > %s
-        ORDER BY {index} LIMIT 1
-    """
+    first = _first_pending()
     sql = f"""
         UPDATE {items} SET status = %s, dispatch_due = {now_sql()}
         WHERE id = COALESCE(({first}), ({first})) AND status = %s
