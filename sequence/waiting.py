@@ -107,15 +107,11 @@ def send(
     for an event no WaitFor of its plan waits for, or data that cannot be stored.
     """
     record = SequenceRecord.objects.find(sequence_id)
-    if id is not None:
-        # A webhook delivered again, perhaps after its first delivery finished the sequence.
-        again = SequenceEvent.objects.filter(sequence_id=record.pk, event_id=id).first()
-        if again is not None:
-            logger.info(
-                "Sequence %s: event %r with id %r came again; ignored.", record.pk, event, id
-            )
-            return again
     if record.status in TERMINAL:
+        # A webhook delivered again after its first delivery finished the sequence.
+        again = _delivered(record, event, id)
+        if again is not None:
+            return again
         raise InvalidTransition(
             f"Cannot send {event!r} to {record}: it is {record.status}, and a finished "
             "sequence waits for nothing."
@@ -141,16 +137,25 @@ def send(
                 sequence_id=record.pk, name=event, event_id=id, data=payload
             )
     except IntegrityError:
-        existing = SequenceEvent.objects.filter(sequence_id=record.pk, event_id=id).first()
+        existing = _delivered(record, event, id)
         if existing is None:
             raise
-        logger.info("Sequence %s: event %r with id %r came again; ignored.", record.pk, event, id)
         return existing
     _announce(signals.event_received, record.pk, event=event, data=payload, event_id=id)
     # Now, and once the caller's transaction (if any) commits: the wait may begin between.
     consume(record.pk)
     transaction.on_commit(lambda: consume(record.pk), robust=True)
     return row
+
+
+def _delivered(record: SequenceRecord, event: str, id: str | None) -> SequenceEvent | None:
+    """The event already delivered with this id, if any (a second delivery is ignored)."""
+    if id is None:
+        return None
+    existing = SequenceEvent.objects.filter(sequence_id=record.pk, event_id=id).first()
+    if existing is not None:
+        logger.info("Sequence %s: event %r with id %r came again; ignored.", record.pk, event, id)
+    return existing
 
 
 def awaited_events(record: SequenceRecord) -> set[str]:
