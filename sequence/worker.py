@@ -56,12 +56,45 @@ class DeadlineDeathPenalty(UnixSignalDeathPenalty):
         super().handle_death_penalty(signum, frame)  # type: ignore[no-untyped-call]
 
 
+# Seconds RQ's pub/sub thread (which takes commands such as stop-job) waits in one read.
+# RQ waits 60, and from redis-py 8.2 on, stopping the thread waits for that read to end:
+# once unsubscribed, it is a wait for a subscription that never comes, so a worker told
+# to stop could hang for a minute. A short read bounds the stop, at no cost to Redis
+# (a read that times out sends nothing).
+PUBSUB_READ = 0.25
+
+
 class _SequenceWorkerMixin:
-    """Database hygiene around every job, and the job's claim token from RQ's execution."""
+    """Database hygiene around every job, the job's claim token from RQ's execution, and
+    a stop on time whatever the redis-py version."""
 
     name: str
     execution: Any
+    connection: Any
+    pubsub: Any
+    pubsub_thread: Any
+    pubsub_channel_name: str
     death_penalty_class: type[BaseDeathPenalty] = DeadlineDeathPenalty
+
+    def subscribe(self) -> None:
+        """RQ's subscription to the worker's command channel, read in short waits."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})  # type: ignore[attr-defined]
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_READ,
+            daemon=True,
+            exception_handler=getattr(self, "_pubsub_exception_handler", None),
+        )
+
+    def unsubscribe(self) -> None:
+        """Stop the command thread within one short read; closing its connection ends the
+        subscription (RQ unsubscribes first, which is what let the thread wait a minute)."""
+        thread, self.pubsub_thread = self.pubsub_thread, None
+        if thread is None:
+            return
+        thread.stop()  # redis-py 8.2 and later wait here for the read in progress
+        thread.join(timeout=2 * PUBSUB_READ)  # earlier ones do not
+        self.pubsub.close()
 
     def perform_job(self, job: Any, queue: Any) -> bool:
         runner.job_timeout.fired = False
