@@ -52,6 +52,28 @@ def per_job(found: dict[str, int]) -> dict[str, int]:
     }
 
 
+# What may remain per job, each with a TTL: a step job's hash and its results stream, the
+# library's own keys, and RQ's mark of a job it saw in the queue's intermediate list. A
+# worker's maintenance (at its start, then every 10 minutes) that finds a job there, taken
+# by another worker's dequeue and not yet in the started registry, sets
+# rq:queue:default:intermediate:first_seen:<job id> for 24 hours (RQ's
+# IntermediateQueue.set_first_seen) and never deletes it. Two workers starting on a full
+# queue meet that moment now and then (about one run in ten here: seq-1-0-0, the first).
+PER_JOB = (
+    "rq:job:seq-",
+    "rq:results:",
+    "sequence:",
+    "rq:queue:default:intermediate:first_seen:seq-",
+)
+
+
+def offending(found: dict[str, int], which) -> str:
+    """The keys for which which(key, ttl) holds, first and all of them, then how many
+    keys there were: a failure names what is wrong before anything else is cut off."""
+    bad = sorted((k, ttl) for k, ttl in found.items() if which(k, ttl))
+    return f"{len(bad)} unexpected (key, ttl): {bad} -- of {len(found)} keys"
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @override_settings(SEQUENCE_WORKER_HEARTBEAT=1)
@@ -85,11 +107,14 @@ def test_a_thousand_sequences_to_every_end_leave_a_bounded_set_of_keys_all_expir
 
     left = per_job(keys(redis_db))
     # What remains per job: the 200 failed steps' jobs, kept SEQUENCE_FAILED_TTL.
-    assert all(ttl != -1 for ttl in left.values()), {k: t for k, t in left.items() if t == -1}
-    assert all(k.startswith(("rq:job:seq-", "rq:results:", "sequence:")) for k in left), left
+    assert all(ttl != -1 for ttl in left.values()), offending(left, lambda k, ttl: ttl == -1)
+    assert all(k.startswith(PER_JOB) for k in left), offending(
+        left, lambda k, ttl: not k.startswith(PER_JOB)
+    )
     assert len([k for k in left if k.startswith("rq:job:")]) <= 200
     assert max(ttl for k, ttl in left.items() if k.startswith("rq:job:")) <= 7 * 86400
-    assert len(keys(redis_db)) - len(left) <= len(BOOKKEEPING) + 10
+    rest = {k: ttl for k, ttl in keys(redis_db).items() if k not in left}
+    assert len(rest) <= len(BOOKKEEPING) + 10, offending(rest, lambda k, ttl: k not in BOOKKEEPING)
 
     result = prune(timedelta(0))
     assert result.sequences == 1000
@@ -97,7 +122,7 @@ def test_a_thousand_sequences_to_every_end_leave_a_bounded_set_of_keys_all_expir
     assert [k for k in after if k.startswith(("rq:job:", "rq:results:"))] == []
     assert redis_db.zcard("rq:failed:default") == 0
     assert redis_db.zcard("rq:canceled:default") == 0
-    assert all(ttl != -1 for ttl in after.values()), after
+    assert all(ttl != -1 for ttl in after.values()), offending(after, lambda k, ttl: ttl == -1)
 
 
 @pytest.mark.django_db(transaction=True)
