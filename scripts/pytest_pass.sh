@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # pytest_pass.sh NAME PYTHON sqlite|postgres REDIS_DB [PYTEST_ARGS...]
 # One pytest run of the suite: one environment, one database, its own Redis database
-# (so passes running side by side never flush each other's queues). Its JUnit report and
-# any screenshots go to test-output/NAME/.
+# (so passes running side by side never flush each other's queues). Its JUnit report, the
+# versions it ran (test-output/NAME/versions, for scripts/summarize.py) and any
+# screenshots go to test-output/NAME/.
 set -euo pipefail
 
 name=$1 python=$2 database=$3 redis_db=$4
@@ -29,7 +30,7 @@ if [ "$database" = postgres ]; then
 fi
 
 redis=$("$python" scripts/redis_url.py --name test --db "$redis_db")
-version=$("$python" -c 'import sys, django; print(f"Python {sys.version.split()[0]}, Django {django.__version__}")')
-echo "== $name: $version, $database, Redis $redis"
+"$python" scripts/versions.py ${DATABASE_URL:+--postgres} > "$out/versions"
+echo "== $name: $(cat "$out/versions"), $database, Redis $redis"
 export TEST_REDIS_URL=$redis REDIS_URL=$redis TEST_OUTPUT=$out
 exec "$python" -m pytest --junitxml="$out/junit.xml" -o junit_family=xunit2 "$@"
