@@ -4,16 +4,18 @@
 #                    tour: failure and compensation, pause, sleep, an event, a killed worker
 #   make admin       the admin on the demo's database (a superuser's password printed)
 #   make test        everything CI runs: lint, types, Django checks, the docs' strict
-#                    build, the package build, the suite on Python 3.12 + newest
-#                    Django 6 and Python 3.11 + Django 5.2 LTS, each on SQLite and
-#                    PostgreSQL, and on Python 3.13 + Django 6.0 (SQLite)
+#                    build, the package build, the suite on Python 3.12 + Django 6 and
+#                    Python 3.11 + Django 5.2 LTS, each on SQLite and PostgreSQL, and on
+#                    SQLite: Python 3.13 + Django 6.0, the newest release of everything
+#                    (upgraded at each run) and the lowest versions pyproject.toml allows
 #   make docs        builds the documentation site and serves it on a free local port
 #   make lint | typecheck | check | docs-build | package | pytest | bench | clean
 #
 # The environments are made here from nothing (.venvs/) and only rebuilt when
-# pyproject.toml or scripts/requirements/ change. Redis: $REDIS_URL, else 127.0.0.1:6379,
-# else a private server (scripts/redis_url.py). PostgreSQL: 127.0.0.1:5432, skipped
-# locally when absent, started (or failed) when CI=true (scripts/postgres.py).
+# pyproject.toml or scripts/requirements/ change, but the newest's, upgraded at every
+# `make test`. Redis: $REDIS_URL, else 127.0.0.1:6379, else a private server
+# (scripts/redis_url.py). PostgreSQL: 127.0.0.1:5432, skipped locally when absent,
+# started (or failed) when CI=true (scripts/postgres.py).
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -23,11 +25,15 @@ MAKEFLAGS += --no-print-directory
 ENV_MAIN := .venvs/py312-django6
 ENV_LTS := .venvs/py311-django52
 ENV_60 := .venvs/py313-django60
+ENV_NEWEST := .venvs/py312-newest
+ENV_LOWEST := .venvs/py311-lowest
 ENV_BENCH := .venvs/bench
 ENV_DEMO := .venvs/demo
 PY := $(ENV_MAIN)/bin/python
 PY_LTS := $(ENV_LTS)/bin/python
 PY_60 := $(ENV_60)/bin/python
+PY_NEWEST := $(ENV_NEWEST)/bin/python
+PY_LOWEST := $(ENV_LOWEST)/bin/python
 PY_BENCH := $(ENV_BENCH)/bin/python
 PY_DEMO := $(ENV_DEMO)/bin/python
 REQS := scripts/requirements
@@ -35,11 +41,12 @@ REQS := scripts/requirements
 # The suite's passes: name, environment, database, Redis database (one per pass, so
 # passes running side by side never flush each other's queues).
 PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-sqlite py311-django52-postgres \
-	py313-django60-sqlite py312-django6-postgres-rqworker
+	py313-django60-sqlite py312-newest-sqlite py311-lowest-sqlite py312-django6-postgres-rqworker
 # How many passes run at once. The suite mostly waits on worker processes (the load
 # stays under the two cores with two passes), and each pass has its own test database
-# and Redis database, so four run side by side (the two short ones start as the first
-# ones end); TEST_JOBS=1 runs them one by one.
+# and Redis database, so four run side by side: the two long ones (listed first) on two
+# slots, the shorter ones one after another on the other two, the storm last;
+# TEST_JOBS=1 runs them one by one.
 TEST_JOBS ?= 4
 # Extra pytest arguments, e.g. PYTEST_ARGS="-k retry -x".
 PYTEST_ARGS ?=
@@ -52,14 +59,19 @@ LTS_PYTEST_ARGS ?= -m "not slow" --ignore=tests/faults
 # The same for the pass on Python 3.13 + Django 6.0, the versions between the two above
 # (declared in pyproject.toml), on SQLite: the suite less the fault tests and the browser.
 MID_PYTEST_ARGS ?= $(LTS_PYTEST_ARGS) --ignore=tests/browser
+# The same for the passes on the newest releases and on the lowest versions declared: what
+# they test is that the library runs on those versions, which the suite less the fault and
+# browser tests shows; the fault tests run on the primary env.
+NEWEST_PYTEST_ARGS ?= $(MID_PYTEST_ARGS)
+LOWEST_PYTEST_ARGS ?= $(MID_PYTEST_ARGS)
 RQWORKER_STORM := tests/faults/test_rqworker_storm.py
 
 .PHONY: help env envs lint format typecheck check docs-build docs package static pytest test \
-	passes bench demo admin clean \
+	passes bench demo admin clean FORCE \
 	$(addprefix pass-,$(PASSES))
 
 help:
-	@sed -n '1,15s/^# \{0,1\}//p' Makefile
+	@sed -n '1,18s/^# \{0,1\}//p' Makefile
 
 # -- environments ---------------------------------------------------------------
 
@@ -72,6 +84,23 @@ $(ENV_LTS)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django52.txt scri
 $(ENV_60)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/django60.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_60) 3.13 3.13.0 $(REQS)/django60.txt $(REQS)/test.txt
 
+# The lowest versions pyproject.toml declares (and test.txt's lower bounds), pinned in
+# lowest.txt, on the lowest Python: a minimum that stopped working fails here, not on a
+# user's machine.
+$(ENV_LOWEST)/.installed: pyproject.toml $(REQS)/test.txt $(REQS)/lowest.txt scripts/mkenv.sh
+	scripts/mkenv.sh $(ENV_LOWEST) 3.11 3.11.7 -c $(REQS)/lowest.txt $(REQS)/test.txt
+
+# The newest releases, as `pip install django-rq-sequence` resolves them that day: nothing
+# pinned (test.txt has lower bounds only, Django comes from pyproject.toml) and every
+# dependency upgraded, theirs too (eager). The other environments are rebuilt only when a
+# file changes, so they keep the versions of their last build; `make test` upgrades this
+# one at every run (UPGRADE_NEWEST=1, once, before the checks and passes that use it), so
+# a release that breaks us shows the day it is out. `make envs UPGRADE_NEWEST=1` does it
+# by hand.
+$(ENV_NEWEST)/.installed: pyproject.toml $(REQS)/test.txt scripts/mkenv.sh $(if $(UPGRADE_NEWEST),FORCE)
+	PIP_UPGRADE_STRATEGY=eager scripts/mkenv.sh $(ENV_NEWEST) 3.12 3.12.1 $(REQS)/test.txt
+FORCE:
+
 # The benchmark's own: Celery's requirements (an older python-dateutil) must not change
 # the environment the suite runs in.
 $(ENV_BENCH)/.installed: pyproject.toml $(REQS)/django6.txt bench/requirements.txt scripts/mkenv.sh
@@ -83,7 +112,8 @@ $(ENV_DEMO)/.installed: pyproject.toml $(REQS)/django6.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_DEMO) 3.12 3.12.1 $(REQS)/django6.txt
 
 env: $(ENV_MAIN)/.installed
-envs: $(ENV_MAIN)/.installed $(ENV_LTS)/.installed $(ENV_60)/.installed
+envs: $(ENV_MAIN)/.installed $(ENV_LTS)/.installed $(ENV_60)/.installed $(ENV_LOWEST)/.installed \
+	$(ENV_NEWEST)/.installed
 
 # -- static checks ---------------------------------------------------------------
 
@@ -101,7 +131,7 @@ typecheck: env
 # System checks and missing migrations, under each Django version tested. SQLite in var/, so
 # no server is needed.
 check: envs
-	@for py in $(PY) $(PY_LTS) $(PY_60); do \
+	@for py in $(PY) $(PY_LTS) $(PY_60) $(PY_LOWEST) $(PY_NEWEST); do \
 		echo "== manage.py check / makemigrations --check ($$($$py -c 'import django; print("Django", django.__version__)'))"; \
 		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py check --fail-level WARNING; \
 		env -u DATABASE_URL SEQUENCE_DB_NAME=$(CURDIR)/var/check.sqlite3 $$py manage.py makemigrations --check --dry-run; \
@@ -150,6 +180,11 @@ pass-py311-django52-postgres: $(ENV_LTS)/.installed
 	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LTS) postgres 12 $(LTS_PYTEST_ARGS) $(PYTEST_ARGS)
 pass-py313-django60-sqlite: $(ENV_60)/.installed
 	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_60) sqlite 11 $(MID_PYTEST_ARGS) $(PYTEST_ARGS)
+# Redis databases 5 and 4: 10 to 15 are the passes above, 6 to 9 are for runs by hand.
+pass-py312-newest-sqlite: $(ENV_NEWEST)/.installed
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_NEWEST) sqlite 5 $(NEWEST_PYTEST_ARGS) $(PYTEST_ARGS)
+pass-py311-lowest-sqlite: $(ENV_LOWEST)/.installed
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LOWEST) sqlite 4 $(LOWEST_PYTEST_ARGS) $(PYTEST_ARGS)
 
 # Every pass, keeping on past a failing one; then the tally, and the private Redis (if
 # one was started) is stopped whatever happened.
@@ -170,7 +205,7 @@ pytest: env
 # run shows every problem; the exit status is non-zero if anything failed.
 test:
 	@start=$$(date +%s); rc=0; \
-	$(MAKE) -j2 --output-sync=target envs; \
+	$(MAKE) -j2 --output-sync=target envs UPGRADE_NEWEST=1; \
 	$(MAKE) -k static || { rc=$$?; echo "== static checks FAILED (see above)"; }; \
 	$(MAKE) passes || rc=$$?; \
 	echo "== make test: $$([ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start ))s"; \

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# mkenv.sh ENV_DIR PYTHON_VERSION PREFERRED_PATCH REQUIREMENTS...
+# mkenv.sh ENV_DIR PYTHON_VERSION PREFERRED_PATCH [-c CONSTRAINTS] REQUIREMENTS...
 # Create (or update) a virtualenv with the project installed editable, then write
 # ENV_DIR/.installed so make skips this until pyproject.toml or a requirements file changes.
+# `-c FILE` passes FILE to pip as constraints (versions pinned, nothing added). Pip's own
+# environment variables apply too (make sets PIP_UPGRADE_STRATEGY=eager for the newest).
 set -euo pipefail
 
 env_dir=$1 version=$2 patch=$3
@@ -19,9 +21,11 @@ if [ ! -x "$env_dir/bin/python" ]; then
 fi
 
 reqs=()
-for r in "$@"; do reqs+=(-r "$r"); done
 echo "mkenv: installing into $env_dir: the project (editable) and ${*}"
+while [ $# -gt 0 ]; do
+    if [ "$1" = -c ]; then reqs+=(-c "$2"); shift 2; else reqs+=(-r "$1"); shift; fi
+done
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 "$env_dir/bin/python" -m pip install --quiet --upgrade -e . "${reqs[@]}"
-"$env_dir/bin/python" -c 'import sys, django, rq; print("mkenv: Python %s, Django %s, rq %s" % (sys.version.split()[0], django.__version__, rq.__version__))'
+echo "mkenv: $("$env_dir/bin/python" scripts/versions.py)"
 touch "$env_dir/.installed"
