@@ -18,10 +18,11 @@ from django.db import transaction
 from sequence import hooks, signals, transitions
 from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import UNDO, dispatch, dispatch_record, retry_of
+from sequence.dispatch import UNDO, dispatch, retry_of
 from sequence.exceptions import Fail, UnknownSequence
 from sequence.masking import mask_text
 from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord
+from sequence.moves import Move, after_move
 from sequence.registry import get_sequence_class
 from sequence.states import Status
 
@@ -123,8 +124,8 @@ def record_failure(
         step_index=record.step_index, attempt=record.attempt, error=error,
         will_retry=status == Status.RETRYING,
     )  # fmt: skip
-    if status == Status.FAILED:
-        announce_failure(handle, summary)
+    # Compensating: its first undo is queued on commit, above; RQ retries a retrying one.
+    after_move(fresh, Move.of_claim(status), cls, queue=False)
     return True
 
 
@@ -139,13 +140,13 @@ def fail_for_good(claim: Claim, cls: type[SequenceDefinition] | None, error: str
             transaction.on_commit(lambda: _dispatch_undo(record, undo_from), robust=True)
     if cls is None or status not in (Status.FAILED, Status.COMPENSATING):
         return
-    handle = cls._bind(SequenceRecord.objects.get(pk=record.pk))
+    fresh = SequenceRecord.objects.get(pk=record.pk)
     hooks.send(
-        signals.step_failed, cls, sequence=handle, step=record.plan[record.step_index],
+        signals.step_failed, cls, sequence=cls._bind(fresh), step=record.plan[record.step_index],
         step_index=record.step_index, attempt=record.attempt, error=error, will_retry=False,
     )  # fmt: skip
-    if status == Status.FAILED:
-        announce_failure(handle, error)
+    fresh.error = error
+    after_move(fresh, Move.of_claim(status), cls, queue=False)
 
 
 def _dispatch_undo(record: SequenceRecord, at: Position | None) -> None:
@@ -157,26 +158,9 @@ def _dispatch_undo(record: SequenceRecord, at: Position | None) -> None:
     dispatch(record.pk, at[0], record.epoch, record.queue, spec, kind=UNDO, item=at[1])
 
 
-def announce_failure(handle: SequenceDefinition, error: str) -> None:
-    """After a sequence failed for good (and its compensations ran): the hook, the signal."""
-    hooks.call(handle.on_failure, error)
-    hooks.send(signals.sequence_failed, type(handle), sequence=handle, error=error)
-
-
 def after_walk(record: SequenceRecord) -> None:
     """A compensation ended: queue the next one, or announce how the sequence ended."""
-    if record.status == Status.COMPENSATING:
-        dispatch_record(record)
-        return
-    try:
-        cls = get_sequence_class(record.name)
-    except UnknownSequence:
-        return
-    handle = cls._bind(record)
-    if record.status == Status.CANCELED:
-        hooks.send(signals.sequence_canceled, cls, sequence=handle)
-    else:
-        announce_failure(handle, record.error)
+    after_move(record, Move(Status.COMPENSATING, Status(record.status)))
 
 
 def run_undo(claim: Claim, retries_left: int) -> None:

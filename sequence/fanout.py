@@ -19,13 +19,13 @@ from sequence import hooks, signals, transitions
 from sequence.claims import Claim
 from sequence.conf import settings
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import dispatch_record, enqueue_items
+from sequence.dispatch import enqueue_items
 from sequence.exceptions import Fail
-from sequence.failure import announce_failure, fail_for_good, final_because, undo_start
+from sequence.failure import fail_for_good, final_because, undo_start
 from sequence.masking import mask_text
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord
+from sequence.moves import Move, after_move
 from sequence.registry import get_sequence_class
-from sequence.states import Status
 from sequence.transitions.fanout import ItemClaim
 from sequence.validation import check_data
 
@@ -159,16 +159,11 @@ def _finish(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec, tok
     if status is None:
         return
     record = SequenceRecord.objects.get(pk=sequence_id)
-    handle = cls._bind(record)
     hooks.send(
-        signals.step_completed, cls, sequence=handle, step=spec.name,
+        signals.step_completed, cls, sequence=cls._bind(record), step=spec.name,
         step_index=record.step_index - 1, attempt=1,
     )  # fmt: skip
-    if status == Status.PENDING:
-        dispatch_record(record)
-    elif status == Status.COMPLETED:
-        hooks.call(handle.on_complete)
-        hooks.send(signals.sequence_completed, cls, sequence=handle)
+    after_move(record, Move.of_claim(status), cls)
 
 
 def fail_sequence(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec) -> None:
@@ -193,8 +188,4 @@ def fail_sequence(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpe
         status = transitions.fanout.fail_fan_out(record, record.claim_token or "", error, undo)
     if status is None:
         return
-    record = SequenceRecord.objects.get(pk=sequence_id)
-    if status == Status.COMPENSATING:
-        dispatch_record(record)
-    else:
-        announce_failure(cls._bind(record), error)
+    after_move(SequenceRecord.objects.get(pk=sequence_id), Move.of_claim(status), cls)

@@ -49,9 +49,10 @@ from django.db.models.functions import Now
 from sequence import fanout, points, transitions
 from sequence.conf import settings
 from sequence.definitions import StepSpec
-from sequence.dispatch import ITEM, confirm_dispatch, dispatch, dispatch_record, unit_of
-from sequence.failure import after_walk, undo_after, undo_start
+from sequence.dispatch import ITEM, confirm_dispatch, dispatch, unit_of
+from sequence.failure import undo_after, undo_start
 from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord, WorkerBeat, ago
+from sequence.moves import Move, after_move
 from sequence.registry import find_step, registered
 from sequence.rqview import LiveJobs, dead_workers, step_name
 from sequence.states import FANNING, MOVING, Status
@@ -326,7 +327,8 @@ def recover(record: SequenceRecord, result: SweepResult, *, reason: str) -> None
         elif outcome in ("redispatched", "undone"):
             result.redispatched.append(record.pk)
         if outcome in ("failed", "redispatched", "undone"):
-            transaction.on_commit(lambda: _moved(record.pk, outcome), robust=True)
+            found = Status(record.status)
+            transaction.on_commit(lambda: _moved(record.pk, outcome, found), robust=True)
 
 
 def _undo_positions(record: SequenceRecord) -> tuple[Position | None, Position | None]:
@@ -345,15 +347,15 @@ def _undo_positions(record: SequenceRecord) -> tuple[Position | None, Position |
     return undo_start(whole, cls, record.step_index), None
 
 
-def _moved(sequence_id: int, outcome: str) -> None:
+def _moved(sequence_id: int, outcome: str, found: Status) -> None:
     """After a recovery committed: queue what is due, or announce the end."""
     record = SequenceRecord.objects.get(pk=sequence_id)
     if record.status in MOVING:
         index, _kind, _item = unit_of(record)
         points.fire("sweep_before_dispatch", sequence=record.pk, step=index, epoch=record.epoch)
-        dispatch_record(record)
-    elif outcome != "redispatched":
-        after_walk(record)
+    elif outcome == "redispatched":
+        return  # moved by someone else since (a cancel, say), who announced it
+    after_move(record, Move(found, Status(record.status)))
 
 
 def recover_claim(sequence_id: int, epoch: int, token: str, *, reason: str) -> SweepResult:

@@ -47,6 +47,7 @@ from sequence.exceptions import InvalidData, StepDeadlineExceeded, StepFenced, U
 from sequence.failure import fail_for_good, record_failure, run_undo
 from sequence.inline import Inline, MayInline, policy
 from sequence.models import SequenceRecord
+from sequence.moves import Move, after_move
 from sequence.registry import get_sequence_class, spec_for
 from sequence.rqview import LiveJobs
 from sequence.states import MOVING, Status
@@ -312,12 +313,12 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             with transaction.atomic():
                 data = _perform(spec, claim, handle)
                 points.fire("before_commit", **claim.context())
-                moved = transitions.commit(claim, data)
+                move = transitions.commit(claim, data)
             points.fire("commit_ack", **claim.context())
         else:
             data = _perform(spec, claim, handle)
             points.fire("before_commit", **claim.context())
-            moved = transitions.commit_result(claim, data)
+            move = transitions.commit_result(claim, data)
     except StepFenced as exc:
         logger.warning("Sequence %s stopped: %s", record.step_label(step_index), exc)
         release(claim, f"{type(exc).__name__}: {exc}")
@@ -330,7 +331,7 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             raise
         return None
     points.fire("after_commit", **claim.context())
-    return _after_commit(claim, spec_cls, spec, moved, data, may_inline)
+    return _after_commit(claim, spec_cls, spec, move, data, may_inline)
 
 
 def _current(sequence_id: int) -> SequenceRecord | None:
@@ -401,20 +402,21 @@ def _after_commit(
     claim: Claim,
     cls: type[SequenceDefinition],
     spec: StepSpec,
-    was: str,
+    move: Move,
     data: dict[str, Any],
     may_inline: MayInline,
 ) -> Follow | None:
     """Queue the next step (or hand it back to run here), then hooks and signals."""
     record = claim.record
     next_index = record.step_index + 1
-    last = next_index >= len(record.plan)
     follow: Follow | None = None
-    next_spec = None if last else cls.step_named(record.plan[next_index])
-    if was == Status.RUNNING and next_spec is not None and may_inline(next_spec, record.queue):
+    due = move.now == Status.PENDING
+    # None for a step a deploy removed: its job fails the sequence, naming it.
+    next_spec = cls.step_named(record.plan[next_index]) if due else None
+    if next_spec is not None and may_inline(next_spec, record.queue):
         # Not queued: this job claims it next; the outbox entry covers a crash meanwhile.
         follow = (record.pk, next_index, record.epoch + 1, record.queue, next_spec)
-    elif was == Status.RUNNING and not last:
+    elif due:
         # Unconfirmed: the next claim clears the outbox entry (one write less per step).
         dispatch(record.pk, next_index, record.epoch + 1, record.queue, next_spec, confirm=False)
         points.fire(
@@ -423,10 +425,10 @@ def _after_commit(
             queue=record.queue, spec=next_spec,
         )  # fmt: skip
     took = timezone.now() - claim.started_at
-    if last and was in (Status.RUNNING, Status.PAUSED):
+    if move.now == Status.COMPLETED:
         then = "the sequence is completed"
-    elif was != Status.RUNNING:
-        then = f"the sequence is {was}, so nothing further starts"
+    elif move.now != Status.PENDING:
+        then = f"the sequence is {move.now}, so nothing further starts"
     else:
         then = f"next: step {record.plan[next_index]}"
     logger.info(
@@ -434,15 +436,13 @@ def _after_commit(
     )
     record.data = data
     record.step_index = next_index
-    record.status = Status.COMPLETED if last else Status.PENDING
+    record.status = move.now
     handle = cls._bind(record)
     hooks.send(
         signals.step_completed, cls, sequence=handle,
         step=spec.name, step_index=next_index - 1, attempt=record.attempt,
     )  # fmt: skip
-    if last and was in (Status.RUNNING, Status.PAUSED):
-        hooks.call(handle.on_complete)
-        hooks.send(signals.sequence_completed, cls, sequence=handle)
+    after_move(record, move, cls, queue=False)
     return follow
 
 

@@ -28,6 +28,7 @@ from sequence.dispatch import (
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.failure import undo_start
 from sequence.models import Position, SequenceRecord
+from sequence.moves import Move, after_move
 from sequence.states import TRANSITIONS, Status, sources
 from sequence.validation import check_data
 from sequence.waiting import consume, wake_due
@@ -66,7 +67,8 @@ def resume(sequence_id: int | str) -> SequenceRecord:
         record, changed = transitions.resume(sequence_id)
         if changed:
             if record.status == Status.PENDING:
-                _dispatch_on_commit(record)
+                move = Move(Status.PAUSED, Status.PENDING)
+                transaction.on_commit(lambda: after_move(record, move), robust=True)
             elif record.status == Status.RUNNING and record.items_total is not None:
                 # A ForEach: its elements start again, into its free places.
                 transaction.on_commit(lambda: fanout.pump(record), robust=True)
@@ -95,10 +97,8 @@ def cancel(sequence_id: int | str, *, compensate: bool = False) -> SequenceRecor
             # The job may still sit in RQ: take it out. If a worker has it already, its
             # claim or its commit finds the sequence canceled and starts nothing.
             transaction.on_commit(lambda: _cancel_job(before), robust=True)
-            if record.status == Status.COMPENSATING:
-                _dispatch_on_commit(record)
-            else:
-                _announce(signals.sequence_canceled, record)
+            move = Move(Status(before.status), Status(record.status))
+            transaction.on_commit(lambda: after_move(record, move), robust=True)
     return record
 
 

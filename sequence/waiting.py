@@ -22,11 +22,12 @@ from django.utils import timezone
 from sequence import hooks, points, registry, signals, transitions
 from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import dispatch_many, dispatch_record
+from sequence.dispatch import dispatch_many
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
-from sequence.failure import announce_failure, fail_for_good, undo_start
+from sequence.failure import fail_for_good, undo_start
 from sequence.items import Sleep, WaitFor
 from sequence.models import SequenceEvent, SequenceRecord
+from sequence.moves import Move, after_move
 from sequence.states import ASLEEP, TERMINAL, Status
 from sequence.validation import check_data
 
@@ -92,7 +93,7 @@ def consume(sequence_id: int) -> bool:
             # Another sender, or the sequence, moved first: leave it all as it was.
             transaction.set_rollback(True)
             return False
-        transaction.on_commit(lambda: _moved_on(sequence_id), robust=True)
+        transaction.on_commit(lambda: _moved_on(sequence_id, Status.WAITING), robust=True)
     return True
 
 
@@ -231,7 +232,7 @@ def _wake(record: SequenceRecord) -> int:
     with transaction.atomic():
         if transitions.wake(record) is None:
             return 0
-        transaction.on_commit(lambda: _moved_on(record.pk), robust=True)
+        transaction.on_commit(lambda: _moved_on(record.pk, Status(record.status)), robust=True)
     return 1
 
 
@@ -254,27 +255,17 @@ def _time_out(record: SequenceRecord, item: WaitFor | None) -> int:
         status = transitions.time_out(record, error, undo_from)
         if status is None:
             return 0
-        transaction.on_commit(lambda: _moved_on(record.pk), robust=True)
+        transaction.on_commit(lambda: _moved_on(record.pk, Status(record.status)), robust=True)
     logger.error("Sequence %s #%s failed: %s.", record.name, record.pk, error)
     return 1
 
 
-def _moved_on(sequence_id: int) -> None:
-    """After a wake-up committed: queue what is due, or announce how the sequence ended."""
+def _moved_on(sequence_id: int, found: Status) -> None:
+    """After a wake-up or a timeout committed: queue what is due, or announce the end."""
     record = SequenceRecord.objects.get(pk=sequence_id)
     if record.status in (Status.PENDING, Status.COMPENSATING):
         points.fire("after_wake", sequence=record.pk, step=record.step_index, epoch=record.epoch)
-        dispatch_record(record)
-        return
-    cls = registry.registered().get(record.name)
-    if cls is None:
-        return
-    handle = cls._bind(record)
-    if record.status == Status.COMPLETED:
-        hooks.call(handle.on_complete)
-        hooks.send(signals.sequence_completed, cls, sequence=handle)
-    elif record.status == Status.FAILED:
-        announce_failure(handle, record.error)
+    after_move(record, Move(found, Status(record.status)))
 
 
 def _announce(signal: Any, sequence_id: int, **kwargs: Any) -> None:

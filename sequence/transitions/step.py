@@ -21,6 +21,7 @@ from sequence import history, points
 from sequence.claims import Claim, lease_seconds, now_plus_sql, now_sql
 from sequence.exceptions import StepDeadlineExceeded, StepFenced
 from sequence.models import Position, SequenceRecord, StepAttempt, ago
+from sequence.moves import Move
 from sequence.states import TERMINAL, TRANSITIONS, Outcome, Status, sources
 from sequence.transitions.base import RELEASED, status_in
 
@@ -140,24 +141,28 @@ def heartbeat(claim: Claim) -> None:
 # -- the commit ---------------------------------------------------------------------------
 
 
-def commit(claim: Claim, data: dict[str, Any]) -> str:
-    """Save the data and move to the next step; return the status it moved from.
+def commit(claim: Claim, data: dict[str, Any]) -> Move:
+    """Save the data and move to the next step; return what it found and left.
 
-    Conditional on the claim (epoch and token), on its lease and on the step's deadline,
-    all read from the database's clock when the statement runs. It joins the caller's
-    transaction (an ``atomic`` step's), or makes its own.
+    Running: the next step is due (pending), or the sequence is completed. Paused or
+    canceled meanwhile: the result is kept and the sequence stays so (a paused one whose
+    last step this was is completed). Conditional on the claim (epoch and token), on its
+    lease and on the step's deadline, all read from the database's clock when the
+    statement runs. It joins the caller's transaction (an ``atomic`` step's), or makes
+    its own.
     """
+    last = claim.record.step_index + 1 >= len(claim.record.plan)
     if _commit_running(claim, data):
         claim.settled = True
-        return Status.RUNNING
+        return Move(Status.RUNNING, Status.COMPLETED if last else Status.PENDING)
     with transaction.atomic(savepoint=False):
-        _commit_held(claim, data)
+        found = _commit_held(claim, data)
         history.write(claim.entry(Outcome.SUCCEEDED))
     claim.settled = True
-    return Status.PAUSED
+    return Move(found, Status.COMPLETED if last and found == Status.PAUSED else found)
 
 
-def commit_result(claim: Claim, data: dict[str, Any]) -> str:
+def commit_result(claim: Claim, data: dict[str, Any]) -> Move:
     """Commit the result of a step that ran outside the commit's transaction.
 
     Its result is in hand, so a connection lost on the way does not fail the attempt:
@@ -189,12 +194,14 @@ def commit_result(claim: Claim, data: dict[str, Any]) -> str:
             raise
         claim.settled = True
         row = SequenceRecord.objects.filter(pk=record.pk).values_list("status", "epoch").first()
-        # Moved on to the next step: the commit saw the step running. Otherwise it found
-        # the sequence paused or canceled, and nothing is to be queued.
+        now = Status(row[0]) if row is not None else Status.CANCELED
+        # Moved on to the next step or completed it: the commit saw the step running (or
+        # paused, for a last step). Paused or canceled since (or then), the request that
+        # did it announced itself, and nothing is to be queued.
         moved_on = TRANSITIONS["commit"][Status.RUNNING]
-        if row is not None and row[1] == record.epoch + 1 and row[0] in moved_on:
-            return Status.RUNNING
-        return Status.PAUSED
+        if row is not None and row[1] == record.epoch + 1 and now in moved_on:
+            return Move(Status.RUNNING, now)
+        return Move(now, now)
 
 
 def _commit_running(claim: Claim, data: dict[str, Any]) -> bool:
@@ -247,8 +254,9 @@ def _commit_running(claim: Claim, data: dict[str, Any]) -> bool:
     return True
 
 
-def _commit_held(claim: Claim, data: dict[str, Any]) -> None:
-    """The commit of a step whose sequence was paused or canceled while it ran.
+def _commit_held(claim: Claim, data: dict[str, Any]) -> Status:
+    """The commit of a step whose sequence was paused or canceled while it ran; returns
+    which of the two it found.
 
     Keeps the result and starts nothing (a paused last step completes the sequence).
     Raises if the claim is no longer good: its deadline passed, or it was taken.
@@ -276,7 +284,9 @@ def _commit_held(claim: Claim, data: dict[str, Any]) -> None:
         updated_at=Now(),
         **RELEASED,
     ):
-        return
+        # The row is locked by that update until the transaction ends: it reads as left.
+        now = SequenceRecord.objects.filter(pk=record.pk).values_list("status", flat=True).get()
+        return Status.CANCELED if now == Status.CANCELED else Status.PAUSED
     if claim.mine().exists():
         # Still ours, so the lease or the deadline ran out: a failed attempt.
         raise StepDeadlineExceeded(

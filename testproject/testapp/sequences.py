@@ -422,3 +422,52 @@ def double(item: Any, data: dict[str, Any]) -> Any:
 
 class Doubles(Sequence):
     steps = [ForEach("numbers", double, concurrency=3, into="doubled")]
+
+
+# -- a completion is a completion (tests/test_completion.py) ------------------------------------
+
+from sequence import signals  # noqa: E402
+
+
+class HeldSquare(Square):
+    """A Square that, given data["hold"], waits at its start until PATH.release exists."""
+
+    def perform(self) -> dict[str, Any]:
+        hold = self.data.get("hold")
+        if hold:
+            from pathlib import Path
+
+            Path(f"{hold}.reached").touch()
+            deadline = time.monotonic() + 60
+            while not Path(f"{hold}.release").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return super().perform()
+
+
+class _MarksItsEnd(Sequence):
+    def on_complete(self) -> None:
+        mark(None, "on_complete", self.id)
+
+
+class EndsOnStep(_MarksItsEnd):
+    steps = [A, B]
+
+
+class EndsOnForEach(_MarksItsEnd):
+    steps = [A, ForEach("numbers", HeldSquare)]
+
+
+class EndsOnSleep(_MarksItsEnd):
+    steps = [A, Sleep(seconds=0.2)]
+
+
+class EndsOnWait(_MarksItsEnd):
+    steps = [A, WaitFor("go")]
+
+
+def _completed(sender: Any, sequence: Any, **kwargs: Any) -> None:
+    mark(None, "sequence_completed", sequence.id)
+
+
+for _cls in (EndsOnStep, EndsOnForEach, EndsOnSleep, EndsOnWait):
+    signals.sequence_completed.connect(_completed, sender=_cls, weak=False)
