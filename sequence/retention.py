@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from sequence.dispatch import STEP, UNDO, delete_jobs, job_id, queue_for
+from sequence.dispatch import STEP, UNDO, WAKE, delete_jobs, job_id, queue_for
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.registry import spec_for
 from sequence.states import TERMINAL, Outcome
@@ -117,6 +117,10 @@ def _jobs_of(ids: list[int]) -> dict[str, list[str]]:
     )
     for pk, index, epoch, outcome in history.distinct():
         units.add((pk, index, epoch, UNDO if outcome in _UNDONE else STEP))
+        spec = spec_for(by_pk[pk], index)
+        if spec is not None and spec.wait is not None:
+            # The wake-up job its Sleep or WaitFor may have scheduled, past it.
+            units.add((pk, index + 1, epoch + 1, WAKE))
     jobs: dict[str, list[str]] = {}
     for pk, index, epoch, kind in units:
         record = by_pk[pk]

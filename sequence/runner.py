@@ -37,6 +37,7 @@ from sequence.dispatch import (
     ITEM,
     STEP,
     UNDO,
+    WAKE,
     dispatch,
     dispatch_record,
     enqueue_retry,
@@ -89,7 +90,12 @@ def run_step(
 ) -> None:
     """Run a unit of a sequence, if the job is still the one the row expects: step
     ``step_index`` (``kind="item"``: element ``item`` of its ForEach; ``kind="undo"``: the
-    compensation of the step, or of that element)."""
+    compensation of the step, or of that element; ``kind="wake"``: its wake-up, if due)."""
+    if kind == WAKE:
+        # What the row says is due, whatever the job's step and epoch: a wake-up delivered
+        # early, twice, or after the sequence moved on does nothing.
+        waiting.wake_due(pk=sequence_id)
+        return
     from rq import get_current_job
 
     entered = time.monotonic()

@@ -24,12 +24,13 @@ from sequence.dispatch import (
     get_queue,
     job_id,
     queue_for,
+    schedule_wakes,
 )
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.failure import undo_start
 from sequence.models import Position, SequenceRecord
 from sequence.moves import Move, after_move
-from sequence.states import TRANSITIONS, Status, sources
+from sequence.states import ASLEEP, TRANSITIONS, Status, sources
 from sequence.validation import check_data
 from sequence.waiting import consume, wake_due
 
@@ -75,6 +76,9 @@ def resume(sequence_id: int | str) -> SequenceRecord:
             elif record.status == Status.WAITING:
                 # Events sent while it was paused were kept for it.
                 transaction.on_commit(lambda: consume(record.pk), robust=True)
+            if record.status in ASLEEP:
+                # Its wake-up job may have come while it was paused, and done nothing.
+                transaction.on_commit(lambda: schedule_wakes([record]), robust=True)
             _announce(signals.sequence_resumed, record)
     return record
 
@@ -260,8 +264,16 @@ def resume_many(queryset: QuerySet[SequenceRecord]) -> int:
         running = [row.id for row in changed if row.status == Status.RUNNING]
         if waiting or running:
             transaction.on_commit(lambda: _carry_on(waiting, running), robust=True)
+        asleep = [row.id for row in changed if row.status in ASLEEP]
+        if asleep:
+            rows = SequenceRecord.objects.filter(pk__in=asleep).only(*WAKE_FIELDS)
+            transaction.on_commit(lambda: schedule_wakes(rows), robust=True)
         _announce_many(signals.sequence_resumed, changed)
     return len(changed)
+
+
+# What scheduling a wake-up job reads of a row.
+WAKE_FIELDS = ("name", "plan", "step_index", "epoch", "queue", "wake_at")
 
 
 def _carry_on(waiting: list[int], running: list[int]) -> None:

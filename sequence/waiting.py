@@ -3,9 +3,11 @@
 The database is the truth. A sleeping sequence's wake-up time, and a wait's deadline,
 are on its row (``wake_at``, with a partial index); waking is a query for what is due,
 run by every worker's maintenance thread and by the recovery sweep, so its cost follows
-what is due, not what sleeps, and no Redis key is held per sleeper. Events are rows: one
-sent before its ``WaitFor`` is reached is kept and consumed when the sequence gets there;
-consuming an event and moving the sequence on are one transaction.
+what is due, not what sleeps. Outside a ``sequence worker`` (``rqworker``), an RQ job
+scheduled at each wake-up time and deadline runs that query for its one sequence; losing
+it loses nothing, and it never wakes what the row does not say is due. Events are rows:
+one sent before its ``WaitFor`` is reached is kept and consumed when the sequence gets
+there; consuming an event and moving the sequence on are one transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from django.utils import timezone
 from sequence import hooks, points, registry, signals, transitions
 from sequence.claims import Claim
 from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import dispatch_many
+from sequence.dispatch import dispatch_many, schedule_wake
 from sequence.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.failure import fail_for_good, undo_start
 from sequence.items import Sleep, WaitFor
@@ -55,11 +57,15 @@ def run_item(claim: Claim, cls: type[SequenceDefinition], spec: StepSpec) -> Non
             _announce(signals.sequence_sleeping, record.pk, wake_at=wake_at)
         if wake_at <= timezone.now():
             wake_due(pk=record.pk)
+        elif was == Status.RUNNING:  # paused meanwhile: its resume schedules the wake-up
+            schedule_wake(record, record.step_index + 1, record.epoch + 1, wake_at)
         return
     assert isinstance(item, WaitFor)
     timeout = item.timeout_seconds
     deadline = None if timeout is None else now + timedelta(seconds=timeout)
     was = transitions.commit_wait(claim, Status.WAITING, deadline, item.event)
+    if deadline is not None and was == Status.RUNNING:
+        schedule_wake(record, record.step_index + 1, record.epoch + 1, deadline)
     # An event sent before the wait began is consumed now; one sent while this commit
     # ran is consumed by its sender's own attempt (see send): one of the two sees both.
     if not consume(record.pk) and was == Status.RUNNING:

@@ -27,7 +27,7 @@ from rq.worker import BaseWorker
 
 from sequence import checks, faults, runner
 from sequence.conf import settings
-from sequence.dispatch import get_queue
+from sequence.dispatch import get_queue, wake_pass
 from sequence.inline import Inline
 from sequence.jobs import SequenceJob
 from sequence.models import WorkerBeat
@@ -341,6 +341,8 @@ def run_worker(
         or maintenance.wake_interval
     ):
         maintenance.start()
+    # This process wakes its sequences itself: no wake-up jobs in Redis.
+    wake_pass.running = bool(maintenance.wake_interval)
     restarts = 0
     try:
         while True:
@@ -368,6 +370,7 @@ def run_worker(
             maintenance.lock = worker.connection
     finally:
         maintenance.stopped.set()
+        wake_pass.running = False
         try:
             close_old_connections()
             unregister(worker.name)

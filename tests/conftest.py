@@ -60,28 +60,24 @@ class Workers:
         burst: bool = False,
         env: dict[str, str] | None = None,
     ) -> list[subprocess.Popen[bytes]]:
-        started = []
-        for _ in range(n):
-            index = len(self.procs)
-            cmd = [
-                sys.executable,
-                "manage.py",
-                "sequence",
-                "worker",
-                *queues,
-                "--worker-class",
-                kind,
-            ]
-            if burst:
-                cmd.append("--burst")
-            with (self.logs / f"worker-{index}.log").open("wb") as log:
-                proc = subprocess.Popen(
-                    cmd, cwd=ROOT, env=self.env(env), stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
-            self.procs.append(proc)
-            started.append(proc)
-        return started
+        command = ["sequence", "worker", *queues, "--worker-class", kind]
+        if burst:
+            command.append("--burst")
+        return [self._spawn(command, env) for _ in range(n)]
+
+    def rqworker(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """django-rq's ``manage.py rqworker`` with ``options`` (its queues and flags)."""
+        return self._spawn(["rqworker", *options], env)
+
+    def _spawn(self, command: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        """``manage.py`` with ``command``, in a session of its own, logged to worker-N.log."""
+        with (self.logs / f"worker-{len(self.procs)}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "manage.py", *command], cwd=ROOT, env=self.env(env),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.procs.append(proc)
+        return proc
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         """Signal the worker's process group: the worker, its horse and its scheduler."""
@@ -93,11 +89,37 @@ class Workers:
             self.kill(proc)
         for proc in self.procs:
             proc.wait(timeout=10)
+        # RQ's forking worker puts each work-horse in a process group of its own: kill,
+        # by pid, whatever is left in the workers' sessions.
+        deadline = time.monotonic() + 10
+        while left := [pid for p in self.procs for pid in session_members(p.pid)]:
+            assert time.monotonic() < deadline, f"processes left after SIGKILL: {left}"
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
 
     def output(self) -> str:
         return "\n".join(
             p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log"))
         )
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of every live process in session ``sid`` (read from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields: state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 @pytest.fixture

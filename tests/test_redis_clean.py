@@ -8,11 +8,12 @@ import pytest
 from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings
+from django.utils import timezone
 
 from sequence.models import SequenceRecord
 from sequence.retention import prune
 from sequence.states import TERMINAL, Status
-from testproject.testapp.sequences import Compensating, FlakySequence, ThreeSteps
+from testproject.testapp.sequences import Compensating, FlakySequence, SnoozeUntil, ThreeSteps
 
 from .conftest import wait_for
 from .lifecycle_support import queued_jobs, run_jobs
@@ -147,3 +148,17 @@ def test_a_step_job_that_fails_for_good_expires_after_the_failed_ttl(redis_db):
     failed = [k.decode() for k in redis_db.zrange("rq:failed:default", 0, -1)]
     assert failed == [f"seq-{seq.id}-1-1"]
     assert 0 < redis_db.ttl(f"rq:job:{failed[0]}") <= 3600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wake_up_job_a_canceled_sleep_left_is_deleted_by_prune(redis_db):
+    # Slept outside a `sequence worker` (here), so the Sleep scheduled its wake-up job.
+    seq = SnoozeUntil.start({"wake_at": (timezone.now() + timedelta(days=3)).isoformat()})
+    run_jobs()
+    job = f"rq:job:seq-{seq.id}-2-2-wake"
+    assert 3 * 86400 < redis_db.ttl(job) <= 4 * 86400 + 1  # bounded: a day past its time
+    seq.cancel()  # the job stays until its time, when it would do nothing
+    assert redis_db.exists(job)
+    assert prune(timedelta(0)).sequences == 1
+    assert not redis_db.exists(job)
+    assert redis_db.zcard("rq:scheduled:default") == 0

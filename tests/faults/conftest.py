@@ -25,7 +25,7 @@ from sequence.dispatch import get_queue
 from sequence.models import SequenceRecord
 from sequence.states import Status
 
-from ..conftest import Workers
+from ..conftest import Workers, session_members
 from ..redis_server import binary, free_port, listening
 from . import journal
 
@@ -45,23 +45,6 @@ def env_for(overrides: dict[str, Any] | None = None) -> dict[str, str]:
 
     merged = {**FAULT_SETTINGS, **(overrides or {})}
     return {f"SEQUENCE_{key}": json.dumps(value) for key, value in merged.items()}
-
-
-def session_members(sid: int) -> list[int]:
-    """Pids of every live process in session ``sid`` (read from /proc)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields: state, ppid, pgrp, session, ...
-        if int(fields[3]) == sid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
 
 
 class Fleet(Workers):

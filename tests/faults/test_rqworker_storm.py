@@ -66,7 +66,9 @@ MARGIN = 60
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The command docs/workers.md gives for running sequence steps on django-rq's worker.
+# The command docs/workers.md gives for running sequence steps on django-rq's worker, less
+# its --worker-class: that changes how a worker stops, and these are killed, with RQ's
+# own forking worker, whose work-horses the aimed kills need.
 RQWORKER = [
     "rqworker", "default", "--with-scheduler",
     "--serializer", "rq.serializers.JSONSerializer",

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
 from sequence import Sequence, faults
-from sequence.models import SequenceEvent, SequenceRecord
+from sequence.models import SequenceEvent, SequenceRecord, StepAttempt
 from sequence.states import Status
 from sequence.waiting import wake_due
 from testproject.testapp.models import Journal
-from testproject.testapp.sequences import Approval, Snooze
+from testproject.testapp.sequences import Approval, Snooze, SnoozeUntil
 
 from ..conftest import wait_for
 from .checker import assert_ok, check
-from .conftest import settle, statuses
+from .conftest import session_members, settle, statuses
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
@@ -132,3 +133,91 @@ def test_events_racing_each_other_and_the_sequence_are_each_consumed_once(fleet)
         events = SequenceEvent.objects.filter(sequence_id=seq_id)
         assert events.count() == 3  # ids n % 3: 0, 1, 2
         assert events.filter(consumed_at__isnull=False).count() == 1
+
+
+# -- on django-rq's rqworker, whose only timer is the wake-up job RQ's scheduler holds ------
+
+RQWORKER = (
+    "default", "--with-scheduler",
+    "--serializer", "rq.serializers.JSONSerializer",
+    "--job-class", "sequence.jobs.SequenceJob",
+)  # fmt: skip
+# tests/test_rqworker.py's bound: RQ's scheduler moves a due job within about 2 s.
+WAKE_BOUND = 3.0
+
+
+def _sleepers(n: int, seconds: float) -> list[int]:
+    at = (timezone.now() + timedelta(seconds=seconds)).isoformat()
+    return [SnoozeUntil.start({"wake_at": at}).id for _ in range(n)]
+
+
+def _wake_times(ids) -> dict[int, datetime]:
+    wait_for(lambda: all_in(ids, Status.SLEEPING), timeout=30)
+    return dict(SequenceRecord.objects.filter(pk__in=ids).values_list("id", "wake_at"))
+
+
+def _lateness(due: dict[int, datetime]) -> list[float]:
+    """Seconds from each ``due`` time to the start of the step after the sleep."""
+    woke = dict(
+        StepAttempt.objects.filter(sequence_id__in=list(due), step="B").values_list(
+            "sequence_id", "started_at"
+        )
+    )
+    return [(woke[pk] - at).total_seconds() for pk, at in due.items()]
+
+
+def _scheduler_of(workers, redis):
+    """The rqworker whose session runs RQ's scheduler for the queue (it holds the lock)."""
+    name = redis.get("rq:scheduler-lock:default")
+    pid = name and redis.hget(f"rq:scheduler:{name.decode()}", "pid")
+    for proc in workers:
+        if pid and int(pid) in session_members(proc.pid):
+            return proc
+    return None
+
+
+def test_an_rqworker_killed_while_sequences_sleep_a_new_one_wakes_them_on_time(fleet, redis_db):
+    workers = [fleet.rqworker(*RQWORKER, env=fleet.base_env) for _ in range(2)]
+    wait_for(lambda: _scheduler_of(workers, redis_db), timeout=30, message="RQ's scheduler")
+    ids = _sleepers(6, seconds=5)
+    due = _wake_times(ids)
+    # Killed with all its processes: the worker that does not run RQ's scheduler, which
+    # holds the wake-up jobs (see the next test for the other one).
+    victim = next(w for w in workers if w is not _scheduler_of(workers, redis_db))
+    fleet.kill_all_of(victim)
+    victim.wait(timeout=10)
+    fleet.rqworker(*RQWORKER, env=fleet.base_env)  # in its place
+    settle(ids, timeout=60, done={Status.COMPLETED}, sweep=False)
+    late = _lateness(due)
+    assert max(late) < WAKE_BOUND, late
+    assert_ok(check("16 rqworker killed mid-sleep", ids, faults={"workers_killed": 1}))
+    woken_once(ids)
+
+
+@pytest.mark.slow
+def test_an_rqworker_killed_with_its_scheduler_leaves_the_wake_ups_to_a_later_worker(
+    fleet, redis_db
+):
+    first = fleet.rqworker(*RQWORKER, env=fleet.base_env)
+    ids = _sleepers(5, seconds=3)
+    _wake_times(ids)
+    fleet.kill_all_of(first)  # the worker, its horse and RQ's scheduler
+    first.wait(timeout=10)
+    # RQ's scheduler lock outlives a killed holder by up to 60 s, and a worker started
+    # meanwhile does not look for it again before RQ's maintenance (10 minutes).
+    wait_for(
+        lambda: not redis_db.exists("rq:scheduler-lock:default"),
+        timeout=75,
+        message="RQ's scheduler lock expired",
+    )
+    assert all_in(ids, Status.SLEEPING)  # overdue: no sweep runs, no worker's wake pass
+    started = timezone.now()
+    fleet.rqworker(*RQWORKER, env=fleet.base_env)
+    # The wake-up jobs were kept in Redis: the new worker's scheduler queues them at once.
+    settle(ids, timeout=60, done={Status.COMPLETED}, sweep=False)
+    late = _lateness(dict.fromkeys(ids, started))
+    assert max(late) < WAKE_BOUND + 5, late  # with the worker's start-up
+    assert_ok(
+        check("16 rqworker and its scheduler killed mid-sleep", ids, faults={"workers_killed": 1})
+    )
+    woken_once(ids)
