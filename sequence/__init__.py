@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from sequence.exceptions import (
+from sequence.declare.exceptions import (
     ConfigurationError,
     Fail,
     ForeignJob,
@@ -22,21 +22,22 @@ from sequence.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from sequence.definitions import Schedule, Step
-    from sequence.handle import Sequence
-    from sequence.items import ForEach, Sleep, WaitFor
-    from sequence.retry import Retry
+    from sequence.declare.definitions import Schedule
+    from sequence.declare.items import ForEach, Sleep, WaitFor
+    from sequence.declare.retry import Retry
+    from sequence.declare.steps import Step
+    from sequence.engine.handle import Sequence
 
 # Names whose modules use the models: imported on first use, so that importing the
 # package (as Django does while it loads apps) never imports the models.
 _LAZY = {
-    "Retry": "sequence.retry",
-    "Schedule": "sequence.definitions",
-    "Step": "sequence.definitions",
-    "Sequence": "sequence.handle",
-    "ForEach": "sequence.items",
-    "Sleep": "sequence.items",
-    "WaitFor": "sequence.items",
+    "Retry": "sequence.declare.retry",
+    "Schedule": "sequence.declare.definitions",
+    "Step": "sequence.declare.steps",
+    "Sequence": "sequence.engine.handle",
+    "ForEach": "sequence.declare.items",
+    "Sleep": "sequence.declare.items",
+    "WaitFor": "sequence.declare.items",
 }
 
 __all__ = [

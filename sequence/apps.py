@@ -13,8 +13,10 @@ class SequenceConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
+        from sequence.engine import steering  # noqa: F401
+
         # steering puts the verbs of SequenceRecord's queryset in place (see models.VERBS).
-        from sequence import checks, steering  # noqa: F401
+        from sequence.ops import checks
 
         checks.register()
         autodiscover_modules("sequences")

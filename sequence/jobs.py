@@ -20,10 +20,10 @@ from typing import Any
 from rq.exceptions import AbandonedJobError, DeserializationError
 from rq.job import Job
 
-from sequence.conf import settings
-from sequence.dispatch import ENTRY_POINT, FAILURE_CALLBACK
-from sequence.exceptions import ForeignJob, UnreadableJob
-from sequence.recovery import check_sequence
+from sequence.declare.conf import settings
+from sequence.declare.exceptions import ForeignJob, UnreadableJob
+from sequence.engine.recovery import check_sequence
+from sequence.engine.rq.dispatch import ENTRY_POINT, FAILURE_CALLBACK
 from sequence.runner import run_step
 
 logger = logging.getLogger("sequence")

@@ -10,7 +10,7 @@ queued after the commit; its outbox entry is cleared by that job's claim, or by 
 sweep once it sees the job in RQ.
 
 This module decides what happens when; the statements are the state machine's
-(``sequence.transitions``), failure is ``sequence.failure``'s.
+(``sequence.engine.transitions``), failure is ``sequence.engine.failure``'s.
 """
 
 from __future__ import annotations
@@ -21,68 +21,41 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from sequence import fanout, hooks, points, signals, transitions, waiting
-from sequence.claims import Claim
-from sequence.conf import settings
-from sequence.definitions import SequenceDefinition, StepSpec
-from sequence.dispatch import (
+from sequence import signals
+from sequence.declare.conf import settings
+from sequence.declare.definitions import SequenceDefinition, StepSpec
+from sequence.declare.exceptions import (
+    InvalidData,
+    StepDeadlineExceeded,
+    StepFenced,
+    UnknownSequence,
+)
+from sequence.declare.registry import get_sequence_class
+from sequence.declare.validation import check_data
+from sequence.engine import foreach, hooks, points, release, transitions, waiting
+from sequence.engine.claims import Claim, Execution, execution, job_timeout
+from sequence.engine.failure import fail_for_good, record_failure, run_undo
+from sequence.engine.inline import Inline, MayInline, policy
+from sequence.engine.moves import Move, after_move
+from sequence.engine.rq import registries
+from sequence.engine.rq.dispatch import (
     ITEM,
     STEP,
     UNDO,
     WAKE,
     dispatch,
-    dispatch_record,
     enqueue_retry,
     retry_of,
     timeout_of,
 )
-from sequence.exceptions import InvalidData, StepDeadlineExceeded, StepFenced, UnknownSequence
-from sequence.failure import fail_for_good, record_failure, run_undo
-from sequence.inline import Inline, MayInline, policy
-from sequence.models import SequenceRecord
-from sequence.moves import Move, after_move
-from sequence.registry import get_sequence_class, spec_for
-from sequence.rqview import LiveJobs
-from sequence.states import MOVING, Status
-from sequence.validation import check_data
+from sequence.engine.states import Status
 
 logger = logging.getLogger("sequence")
-
-
-@dataclass(frozen=True)
-class Execution:
-    """Who runs the job in this context: the worker's name and the claim token to use.
-
-    Set by sequence's worker classes (the token is RQ's execution id, which the worker
-    process also knows, so it can release the claim of a work-horse that died).
-    """
-
-    worker: str
-    token: str | None = None
-    # Lent by SequenceWorker: what lets the runner run the next steps in the same job.
-    inline: Inline | None = None
-    # Retries left when no RQ job carries them (``sequence.testing.drain``).
-    retries_left: int = 0
-
-
-execution: ContextVar[Execution | None] = ContextVar("sequence_execution", default=None)
-
-
-class _Timeout:
-    """Set by sequence's worker classes when RQ's job timeout fires in this process."""
-
-    fired = False
-
-
-job_timeout = _Timeout()
 
 
 def run_step(
@@ -167,18 +140,18 @@ def _claim(
         raise
     if claim is not None:
         return claim
-    record = _current(sequence_id)
+    record = release.current(sequence_id)
     if (
         record is not None
         and (record.status, record.step_index, record.epoch) == (Status.FAILED, step_index, epoch)
         and job is not None
-        and requeued_by_hand(job)
+        and registries.requeued_by_hand(job)
     ):
         claim = transitions.claim(
             sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
         )
     if claim is None:
-        _stale(record, sequence_id, step_index, epoch)
+        release.stale(record, sequence_id, step_index, epoch)
     return claim
 
 
@@ -204,7 +177,7 @@ def _run_undo(
         run_undo(claim, retries_left)
     except Exception:
         if not claim.settled:
-            release_or_remember(claim)
+            release.release_or_remember(claim)
         raise
 
 
@@ -222,7 +195,7 @@ def _run_item(
     """Run element ``item`` of the ForEach at ``index`` (a failure re-raised, marked final
     when RQ must not retry it)."""
     assert item is not None
-    ic = transitions.fanout.claim_item(
+    ic = transitions.elements.claim_item(
         sequence_id, index, epoch, item, worker, token, timeout, entered
     )
     if ic is None:
@@ -232,7 +205,7 @@ def _run_item(
         )  # fmt: skip
         return
     try:
-        fanout.run_item(ic, retries_left)
+        foreach.run_item(ic, retries_left)
     except Exception as exc:
         exc.final = ic.final  # type: ignore[attr-defined]
         raise
@@ -245,7 +218,7 @@ def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         # Whatever went wrong (the database went away while the failure was being
         # recorded, say), the claim must not stay held by a live worker.
         if not claim.settled:
-            release_or_remember(claim)
+            release.release_or_remember(claim)
         raise
 
 
@@ -311,7 +284,7 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         waiting.run_item(claim, spec_cls, spec)
         return None
     if spec.each is not None:
-        fanout.begin(claim, spec_cls, spec)
+        foreach.begin(claim, spec_cls, spec)
         return None
     handle = spec_cls._bind(record)
     try:
@@ -327,7 +300,7 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             move = transitions.commit_result(claim, data)
     except StepFenced as exc:
         logger.warning("Sequence %s stopped: %s", record.step_label(step_index), exc)
-        release(claim, f"{type(exc).__name__}: {exc}")
+        release.release(claim, f"{type(exc).__name__}: {exc}")
         return None
     except Exception as exc:
         if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
@@ -338,37 +311,6 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         return None
     points.fire("after_commit", **claim.context())
     return _after_commit(claim, spec_cls, spec, move, data, may_inline)
-
-
-def _current(sequence_id: int) -> SequenceRecord | None:
-    """The row as it is now, with whether its outbox entry is overdue."""
-    return (
-        SequenceRecord.objects.filter(pk=sequence_id).with_overdue(settings.DISPATCH_GRACE).first()
-    )
-
-
-def _stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epoch: int) -> None:
-    """A job the row no longer expects: queue a successor whose dispatch was lost, then end.
-
-    Only an overdue outbox entry whose job RQ no longer holds is queued again here (the
-    sweep would do the same later); anything else would just add a duplicate.
-    """
-    if record is None:
-        logger.warning("Sequence %s no longer exists; its step job ends.", sequence_id)
-        return
-    logger.info(
-        "Sequence %s: the job of step %s under epoch %s is stale (the sequence is %s at "
-        "step %s, epoch %s); it ends without running.",
-        f"{record.name} #{record.pk}", step_index + 1, epoch, record.status,
-        record.step_index + 1, record.epoch,
-    )  # fmt: skip
-    if (
-        getattr(record, "overdue", False)
-        and record.status in MOVING
-        and record.epoch > epoch
-        and record.pk not in LiveJobs().live([record])
-    ):
-        dispatch_record(record)
 
 
 def _perform(spec: StepSpec, claim: Claim, handle: SequenceDefinition) -> dict[str, Any]:
@@ -450,60 +392,3 @@ def _after_commit(
     )  # fmt: skip
     after_move(record, move, cls, queue=False)
     return follow
-
-
-def requeued_by_hand(job: Any) -> bool:
-    """Whether this job was queued again after it failed for good (``rq requeue``).
-
-    A failed sequence's step runs again only then: a duplicate of the failed job that
-    was already queued when it failed must not run the step once more.
-    """
-    from rq.results import Result
-
-    try:
-        result = job.latest_result()
-    except Exception:
-        logger.exception("Could not read the results of job %s", job.id)
-        return False
-    if result is None or result.type != Result.Type.FAILED or job.enqueued_at is None:
-        return False
-    enqueued: datetime = job.enqueued_at
-    if enqueued.tzinfo is None:
-        enqueued = enqueued.replace(tzinfo=result.created_at.tzinfo)
-    return bool(enqueued > result.created_at)
-
-
-# Claims this process could not release because the database was unreachable; the
-# worker's maintenance thread retries them (sequence.worker).
-orphans: list[Claim] = []
-
-
-def release(claim: Claim, error: str) -> None:
-    """Give up a claim without a result; queue the step again if it is due."""
-    with transaction.atomic():
-        if transitions.release(claim, error):
-            record = claim.record
-            args = (record.pk, record.step_index, record.epoch + 1, record.queue, spec_for(record))
-            transaction.on_commit(lambda: dispatch(*args), robust=True)
-
-
-def release_or_remember(claim: Claim) -> None:
-    """Release the claim, or leave it to the worker to release once the database is back."""
-    try:
-        if not connection.in_atomic_block:
-            connection.close_if_unusable_or_obsolete()
-        release(claim, "the worker could not finish the job; the step runs again")
-    except Exception:
-        logger.exception(
-            "Sequence %s: could not release the claim on step %s; retrying in the background.",
-            claim.record.pk, claim.record.step_index,
-        )  # fmt: skip
-        orphans.append(claim)
-
-
-def release_orphans() -> None:
-    """Release the claims this process could not release earlier (database back)."""
-    while orphans:
-        claim = orphans[0]
-        release(claim, "the worker could not finish the job; the step runs again")
-        orphans.pop(0)

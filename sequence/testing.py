@@ -27,12 +27,13 @@ from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from sequence import runner
-from sequence.dispatch import ITEM, retry_of, unit_of
-from sequence.exceptions import SequenceError
-from sequence.models import ItemStatus, SequenceItem, SequenceRecord
-from sequence.registry import spec_for
-from sequence.states import FANNING, MOVING, Status
-from sequence.waiting import wake_due
+from sequence.declare.exceptions import SequenceError
+from sequence.declare.registry import spec_for
+from sequence.engine import claims
+from sequence.engine.rq.dispatch import ITEM, retry_of, unit_of
+from sequence.engine.states import FANNING, ITEM_TRANSITIONS, MOVING, Status, sources
+from sequence.engine.waiting import wake_due
+from sequence.models import SequenceItem, SequenceRecord
 
 __all__ = ["MAX_ROUNDS", "DrainLoop", "drain"]
 
@@ -60,7 +61,7 @@ def drain(*, skip_sleeps: bool = True, fail_fast: bool = False) -> int:
     attempts = 0
     for _ in range(MAX_ROUNDS):
         _wake(skip_sleeps)
-        due = list(_due(skip_sleeps))
+        due = list(_due())
         items = list(_due_items())
         if not due and not items:
             return attempts
@@ -68,7 +69,7 @@ def drain(*, skip_sleeps: bool = True, fail_fast: bool = False) -> int:
             attempts += _run(record, fail_fast)
         for element in items:
             attempts += _run_item(element, fail_fast)
-    still = list(_due(skip_sleeps).values_list("pk", flat=True)[:10])
+    still = list(_due().values_list("pk", flat=True)[:10])
     raise DrainLoop(
         f"drain() ran {MAX_ROUNDS} rounds and sequences {still!r} are still due: a step, "
         "hook or signal receiver that starts or queues work every time it runs never lets "
@@ -76,7 +77,7 @@ def drain(*, skip_sleeps: bool = True, fail_fast: bool = False) -> int:
     )
 
 
-def _due(skip_sleeps: bool) -> QuerySet[SequenceRecord]:
+def _due() -> QuerySet[SequenceRecord]:
     """The rows whose next unit is due: moving, and nobody holds a claim on them.
 
     Sleepers are woken first (``_wake``); a waiting row is due only once ``send()``
@@ -106,7 +107,7 @@ def _due_items() -> QuerySet[SequenceItem]:
     """ForEach elements whose job a worker would run now: queued or retrying, unclaimed."""
     return (
         SequenceItem.objects.filter(
-            status__in=[ItemStatus.QUEUED, ItemStatus.RETRYING],
+            status__in=sources("claim", of=ITEM_TRANSITIONS),
             claim_token__isnull=True,
             sequence__status__in=FANNING,
         )
@@ -119,14 +120,14 @@ def _run_item(element: SequenceItem, fail_fast: bool) -> int:
     """Run one element as a worker would; 1 (an attempt ran, or was refused and ends)."""
     record = element.sequence
     left = max(0, retry_of(spec_for(record, element.step_index)).max - element.attempt)
-    reset = runner.execution.set(runner.Execution(worker=WORKER, retries_left=left))
+    reset = claims.execution.set(claims.Execution(worker=WORKER, retries_left=left))
     try:
         runner.run_step(record.pk, element.step_index, record.epoch, ITEM, element.index)
     except Exception:
         if fail_fast:
             raise
     finally:
-        runner.execution.reset(reset)
+        claims.execution.reset(reset)
     return 1
 
 
@@ -135,7 +136,7 @@ def _run(record: SequenceRecord, fail_fast: bool) -> int:
     index, kind, item = unit_of(record)
     left = max(0, retry_of(spec_for(record, index)).max - record.attempt)
     before = _position(record.pk)
-    reset = runner.execution.set(runner.Execution(worker=WORKER, retries_left=left))
+    reset = claims.execution.set(claims.Execution(worker=WORKER, retries_left=left))
     try:
         runner.run_step(record.pk, index, record.epoch, kind, item)
     except Exception:
@@ -146,5 +147,5 @@ def _run(record: SequenceRecord, fail_fast: bool) -> int:
             raise
         return 1
     finally:
-        runner.execution.reset(reset)
+        claims.execution.reset(reset)
     return 0 if _position(record.pk) == before else 1

@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
@@ -139,6 +139,21 @@ def wait_for(condition: Callable[[], object], timeout: float = 30, message: str 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message or condition}")
         time.sleep(0.05)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tiers, from where it is and what it uses (pyproject.toml)."""
+    for item in items:
+        path = Path(str(item.path)).relative_to(ROOT).parts
+        fixtures = getattr(item, "fixturenames", ())
+        if item.get_closest_marker("django_db") is not None:
+            item.add_marker(pytest.mark.db)
+        if "workers" in fixtures or "rqworker" in fixtures:
+            item.add_marker(pytest.mark.worker)
+        if path[:2] == ("tests", "faults"):
+            item.add_marker(pytest.mark.fault)
+        if path[:2] == ("tests", "browser"):
+            item.add_marker(pytest.mark.browser)
 
 
 def pytest_report_header() -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib.auth.models import Permission, User
 
-from sequence.dispatch import get_queue, job_id
+from sequence.engine.rq.dispatch import get_queue, job_id
 from sequence.models import SequenceRecord
 
 
@@ -16,7 +16,7 @@ def run_jobs(*queues: str) -> None:
     In-process, so signal receivers and sequences defined in a test module are seen;
     the jobs, Redis and the database are the real ones.
     """
-    from sequence.worker import build_worker
+    from sequence.ops.worker import build_worker
 
     build_worker(list(queues or ("default",))).work(burst=True)
 

@@ -12,10 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from sequence.masking import MASK
+from sequence.declare.masking import MASK
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.paginator import EstimatedCountPaginator
-from sequence.states import Status
+from sequence.present.paginator import EstimatedCountPaginator
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import BadOutputSequence, Compensating, ThreeSteps
 
@@ -119,7 +119,7 @@ def test_changelist_query_count_is_pinned_and_does_not_grow_with_rows(admin_clie
     many = _changelist_queries(admin_client)
     assert len(many) == len(few)
     # session, user, the health counts (the rows in flight by group, the last hour's
-    # finished ones) and worker rows (sequence.health), count (PostgreSQL: the pg_class
+    # finished ones) and worker rows (sequence.ops.health), count (PostgreSQL: the pg_class
     # estimate first), one page of rows.
     expected = 8 if connection.vendor == "postgresql" else 7
     assert len(many) == expected, "\n".join(many)

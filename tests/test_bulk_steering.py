@@ -12,9 +12,9 @@ from django.utils import timezone
 from rq.registry import StartedJobRegistry
 
 from sequence import signals
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
+from sequence.engine.states import TERMINAL, Status
 from sequence.models import SequenceQuerySet, SequenceRecord, StepAttempt
-from sequence.states import TERMINAL, Status
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import Arithmetic, Slow, ThreeSteps
 
@@ -52,10 +52,13 @@ def updates(queries: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in updates_of(queries)]
 
 
-def test_every_status_has_a_queryset_method_named_after_it():
+@pytest.mark.django_db
+def test_every_status_has_a_queryset_method_named_after_it_that_finds_its_rows():
+    rows = {status: make_record(status=status) for status in Status}
     for status in Status:
-        method = getattr(SequenceQuerySet, status.value)
-        assert callable(method), status
+        method = getattr(SequenceRecord.objects.all(), status.value)
+        assert isinstance(SequenceRecord.objects.all(), SequenceQuerySet)
+        assert list(method()) == [rows[status]], status
 
 
 @pytest.mark.django_db(transaction=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sequence import checks
+import pytest
+from django.test import override_settings
+
+from sequence.ops import checks
 
 
 def ids(messages):
@@ -44,3 +47,40 @@ def test_the_test_project_passes_every_check():
     assert checks.check_django_rq() == []
     assert checks.check_queues() == []
     assert checks.check_serializer() == []
+
+
+# -- every SEQUENCE_* setting, typed once and checked (sequence.E004, W003) -------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("SEQUENCE_TIMEOUT", "300", "a whole number of seconds"),
+        ("SEQUENCE_TIMEOUT", True, "a whole number of seconds"),
+        ("SEQUENCE_INLINE_SECONDS", "1", "a number of seconds"),
+        ("SEQUENCE_MAX_ITEMS", -1, "cannot be negative"),
+        ("SEQUENCE_QUEUE", 3, "a string"),
+        ("SEQUENCE_TESTING", "yes", "True or False"),
+        ("SEQUENCE_ALLOWED_JOBS", "shop.tasks.send", "a list of dotted paths"),
+        ("SEQUENCE_TEST_POINTS", ["crash"], "a dict or None"),
+        ("SEQUENCE_RETRY", {"max": -1}, "max must be 0 or more"),
+        ("SEQUENCE_RETRY", {"tries": 3}, "not a Retry"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_or_range_is_an_error_naming_it(setting, value, says):
+    with override_settings(**{setting: value}):
+        found = [m for m in checks.check_settings() if m.id == "sequence.E004"]
+    assert len(found) == 1, found
+    assert found[0].msg.startswith(f"{setting} = {value!r}")
+    assert says in found[0].msg
+    assert "remove it for the default" in found[0].hint
+
+
+def test_every_default_passes_its_own_check():
+    assert checks.check_settings() == []
+
+
+def test_a_misspelt_setting_is_a_warning_that_names_the_setting_it_may_mean():
+    with override_settings(SEQUENCE_RETRYS=2):
+        found = checks.check_settings()
+    assert [(m.id, m.hint) for m in found] == [("sequence.W003", "Did you mean SEQUENCE_RETRY?")]

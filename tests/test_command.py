@@ -14,10 +14,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from sequence.masking import MASK
+from sequence.declare.masking import MASK
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.retention import parse_age
-from sequence.states import Status
+from sequence.ops.retention import parse_age
 from testproject.testapp.sequences import Compensating, ThreeSteps
 
 from .conftest import ROOT

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sequence.engine.waiting import wake_due
 from sequence.models import SequenceRecord
-from sequence.waiting import wake_due
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import EndsOnForEach, EndsOnSleep, EndsOnStep, EndsOnWait
 

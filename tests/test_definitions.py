@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sequence import ConfigurationError, InvalidData, Retry, Sequence, SequenceFailed, Step
+from sequence.declare.registry import get_sequence_class, registered
 from sequence.models import SequenceRecord
-from sequence.registry import get_sequence_class, registered
 from testproject.testapp.sequences import A, Checkout, Signup, ThreeSteps, Versioned
 
 from .conftest import wait_for
@@ -87,8 +87,14 @@ def test_a_steps_options_are_refused_when_its_class_is_defined(options, message)
 
 
 def test_a_steps_options_in_their_other_forms_are_accepted():
-    for options in ({"retry": 3}, {"retry": {"max": 2, "interval": 1}}, {"retry": Retry(max=1)}):
-        type("Fine", (Step,), {"timeout": 5, "queue": "high", "atomic": True, **options})
+    for options, retries in (
+        ({"retry": 3}, 3),
+        ({"retry": {"max": 2, "interval": 1}}, 2),
+        ({"retry": Retry(max=1)}, 1),
+    ):
+        fine = type("Fine", (Step,), {"timeout": 5, "queue": "high", "atomic": True, **options})
+        assert Retry.coerce(fine.retry).max == retries
+        assert (fine.timeout, fine.queue, fine.atomic) == (5, "high", True)
 
 
 def test_a_schema_must_be_a_model_or_a_callable():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rq.registry import FailedJobRegistry
 
-from sequence.dispatch import enqueue_step, get_queue
+from sequence.engine.rq.dispatch import enqueue_step, get_queue
 from sequence.models import SequenceRecord, StepAttempt
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import AtomicSequence, ThreeSteps

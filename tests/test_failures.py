@@ -8,11 +8,11 @@ from django.db import OperationalError, connection
 from rq.registry import FailedJobRegistry
 
 from sequence import SequenceCanceled, SequenceFailed, SequenceTimeout
-from sequence.dispatch import get_queue, job_id
-from sequence.faults import SimulatedCrash, armed, deliver
+from sequence.engine.rq.dispatch import get_queue, job_id
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
-from sequence.worker import build_worker
+from sequence.ops.faults import SimulatedCrash, armed, deliver
+from sequence.ops.worker import build_worker
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import BadOutputSequence, Compensating, ThreeSteps
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sequence import ConfigurationError, ForEach, Sequence, SequenceFailed, Step
+from sequence.engine.states import Status
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
-from sequence.states import Status
 from testproject.testapp.campaign import Campaign
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import (
@@ -142,7 +142,7 @@ def test_a_function_takes_the_item_and_the_data():
 
 def test_progress_shows_the_elements_of_a_running_foreach():
     seq = Squares.start({"numbers": [1, 2, 3]})
-    from sequence.worker import build_worker
+    from sequence.ops.worker import build_worker
 
     worker = build_worker(["default"])
     worker.work(burst=True, max_jobs=3)  # A, the ForEach's start, element 0
@@ -157,7 +157,7 @@ def test_progress_shows_the_elements_of_a_running_foreach():
 
 def test_pause_stops_new_elements_and_resume_carries_on():
     seq = Squares.start({"numbers": [1, 2, 3, 4]})
-    from sequence.worker import build_worker
+    from sequence.ops.worker import build_worker
 
     build_worker(["default"]).work(burst=True, max_jobs=3)  # A, start, element 0
     seq.pause()
@@ -173,7 +173,7 @@ def test_pause_stops_new_elements_and_resume_carries_on():
 
 def test_cancel_stops_new_elements():
     seq = Squares.start({"numbers": [1, 2, 3]})
-    from sequence.worker import build_worker
+    from sequence.ops.worker import build_worker
 
     build_worker(["default"]).work(burst=True, max_jobs=3)
     seq.cancel()
@@ -185,9 +185,9 @@ def test_cancel_stops_new_elements():
 
 @pytest.mark.parametrize("stop", ["pause", "cancel"])
 def test_the_sweep_leaves_the_queued_elements_of_a_stopped_foreach_alone(stop):
-    from sequence.dispatch import get_queue
-    from sequence.recovery import sweep
-    from sequence.worker import build_worker
+    from sequence.engine.recovery import sweep
+    from sequence.engine.rq.dispatch import get_queue
+    from sequence.ops.worker import build_worker
 
     seq = Squares.start({"numbers": [1, 2, 3]})
     build_worker(["default"]).work(burst=True, max_jobs=3)  # A, start, element 0

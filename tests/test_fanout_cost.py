@@ -14,10 +14,11 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from sequence import ForEach, Sequence, Step
-from sequence.dispatch import ITEM, enqueue_step, get_queue, job_id
+from sequence.engine.rq.dispatch import ITEM, enqueue_step, get_queue, job_id
+from sequence.engine.transitions import elements as machine
+from sequence.engine.transitions.base import Then
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
 from sequence.runner import run_step
-from sequence.transitions import fanout as machine
 
 from .conftest import wait_for
 from .test_start_many import RoundTrips
@@ -181,7 +182,7 @@ def test_a_commit_that_waited_for_another_still_hands_its_place_on():
         release.set()
         holder.join(30)
         waiter.join(30)
-    assert outcomes == {"first": ("go", [2]), "second": ("go", [3])}
+    assert outcomes == {"first": (Then.GO_ON, [2]), "second": (Then.GO_ON, [3])}
     statuses = SequenceItem.objects.filter(sequence_id=seq.id).order_by("index")
     assert list(statuses.values_list("status", flat=True)) == [
         ItemStatus.DONE, ItemStatus.DONE, ItemStatus.QUEUED, ItemStatus.QUEUED,

@@ -14,8 +14,8 @@ from django.db.models.functions import Cast, Concat
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from sequence.engine.states import Status
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord
-from sequence.states import Status
 from testproject.testapp.sequences import Squares, UnluckySquares
 
 from .conftest import wait_for

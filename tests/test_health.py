@@ -1,4 +1,4 @@
-"""`sequence.health` and `manage.py sequence health`: workers, backlog, counts, stuck rows."""
+"""`sequence.ops.health` and `manage.py sequence health`: workers, backlog, counts, stuck rows."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from sequence import recovery
-from sequence.health import gather
+from sequence.engine import recovery
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, WorkerBeat
-from sequence.states import Status
+from sequence.ops.health import gather
 from testproject.testapp.sequences import QueueHopping, ThreeSteps
 
 from .conftest import ROOT, wait_for
@@ -83,7 +83,8 @@ def test_a_queue_without_a_worker_is_unhealthy_and_says_who_waits_and_what_to_ru
     assert 0 <= default.oldest_age < 30
     assert health.waiting_without_worker == 4
     assert not health.healthy
-    assert health.exit_code == 1
+    with pytest.raises(CommandError, match="Unhealthy"):  # sequence health exits 1
+        call_command("sequence", "health", stdout=StringIO())
     assert (
         "queue 'default' has no live worker: 3 sequences wait on it; "
         "start `python manage.py sequence worker default`"

@@ -13,11 +13,11 @@ import pytest
 from django.test import override_settings
 from rq.registry import FailedJobRegistry
 
-from sequence.dispatch import get_queue, job_id
-from sequence.faults import armed, sweep
+from sequence.engine.rq.dispatch import get_queue, job_id
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
-from sequence.worker import build_worker
+from sequence.ops.faults import armed, sweep
+from sequence.ops.worker import build_worker
 from testproject.testapp.faults import FixableChain
 from testproject.testapp.models import Ledger, Payment
 from testproject.testapp.sequences import (

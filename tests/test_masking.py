@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sequence import Retry, Sequence, Step
-from sequence.masking import (
+from sequence.declare.masking import (
     MASK,
     MaskSecrets,
     is_secret_key,

@@ -10,8 +10,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from sequence.engine.states import Outcome, Status
 from sequence.models import StepAttempt
-from sequence.states import Outcome, Status
 from testproject.testapp.sequences import ThreeSteps
 
 from .conftest import wait_for
@@ -38,8 +38,13 @@ def _attempt(record, outcome: str, seconds: float, *, ago: timedelta = timedelta
     )  # fmt: skip
 
 
-def test_the_url_is_the_included_one():
+@pytest.mark.django_db
+def test_the_url_is_the_included_one_and_serves_prometheus_text(admin_client):
     assert reverse("sequence:metrics") == URL
+    response = admin_client.get(URL)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    assert b"# TYPE sequence_sequences gauge" in response.content
 
 
 @pytest.mark.django_db(transaction=True)

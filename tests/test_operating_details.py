@@ -13,9 +13,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from sequence import timeline
+from sequence.engine.states import Outcome, Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Outcome, Status
+from sequence.present import timeline
 from testproject.testapp.sequences import Compensating, FlakySequence, ThreeSteps
 
 from .conftest import ROOT

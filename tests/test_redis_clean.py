@@ -10,9 +10,9 @@ from django.db.models import Count
 from django.test import override_settings
 from django.utils import timezone
 
+from sequence.engine.states import TERMINAL, Status
 from sequence.models import SequenceRecord
-from sequence.retention import prune
-from sequence.states import TERMINAL, Status
+from sequence.ops.retention import prune
 from testproject.testapp.sequences import Compensating, FlakySequence, SnoozeUntil, ThreeSteps
 
 from .conftest import wait_for

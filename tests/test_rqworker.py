@@ -23,12 +23,13 @@ from django.db.models import Max
 from django.utils import timezone
 from rq import Worker
 
-from sequence import steering
-from sequence.dispatch import WAKE, WAKE_JOB_GRACE, delete_jobs, get_queue, job_id
+from sequence.engine import steering
+from sequence.engine.rq.dispatch import WAKE, delete_jobs, get_queue, job_id
+from sequence.engine.rq.wakes import WAKE_JOB_GRACE
+from sequence.engine.states import Status
+from sequence.engine.waiting import wake_due
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.runner import run_step
-from sequence.states import Status
-from sequence.waiting import wake_due
 from testproject.testapp.sequences import (
     ApprovalOrOnward,
     ApprovalOrUndo,
@@ -49,7 +50,7 @@ RQWORKER = (
     "--serializer", "rq.serializers.JSONSerializer",
     "--job-class", "sequence.jobs.SequenceJob",
 )  # fmt: skip
-CLASSES = ["sequence.worker.SequenceWorker", "sequence.worker.ForkingSequenceWorker"]
+CLASSES = ["sequence.ops.worker.SequenceWorker", "sequence.ops.worker.ForkingSequenceWorker"]
 
 # API.md's stop bound, seconds.
 BOUND = 2.0
@@ -134,12 +135,16 @@ def _started(seq, step: str):
 @pytest.mark.parametrize("worker_class", [None, CLASSES[0]], ids=["rq.Worker", "SequenceWorker"])
 def test_a_sleep_wakes_on_time_with_only_rqworker_running(workers, redis_db, worker_class):
     workers.rqworker(*_command(worker_class))
+    # Up first (a loaded machine can take seconds to start it): the sleep is measured.
+    wait_for(lambda: redis_db.scard("rq:workers"), timeout=60, message="the worker up")
     seq = SnoozeUntil.start({"wake_at": (timezone.now() + timedelta(seconds=4)).isoformat()})
     record = _asleep(seq, Status.SLEEPING)
     assert record.wake_at - timezone.now() > timedelta(seconds=2)  # a real sleep
     jid = job_id(seq.id, record.step_index, record.epoch, WAKE)
     # Scheduled at the first whole second from its time, to live a bounded time.
-    assert redis_db.zscore("rq:scheduled:default", jid) == math.ceil(record.wake_at.timestamp())
+    # Scheduled once the sleep's commit is done (the row shows it a moment before).
+    at = wait_for(lambda: redis_db.zscore("rq:scheduled:default", jid), 10, "the wake-up job")
+    assert at == math.ceil(record.wake_at.timestamp())
     assert 0 < redis_db.ttl(f"rq:job:{jid}") <= 5 + WAKE_JOB_GRACE
     wait_for(lambda: _started(seq, "B"), timeout=30, message="the step after the sleep")
     late = (_started(seq, "B") - record.wake_at).total_seconds()

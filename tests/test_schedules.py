@@ -15,7 +15,8 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from sequence import Schedule, Sequence, schedules
+from sequence import Schedule, Sequence
+from sequence.engine import schedules
 from sequence.models import SequenceRecord
 from testproject.testapp.sequences import A
 

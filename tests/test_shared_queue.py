@@ -10,7 +10,7 @@ import pytest
 from rq import Callback
 from rq.job import Job
 
-from sequence.dispatch import get_queue, job_id
+from sequence.engine.rq.dispatch import get_queue, job_id
 from sequence.models import SequenceRecord
 from testproject.testapp.sequences import ThreeSteps
 

@@ -11,10 +11,10 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from sequence import InvalidData, Sequence
-from sequence.dispatch import get_queue, job_id
+from sequence.engine.rq.dispatch import get_queue, job_id
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
 from sequence.signals import sequence_started
-from sequence.states import Status
 from testproject.testapp.sequences import Arithmetic, Signup, ThreeSteps
 
 from .conftest import wait_for

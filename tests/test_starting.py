@@ -8,9 +8,9 @@ import pytest
 from django.db import transaction
 
 from sequence import ConfigurationError, InvalidData, SequenceError, UnknownSequence
-from sequence.dispatch import get_queue, job_id
+from sequence.engine.rq.dispatch import get_queue, job_id
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord
-from sequence.states import Status
 from testproject.testapp.sequences import Arithmetic, ThreeSteps
 
 from .test_start_many import RoundTrips
@@ -148,7 +148,7 @@ def test_a_queue_missing_from_rq_queues_is_refused_before_anything_is_saved():
 
 
 def test_unknown_sequence_name_is_refused():
-    from sequence.registry import get_sequence_class
+    from sequence.declare.registry import get_sequence_class
 
     with pytest.raises(UnknownSequence, match=r"'nope\.Missing'"):
         get_sequence_class("nope.Missing")

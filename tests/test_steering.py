@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from sequence import InvalidData, InvalidTransition, UnknownSequence, signals, steering
-from sequence.dispatch import get_queue
-from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import (
+from sequence import InvalidData, InvalidTransition, UnknownSequence, signals
+from sequence.engine import steering
+from sequence.engine.rq.dispatch import get_queue
+from sequence.engine.states import (
     ACTIVE,
     IDEMPOTENT,
     REQUESTS,
@@ -26,6 +26,7 @@ from sequence.states import (
     available,
     sources,
 )
+from sequence.models import SequenceRecord, StepAttempt
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import Compensating, Slow, ThreeSteps
 
@@ -307,7 +308,7 @@ def test_cancel_deletes_the_queued_job_from_rq_and_a_copy_that_runs_anyway_does_
     assert job_status(record) is None  # deleted: RQ would keep a canceled job forever
     assert queued_jobs() == []
     # The job delivered anyway (requeued by hand, or a copy): it finds the sequence canceled.
-    from sequence.dispatch import enqueue_step
+    from sequence.engine.rq.dispatch import enqueue_step
 
     enqueue_step(record.pk, record.step_index, record.epoch, record.queue, None)
     workers.start(burst=True)[0].wait(30)

@@ -14,7 +14,7 @@ from django.test import TestCase, override_settings
 
 from sequence import Fail, Retry, Sequence, Step
 from sequence import testing as sequence_testing
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
 from sequence.models import StepAttempt
 from sequence.testing import DrainLoop, drain
 

@@ -10,10 +10,10 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
 from sequence.models import SequenceRecord, StepAttempt
+from sequence.ops.worker import build_worker
 from sequence.runner import run_step
-from sequence.worker import build_worker
 from testproject.testapp.sequences import Arithmetic
 
 pytestmark = pytest.mark.django_db(transaction=True)

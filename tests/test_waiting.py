@@ -23,9 +23,9 @@ from sequence import (
     WaitFor,
     signals,
 )
+from sequence.engine.states import Status
+from sequence.engine.waiting import wake_due
 from sequence.models import SequenceEvent, SequenceRecord, StepAttempt
-from sequence.states import Status
-from sequence.waiting import wake_due
 from testproject.testapp.models import Ledger
 from testproject.testapp.onboarding import Onboarding
 from testproject.testapp.sequences import (

@@ -13,7 +13,8 @@ import pytest
 from django.utils import timezone
 
 from sequence.models import StepAttempt
-from sequence.worker import build_worker, fork_guard
+from sequence.ops.maintenance import fork_guard
+from sequence.ops.worker import build_worker
 from testproject.testapp.sequences import ThreeSteps
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,7 +20,7 @@ import pytest
 from django.db.models import Max
 
 from sequence.models import SequenceRecord, StepAttempt, WorkerBeat
-from sequence.worker import PUBSUB_READ, build_worker
+from sequence.ops.worker import PUBSUB_READ, build_worker
 from testproject.testapp.sequences import ThreeSteps
 from tests.conftest import wait_for
 

@@ -154,11 +154,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='sequencerecord',
-            index=models.Index(condition=models.Q(('dispatch_due__isnull', False)), fields=['dispatch_due'], name='sequence_outbox_idx'),
+            index=models.Index(condition=models.Q(('dispatch_due__isnull', False)), fields=['id'], name='sequence_outbox_idx'),
         ),
         migrations.AddIndex(
             model_name='sequencerecord',
-            index=models.Index(condition=models.Q(('lease_until__isnull', False)), fields=['lease_until'], name='sequence_lease_idx'),
+            index=models.Index(condition=models.Q(('lease_until__isnull', False)), fields=['id'], name='sequence_lease_idx'),
         ),
         migrations.AddIndex(
             model_name='sequencerecord',
@@ -186,11 +186,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='sequenceitem',
-            index=models.Index(condition=models.Q(('lease_until__isnull', False)), fields=['lease_until'], name='sequence_item_lease_idx'),
+            index=models.Index(condition=models.Q(('lease_until__isnull', False)), fields=['id'], name='sequence_item_lease_idx'),
         ),
         migrations.AddIndex(
             model_name='sequenceitem',
-            index=models.Index(condition=models.Q(('dispatch_due__isnull', False)), fields=['dispatch_due'], name='sequence_item_outbox_idx'),
+            index=models.Index(condition=models.Q(('dispatch_due__isnull', False)), fields=['id'], name='sequence_item_outbox_idx'),
         ),
         migrations.AddConstraint(
             model_name='sequenceitem',

@@ -15,9 +15,9 @@ from django.core.management.base import CommandError, OutputWrapper
 from rq import Worker
 
 from sequence import Sequence
-from sequence.dispatch import job_id
+from sequence.engine.rq.dispatch import job_id
+from sequence.engine.states import Outcome, Status
 from sequence.models import StepAttempt
-from sequence.states import Outcome, Status
 from testproject.demo.sequences import Checkout, Expense, Import, Onboarding, Shipment
 
 

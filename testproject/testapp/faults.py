@@ -19,7 +19,7 @@ from typing import Any
 from rq.timeouts import JobTimeoutException
 
 from sequence import Retry, Sequence, Step
-from sequence.exceptions import StepFenced
+from sequence.declare.exceptions import StepFenced
 from testproject.testapp.models import BodyRun, Effect, Payment
 
 

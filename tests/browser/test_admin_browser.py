@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
 from testproject.testapp.sequences import Compensating, FlakySequence, Slow, ThreeSteps
 from tests.conftest import wait_for
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
 from testproject.testapp.models import Order
 from testproject.testapp.sequences import Compensating, Slow, ThreeSteps
 from tests.conftest import wait_for

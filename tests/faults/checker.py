@@ -35,8 +35,8 @@ from typing import Any
 from django.db import connection
 from django.db.models import Count
 
+from sequence.engine.states import Outcome, Status
 from sequence.models import SequenceItem, SequenceRecord, StepAttempt
-from sequence.states import Outcome, Status
 from testproject.testapp.models import BodyRun, Effect, Journal, Payment
 
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", Path(__file__).resolve().parents[2] / "test-output"))
@@ -239,7 +239,7 @@ def _element_violations(record: SequenceRecord) -> list[str]:
 
 def _compensation_violations(record: SequenceRecord) -> list[str]:
     """Invariant 8 for one sequence."""
-    from sequence.registry import registered
+    from sequence.declare.registry import registered
 
     seq_id = record.pk
     rows = list(

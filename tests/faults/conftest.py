@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from sequence import faults
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord
-from sequence.states import Status
+from sequence.ops import faults
 
 from ..conftest import Workers, session_members
 from ..redis_server import binary, free_port, listening
@@ -224,7 +224,7 @@ def pick(items: list[Any]) -> Any:
 
 def describe(seq_ids: Iterable[int], limit: int = 5) -> str:
     """The rows and their RQ jobs, for a failure message."""
-    from sequence.dispatch import job_id
+    from sequence.engine.rq.dispatch import job_id
 
     lines = []
     queue = get_queue("default")

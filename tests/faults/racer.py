@@ -2,7 +2,7 @@
 
 ``python -m tests.faults.racer START THREADS ROUNDS ID...``: in round r, at the wall-clock
 time START + r * SPACING, every thread delivers the job (id, step r, epoch r) of every
-sequence, in its own order, through ``sequence.faults.deliver``.
+sequence, in its own order, through ``sequence.ops.faults.deliver``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     django.setup()
     from django.db import connection
 
-    from sequence import faults
+    from sequence.ops import faults
 
     start, threads, rounds = float(argv[0]), int(argv[1]), int(argv[2])
     ids = [int(x) for x in argv[3:]]

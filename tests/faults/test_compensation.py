@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from sequence import faults
-from sequence.dispatch import UNDO, enqueue_step, get_queue
+from sequence.engine.rq.dispatch import UNDO, enqueue_step, get_queue
+from sequence.engine.states import Outcome, Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Outcome, Status
-from sequence.worker import build_worker
+from sequence.ops import faults
+from sequence.ops.worker import build_worker
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import Saga
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core import checks as django_checks
 
-from sequence import checks
+from sequence.ops import checks
 
 from ..conftest import wait_for
 

@@ -9,9 +9,9 @@ import json
 import pytest
 from rq.registry import FailedJobRegistry
 
-from sequence.dispatch import enqueue_step, get_queue, job_id
+from sequence.engine.rq.dispatch import enqueue_step, get_queue, job_id
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord
-from sequence.states import Status
 from testproject.testapp.faults import FaultChain, FixableChain
 from testproject.testapp.models import BodyRun, Journal, Payment
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from sequence import faults
-from sequence.dispatch import ITEM, enqueue_step
+from sequence.engine.rq.dispatch import ITEM, enqueue_step
+from sequence.engine.states import Status
 from sequence.models import SequenceItem, SequenceRecord, StepAttempt
-from sequence.states import Status
+from sequence.ops import faults
 from testproject.testapp.sequences import SquaresAtOnce
 
 from ..conftest import wait_for

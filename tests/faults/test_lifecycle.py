@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from sequence import InvalidTransition, Sequence, faults
+from sequence import InvalidTransition, Sequence
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord
-from sequence.states import Status
+from sequence.ops import faults
 from testproject.testapp.faults import BeatingChain, FaultChain, FixableChain
 from testproject.testapp.models import BodyRun
 

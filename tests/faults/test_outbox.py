@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from sequence import faults
-from sequence.dispatch import enqueue_step, get_queue, job_id
+from sequence.engine.rq.dispatch import enqueue_step, get_queue, job_id
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
+from sequence.ops import faults
 from testproject.testapp.faults import FaultChain
 from testproject.testapp.models import BodyRun, Effect
 

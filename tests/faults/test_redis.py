@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
 from testproject.testapp.faults import FaultChain
 from testproject.testapp.models import BodyRun, Effect
 

@@ -35,12 +35,12 @@ from rq.job import Job
 from rq.utils import utcformat
 from rq.worker import Worker
 
-from sequence import faults
-from sequence.conf import Defaults
-from sequence.dispatch import get_queue, job_id
+from sequence.declare.conf import Defaults
+from sequence.engine.rq.dispatch import get_queue, job_id
+from sequence.engine.rq.registries import STARTED_JOB_SILENCE
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord
-from sequence.rqview import STARTED_JOB_SILENCE
-from sequence.states import Status
+from sequence.ops import faults
 from testproject.testapp.faults import FaultChain
 from testproject.testapp.models import Journal
 

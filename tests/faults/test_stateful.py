@@ -23,10 +23,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sequence import InvalidTransition, Sequence, faults
-from sequence.dispatch import get_queue
+from sequence import InvalidTransition, Sequence
+from sequence.engine.rq.dispatch import get_queue
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, WorkerBeat
-from sequence.states import Status
+from sequence.ops import faults
 from testproject.testapp.faults import FaultChain
 
 from .checker import assert_ok, check

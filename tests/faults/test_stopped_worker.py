@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from sequence import faults
 from sequence.models import SequenceRecord, StepAttempt
+from sequence.ops import faults
 from testproject.testapp.faults import BeatingChain, FaultChain
 from testproject.testapp.models import BodyRun
 

@@ -13,9 +13,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rq import Queue
 
-from sequence import faults
-from sequence.dispatch import ENTRY_POINT, get_queue, job_id
+from sequence.engine.rq.dispatch import ENTRY_POINT, get_queue, job_id
 from sequence.models import SequenceRecord
+from sequence.ops import faults
 from testproject.testapp.faults import FaultChain
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
 from testproject.testapp.faults import OverrunChain, SwallowChain
 from testproject.testapp.models import BodyRun
 

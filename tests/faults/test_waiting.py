@@ -15,10 +15,11 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from sequence import Sequence, faults
+from sequence import Sequence
+from sequence.engine.states import Status
+from sequence.engine.waiting import wake_due
 from sequence.models import SequenceEvent, SequenceRecord, StepAttempt
-from sequence.states import Status
-from sequence.waiting import wake_due
+from sequence.ops import faults
 from testproject.testapp.models import Journal
 from testproject.testapp.sequences import Approval, Snooze, SnoozeUntil
 

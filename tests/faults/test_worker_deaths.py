@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from rq.registry import StartedJobRegistry
 
-from sequence.dispatch import get_queue
+from sequence.engine.rq.dispatch import get_queue
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import Status
 from testproject.testapp.faults import BeatingChain, FaultChain, PoisonChain
 from testproject.testapp.models import BodyRun
 

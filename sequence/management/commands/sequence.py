@@ -10,12 +10,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from sequence import cli
-from sequence.conf import settings
+from sequence.declare.conf import settings
+from sequence.engine.recovery import sweep
+from sequence.engine.schedules import describe, run_due
+from sequence.management import cli
 from sequence.models import NOT_MIGRATED, not_migrated
-from sequence.recovery import sweep
-from sequence.schedules import describe, run_due
-from sequence.worker import run_worker
+from sequence.ops.worker import run_worker
 
 
 class Command(BaseCommand):
@@ -139,7 +139,7 @@ class Command(BaseCommand):
             time.sleep(loop)
 
     def handle_health(self, as_json: bool = False, **_: Any) -> None:
-        from sequence.health import gather, report_lines
+        from sequence.ops.health import gather, report_lines
 
         health = gather()
         if as_json:

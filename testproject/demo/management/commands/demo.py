@@ -27,8 +27,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
 from rq import Worker
 
+from sequence.engine.states import TERMINAL, Outcome, Status
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.states import TERMINAL, Outcome, Status
 from testproject.demo.sequences import ContactFormSequence
 from testproject.demo.tour import Tour
 
