@@ -1,10 +1,10 @@
 """``python -m bench``: measure ``sequence`` next to hand-written chains; write RESULTS.md.
 
 Starts its own Redis, uses a SQLite file (WAL) and, when reachable, PostgreSQL, runs
-one driver process per database (``bench.driver``), then Celery's chain for reference
-(when Celery is installed) and the admin list page on a million rows, and writes
-``bench/RESULTS.md`` from what it measured. Prints how long each phase of its own run
-took, and the total, as it goes.
+one driver process per database (``bench.driver``) and after each the worker stop time
+(``bench.stopping``), then Celery's chain for reference (when Celery is installed) and
+the admin list page on a million rows, and writes ``bench/RESULTS.md`` from what it
+measured. Prints how long each phase of its own run took, and the total, as it goes.
 
 Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
 names a PostgreSQL server where the bench may create and drop its own databases.
@@ -41,6 +41,13 @@ WAITING = {"lateness": 1000, "holding": 100_000, "holding_reps": 20}
 START_MANY = {"start_many": 10_000}
 # A ForEach of 10,000 no-op elements against as many (c) steps, on 2 recommended workers.
 FOREACH = {"foreach": 10_000, "foreach_reps": 1}
+# How long a worker takes to exit: stops per worker class, idle and --burst, the workers
+# signalled (or released) stop_gap seconds apart. One at a time would take about a second
+# per stop (RQ's scheduler looks for its stop once a second); this overlaps a few.
+WORKER_STOP = {"worker_stop": 10, "stop_gap": 0.3}
+# bench.stopping's own database on the bench's Redis (the drivers use 0, Celery 2): it
+# flushes it, and its workers' keys never mix with what a driver left queued.
+STOP_REDIS_DB = 3
 # What a plan that measures only some parts turns off.
 PART = {
     "reps": 1, "queries": False, "matrix": False, "profile_seconds": 0, "scale": [],
@@ -71,6 +78,7 @@ PLANS: dict[str, dict[str, Any]] = {
         **WAITING,
         **START_MANY,
         **FOREACH,
+        **WORKER_STOP,
     },
     "quick": {
         "reps": 1,
@@ -92,11 +100,14 @@ PLANS: dict[str, dict[str, Any]] = {
         "holding_reps": 5,
         "start_many": 1000,
         "foreach": 1000,
+        "worker_stop": 3,
+        "stop_gap": 0.3,
     },
     # Parts, run alone (``--plan waiting,start_many``): everything else is off.
     "waiting": {**PART, **WAITING},
     "start_many": {**PART, **START_MANY},
     "foreach": {**PART, **FOREACH},
+    "worker_stop": {**PART, **WORKER_STOP},
 }
 
 
@@ -205,8 +216,9 @@ def parse_args() -> argparse.Namespace:
         default="full",
         help="Sizes and repetitions (default full; quick is a smoke test: small sizes, "
         "one repetition, and it writes bench/out/RESULTS.md unless --output says otherwise). "
-        "Parts, comma-separated, measure only themselves: waiting, start_many, foreach; with "
-        "--output bench/RESULTS.md their sections replace theirs in the full table.",
+        "Parts, comma-separated, measure only themselves: waiting, start_many, foreach, "
+        "worker_stop; with --output bench/RESULTS.md their sections replace theirs in the "
+        "full table.",
     )
     parser.add_argument("--quick", action="store_true", help="Same as --plan quick.")
     parser.add_argument(
@@ -241,6 +253,14 @@ def parse_args() -> argparse.Namespace:
     if args.output is None:
         args.output = str(HERE / "RESULTS.md" if args.plan == "full" else OUT / "RESULTS.md")
     return args
+
+
+def worker_stop(plan_file: Path, vendor: str, env: dict[str, str]) -> Any:
+    """The worker stop time on one database, measured in a process of its own
+    (``bench.stopping``), after the driver: its workers then have the machine."""
+    out_file = OUT / f"stop-{vendor}.json"
+    run([sys.executable, "-m", "bench.stopping", str(plan_file), str(out_file)], env, 600)
+    return json.loads(out_file.read_text())
 
 
 def write_table(results: dict[str, Any], output: Path) -> None:
@@ -329,6 +349,11 @@ def main() -> None:
                 )
                 results["databases"].append(json.loads(out_file.read_text()))
                 drivers[vendor] = results["databases"][-1].get("phases", [])
+            if plan.get("worker_stop"):
+                with phases(f"{vendor}: worker stop time"):
+                    results["databases"][-1]["worker_stop"] = worker_stop(
+                        plan_file, vendor, dict(denv, REDIS_URL=redis.url(STOP_REDIS_DB))
+                    )
         if plan["celery"] and not args.no_celery:
             try:
                 import celery  # noqa: F401

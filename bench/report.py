@@ -636,6 +636,53 @@ def foreach_section(results: dict[str, Any], targets: Targets) -> list[str]:
     return out
 
 
+def worker_stop_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    """How long a worker takes to exit once it should: idle after SIGTERM, and --burst."""
+    dbs = [db for db in results["databases"] if db.get("worker_stop")]
+    if not dbs:
+        return []
+    first = dbs[0]["worker_stop"]
+    out = [
+        "## Worker stop time",
+        "",
+        "How long `manage.py sequence worker` takes to exit once it should, started from the "
+        "command line on a queue of its own (so it holds that queue's scheduler lock, as a "
+        f"lone worker does), {first['stops']} workers per row. Idle: from SIGTERM, sent once "
+        "RQ's registry shows the worker idle, to its exit. `--burst`: from its queue "
+        "emptying (the `finished_at` of the one sequence on it, which held the worker until "
+        "the bench released it) to its exit. A row's workers start side by side and are then "
+        f"signalled (or released) {first['gap']} s apart, so a few stops overlap (which can "
+        "only lengthen them); each is timed from its own signal or release to its own exit. "
+        "API.md's bound is 2 s. Seconds.",
+        "",
+        "| database | worker class | stop | median s | min-max s | did not exit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for db in dbs:
+        stop = db["worker_stop"]
+        name = VENDORS[db["vendor"]]
+        for run in stop["runs"]:
+            timed = [s for s in run["seconds"] if s is not None]
+            spread = f"{min(timed):.2f}-{max(timed):.2f}" if timed else "-"
+            median = f"{run['median']:.2f}" if run["median"] is not None else "-"
+            hung = f"**{run['hung']}** (after {stop['limit']:.0f} s)" if run["hung"] else "0"
+            mode = "idle, SIGTERM" if run["mode"] == "idle" else "`--burst`, queue empty"
+            out.append(
+                f"| {name} | `--worker-class {run['kind']}` | {mode} | {median} | {spread} "
+                f"| {hung} |"
+            )
+        stops = sum(len(run["seconds"]) for run in stop["runs"])
+        if any(run["max"] is None for run in stop["runs"]):
+            measured = f"> {stop['limit']:.0f} s (a worker did not exit)"
+            ok = False
+        else:
+            worst = max(stop["runs"], key=lambda run: run["max"])
+            measured = f"{worst['max']:.2f} s ({worst['mode']}, {worst['kind']}; {stops} stops)"
+            ok = worst["max"] <= 2.0
+        targets.add(f"Worker stop time <= 2 s (max), {name}", measured, ok)
+    return out
+
+
 def run_section(results: dict[str, Any], targets: Targets) -> list[str]:
     """Where the bench's own run spent its time (not a measurement of anything compared)."""
     if not results.get("phases"):
@@ -726,6 +773,7 @@ def write(results: dict[str, Any], path: Path) -> None:
         waiting_section,
         start_many_section,
         foreach_section,
+        worker_stop_section,
         run_section,
     ):
         part = section(results, targets)
@@ -755,7 +803,7 @@ def write(results: dict[str, Any], path: Path) -> None:
         update_readme(results, path.resolve().parent.parent / "README.md")
 
 
-PARTS = (waiting_section, start_many_section, foreach_section)
+PARTS = (waiting_section, start_many_section, foreach_section, worker_stop_section)
 SEPARATELY = "- Measured separately:"
 
 

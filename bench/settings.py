@@ -22,7 +22,11 @@ INSTALLED_APPS = [
     _ADMIN if app == "django.contrib.admin" else app for app in [*INSTALLED_APPS, "bench.app"]
 ]
 
-QUEUES = ("default", "high", "bench-a", "bench-b", "bench-c", "bench-e", "bench-q")
+# The worker stop time (bench.stopping) gives each worker a queue of its own, so each
+# holds its queue's scheduler lock and a burst worker's queue empties when its own
+# sequence ends: as many queues as workers it stops per configuration, at most.
+STOP_QUEUES = tuple(f"bench-stop-{i}" for i in range(10))
+QUEUES = ("default", "high", "bench-a", "bench-b", "bench-c", "bench-e", "bench-q", *STOP_QUEUES)
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "SERIALIZER": "rq.serializers.JSONSerializer"} for name in QUEUES
 }

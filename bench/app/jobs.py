@@ -6,6 +6,7 @@ Both run the same body as ``sequence``'s steps (``timing.timed_work``).
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 
@@ -53,3 +54,16 @@ def gate(key: str) -> None:
     conn = django_rq.get_connection("default")
     conn.rpush(f"{key}:in", "1")
     conn.blpop([key], timeout=120)
+
+
+def park(key: str, limit: float = 120) -> None:
+    """``gate`` in waits of a second: in a ``--burst`` worker a step's Redis read times
+    out after 5 s (measured, both worker classes), and the worker stop time parks ten
+    burst workers at once, the first for as long as the others take to start."""
+    import django_rq
+
+    conn = django_rq.get_connection("default")
+    conn.rpush(f"{key}:in", "1")
+    deadline = time.monotonic() + limit
+    while conn.blpop([key], timeout=1) is None and time.monotonic() < deadline:
+        pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.app.jobs import gate
+from bench.app.jobs import gate, park
 from bench.app.timing import timed_work
 from sequence import ForEach, Sequence, Sleep, Step
 
@@ -33,6 +33,18 @@ class Hold(Step):
 
 class Gate(Sequence):
     steps = [Hold]
+
+
+class Parked(Step):
+    def perform(self) -> None:
+        park(self.data["key"])
+
+
+class Park(Sequence):
+    """For the worker stop time: the one job on a ``--burst`` worker's queue, holding the
+    worker until the bench releases it; its ``finished_at`` is when the queue emptied."""
+
+    steps = [Parked]
 
 
 def after_nap(data: dict[str, object]) -> None:
