@@ -132,19 +132,21 @@ def check_database(databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
 HARD_KILL_MARGIN = 60
 
 
-# Settings that are counts or durations: a number, 0 or more (0 often turns a thing off).
-_NUMBERS = {
-    name: kind for name, kind in Defaults.__annotations__.items() if kind in ("int", "float")
-}
+# Settings that are numbers, 0 or more (0 often turns a thing off): counts and RQ's job
+# timeout are whole numbers; other durations may have a fraction (the worker's intervals).
+_NUMBERS = {name for name, kind in Defaults.__annotations__.items() if kind in ("int", "float")}
+_WHOLE = {"INLINE_STEPS", "MAX_ITEMS", "MAX_DATA_BYTES", "MAX_RECOVERIES", "SWEEP_BATCH", "TIMEOUT"}
+_COUNTS = _WHOLE - {"TIMEOUT"}
 
 
 def _setting_problem(name: str, value: Any) -> str | None:
     """Why ``SEQUENCE_<name> = value`` cannot work, or None."""
     kind = Defaults.__annotations__[name]
     if name in _NUMBERS:
-        whole = kind == "int"
+        whole = name in _WHOLE
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
-            return f"it must be {'a whole number' if whole else 'a number'} of {_unit(name)}"
+            unit = "items" if name in _COUNTS else "seconds"
+            return f"it must be {'a whole number' if whole else 'a number'} of {unit}"
         return "it cannot be negative" if value < 0 else None
     if kind == "str":
         return None if isinstance(value, str) else "it must be a string"
@@ -162,11 +164,6 @@ def _setting_problem(name: str, value: Any) -> str | None:
         except (ConfigurationError, TypeError, ValueError) as exc:
             return f"it is not a Retry, a dict of Retry's arguments or a number ({str(exc).rstrip('.')})"
     return None
-
-
-def _unit(name: str) -> str:
-    return "seconds" if name not in ("INLINE_STEPS", "MAX_ITEMS", "MAX_DATA_BYTES",
-                                     "MAX_RECOVERIES", "SWEEP_BATCH") else "items"  # fmt: skip
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
