@@ -23,7 +23,7 @@ from sequence.declare.exceptions import InvalidData, InvalidTransition, UnknownS
 from sequence.declare.masking import mask_data, mask_text, unmask_data
 from sequence.declare.registry import registered
 from sequence.engine import steering
-from sequence.engine.states import REQUESTS, Status
+from sequence.engine.states import REQUESTS, sources
 from sequence.models import SequenceRecord
 from sequence.present import columns
 
@@ -201,7 +201,7 @@ class SteeringAdmin(ModelAdmin):
         if not self.has_change_permission(request, record):
             raise PermissionDenied
         detail_url = self._url("change", record.pk)
-        if record.status != Status.FAILED:
+        if record.status not in sources("retry"):
             self.message_user(
                 request,
                 _("%(name)s #%(id)s is %(status)s; only a failed sequence can be retried.")
@@ -263,7 +263,7 @@ class SteeringAdmin(ModelAdmin):
 
 
 def wakeable(record: SequenceRecord) -> list[str]:
-    return ["wake"] if record.status == Status.SLEEPING else []
+    return ["wake"] if record.status in sources("wake_now") else []
 
 
 def _ids(records: list[SequenceRecord]) -> str:

@@ -88,8 +88,9 @@ class Claim:
         """The history row of this attempt, ending with ``outcome``."""
         r = self.record
         return history.Entry(
-            r.pk, self.index, r.plan[self.index], r.epoch, r.attempt, outcome,
-            self.started_at, self.worker, error, tb, self.undo_item,
+            sequence_id=r.pk, step_index=self.index, step=r.plan[self.index], epoch=r.epoch,
+            attempt=r.attempt, outcome=outcome, started_at=self.started_at, worker=self.worker,
+            error=error, traceback=tb, item=self.undo_item,
         )  # fmt: skip
 
 

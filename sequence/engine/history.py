@@ -19,7 +19,7 @@ from django.utils import timezone
 from sequence.models import StepAttempt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Entry:
     """What one history row says: which attempt at which step, and how it ended."""
 
@@ -36,9 +36,15 @@ class Entry:
     item: int | None = None  # a ForEach element's position
 
 
-@cache
 def insert_sql(select_from: str = "") -> tuple[str, list[Field[Any, Any]]]:
-    """The INSERT of one row and its fields; ``select_from`` inserts from a CTE's row."""
+    """The INSERT of one row and its fields, for this connection's database;
+    ``select_from`` inserts from a CTE's row."""
+    return _insert_sql(connection.vendor, select_from)
+
+
+@cache
+def _insert_sql(vendor: str, select_from: str) -> tuple[str, list[Field[Any, Any]]]:
+    """Built once per database and form (quoting is the vendor's)."""
     fields = [f for f in StepAttempt._meta.concrete_fields if not f.primary_key]
     table = connection.ops.quote_name(StepAttempt._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)

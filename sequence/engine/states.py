@@ -93,6 +93,8 @@ def _table() -> Transitions:
         # A Sleep's time came, a WaitFor's event was consumed, or its timeout said go on:
         # the next step is due (or the sequence is done).
         "wake": {S: frozenset({P, C}), W: frozenset({P, C})},
+        # A person asks a sleeping sequence to wake now: its wake-up time becomes now.
+        "wake_now": {S: frozenset({S})},
         # A WaitFor's timeout with on_timeout="fail": failed, or compensating first.
         "time_out": {W: frozenset({F, K})},
         # A ForEach begins: its elements start while the sequence runs (a paused one's when

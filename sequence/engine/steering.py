@@ -200,7 +200,7 @@ def _rewind(
 def wake(sequence_id: int | str) -> SequenceRecord:
     """Wake a sleeping sequence now (its Sleep ends early); nothing if it is not asleep."""
     record = SequenceRecord.objects.find(sequence_id)
-    if record.status != Status.SLEEPING:
+    if record.status not in sources("wake_now"):
         raise InvalidTransition(f"Cannot wake {record}: it is {record.status}, not sleeping.")
     if transitions.wake_now(record.pk):
         wake_due(pk=record.pk)

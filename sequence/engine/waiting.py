@@ -33,7 +33,7 @@ from sequence.engine.failure import fail_for_good, undo_start
 from sequence.engine.moves import Move, after_move
 from sequence.engine.rq.dispatch import dispatch_many
 from sequence.engine.rq.wakes import schedule_wake
-from sequence.engine.states import ASLEEP, TERMINAL, Status
+from sequence.engine.states import ASLEEP, MOVING, TERMINAL, Status
 from sequence.models import SequenceEvent, SequenceRecord
 
 logger = logging.getLogger("sequence")
@@ -272,7 +272,7 @@ def _time_out(record: SequenceRecord, item: WaitFor | None) -> int:
 def _moved_on(sequence_id: int, found: Status) -> None:
     """After a wake-up or a timeout committed: queue what is due, or announce the end."""
     record = SequenceRecord.objects.get(pk=sequence_id)
-    if record.status in (Status.PENDING, Status.COMPENSATING):
+    if record.status in MOVING:
         points.fire("after_wake", sequence=record.pk, step=record.step_index, epoch=record.epoch)
     after_move(record, Move(found, Status(record.status)))
 

@@ -6,9 +6,10 @@ from enum import StrEnum
 from typing import Any
 
 from django.db.models import QuerySet
+from django.db.models.functions import Now
 
 from sequence.engine.states import Status, sources
-from sequence.models import SequenceRecord
+from sequence.models import Position, SequenceRecord
 
 # A claim given up: no holder, no lease.
 RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_until": None}
@@ -17,6 +18,17 @@ RELEASED = {"claim_token": None, "claimed_by": "", "claimed_at": None, "lease_un
 def rows(action: str, pk: int | str, target: Status | None = None) -> QuerySet[SequenceRecord]:
     """The row, if it is in a status ``action`` may start from (to reach ``target``)."""
     return SequenceRecord.objects.filter(pk=pk, status__in=sources(action, target))
+
+
+def compensating(start: Position, ends_as: Status) -> dict[str, Any]:
+    """The fields of a sequence whose compensation walk begins at ``start`` (the plan
+    index, and the element in a ForEach), its first compensation due now, to end
+    ``ends_as``: one statement's fields, whoever begins the walk (a step or an element
+    failed for good, a cancel with compensate=True, a wait's timeout, the sweep)."""
+    return {
+        "status": Status.COMPENSATING, "undo_index": start[0], "undo_item": start[1],
+        "ends_as": ends_as, "attempt": 0, "recoveries": 0, "dispatch_due": Now(),
+    }  # fmt: skip
 
 
 def status_in(statuses: frozenset[Status]) -> tuple[str, list[Any]]:

@@ -64,8 +64,9 @@ class ItemClaim:
     def entry(self, outcome: str, error: str = "", tb: str = "") -> history.Entry:
         r = self.record
         return history.Entry(
-            r.pk, r.step_index, r.plan[r.step_index], r.epoch, self.attempt, outcome,
-            self.started_at, self.worker, error, tb, self.index,
+            sequence_id=r.pk, step_index=r.step_index, step=r.plan[r.step_index],
+            epoch=r.epoch, attempt=self.attempt, outcome=outcome, started_at=self.started_at,
+            worker=self.worker, error=error, traceback=tb, item=self.index,
         )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from sequence.declare.exceptions import StepFenced
 from sequence.engine import history
 from sequence.engine.claims import Claim
 from sequence.engine.states import FANNING, IN_FLIGHT, ITEM_TRANSITIONS, Outcome, Status, sources
-from sequence.engine.transitions.base import RELEASED, Then
+from sequence.engine.transitions.base import RELEASED, Then, compensating
 from sequence.engine.transitions.elements import ItemClaim, count, in_flight
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord
 
@@ -108,8 +108,9 @@ def finish(record: SequenceRecord, data: dict[str, Any], token: str) -> Status |
     }  # fmt: skip
     target = Status.COMPLETED if last else Status.PENDING
     entry = history.Entry(
-        record.pk, record.step_index, record.plan[record.step_index], record.epoch, 1,
-        Outcome.SUCCEEDED, record.claimed_at or timezone.now(), "",
+        sequence_id=record.pk, step_index=record.step_index,
+        step=record.plan[record.step_index], epoch=record.epoch, attempt=1,
+        outcome=Outcome.SUCCEEDED, started_at=record.claimed_at or timezone.now(),
     )  # fmt: skip
     with transaction.atomic():
         if rows.filter(status__in=sources("fan_in", target)).update(
@@ -135,13 +136,10 @@ def fail_fan_out(
     )
     ending: dict[str, Any] = {"status": Status.FAILED, "finished_at": Now(), "dispatch_due": None}
     if undo is not None:
-        ending = {
-            "status": Status.COMPENSATING, "undo_index": undo[0], "undo_item": undo[1],
-            "ends_as": Status.FAILED, "dispatch_due": Now(),
-        }  # fmt: skip
+        ending = compensating(undo, Status.FAILED)
     changed = rows.update(
-        **ending, error=error, items_total=None, attempt=0, recoveries=0, updated_at=Now(),
-        **RELEASED,
+        **{"attempt": 0, "recoveries": 0, **ending}, error=error, items_total=None,
+        updated_at=Now(), **RELEASED,
     )  # fmt: skip
     return ending["status"] if changed else None
 
@@ -188,8 +186,10 @@ def recover_item(item: SequenceItem, reason: str, *, give_up: bool) -> Then | No
     )
     record = SequenceRecord.objects.get(pk=item.sequence_id)
     entry = history.Entry(
-        record.pk, item.step_index, record.plan[item.step_index], record.epoch, item.attempt,
-        Outcome.LOST, item.claimed_at or timezone.now(), item.claimed_by, reason, "", item.index,
+        sequence_id=record.pk, step_index=item.step_index, step=record.plan[item.step_index],
+        epoch=record.epoch, attempt=item.attempt, outcome=Outcome.LOST,
+        started_at=item.claimed_at or timezone.now(), worker=item.claimed_by, error=reason,
+        item=item.index,
     )  # fmt: skip
     with transaction.atomic():
         if not give_up:

@@ -10,7 +10,7 @@ from django.db.models.functions import Now
 
 from sequence.declare.exceptions import InvalidTransition
 from sequence.engine.states import IDEMPOTENT, Status, sources
-from sequence.engine.transitions.base import RELEASED, rows
+from sequence.engine.transitions.base import RELEASED, compensating, rows
 from sequence.models import Position, SequenceRecord
 
 # -- requests: pause, resume, cancel, retry -------------------------------------------------
@@ -110,14 +110,8 @@ def cancel(
             rows("cancel", sequence_id, Status.COMPENSATING)
             .filter(step_index=record.step_index, epoch=record.epoch)
             .update(
-                status=Status.COMPENSATING,
-                undo_index=start[0],
-                undo_item=start[1],
-                ends_as=Status.CANCELED,
+                **compensating(start, Status.CANCELED),
                 epoch=F("epoch") + 1,
-                attempt=0,
-                recoveries=0,
-                dispatch_due=Now(),
                 updated_at=Now(),
                 wake_at=None,
                 waiting_for="",

@@ -22,7 +22,7 @@ from sequence.engine import history, points
 from sequence.engine.claims import Claim, lease_seconds, now_plus_sql, now_sql
 from sequence.engine.moves import Move
 from sequence.engine.states import TERMINAL, TRANSITIONS, Outcome, Status, sources
-from sequence.engine.transitions.base import RELEASED, status_in
+from sequence.engine.transitions.base import RELEASED, compensating, status_in
 from sequence.models import Position, SequenceRecord, StepAttempt, ago
 
 logger = logging.getLogger("sequence")
@@ -334,10 +334,7 @@ def fail(
                 status = Status.RETRYING
         elif undo_from is not None:
             if claim.mine().filter(status__in=sources("fail", Status.COMPENSATING)).update(
-                status=Status.COMPENSATING, undo_index=undo_from[0], undo_item=undo_from[1],
-                ends_as=Status.FAILED,
-                attempt=0, recoveries=0, dispatch_due=Now(),
-                updated_at=Now(), **released,
+                **compensating(undo_from, Status.FAILED), updated_at=Now(), **released,
             ):  # fmt: skip
                 status = Status.COMPENSATING
         elif (

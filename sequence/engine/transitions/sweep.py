@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.db.models import F
@@ -10,7 +11,7 @@ from django.db.models.functions import Now
 from sequence.declare.conf import settings
 from sequence.engine import history
 from sequence.engine.states import Outcome, Status, sources
-from sequence.engine.transitions.base import RELEASED
+from sequence.engine.transitions.base import RELEASED, compensating
 from sequence.engine.transitions.walk import walk_on
 from sequence.models import Position, SequenceRecord
 
@@ -45,8 +46,9 @@ def recover(
     rows = rows.filter(status__in=sources("recover"))
     index = record.undo_index if record.status == Status.COMPENSATING else record.step_index
     entry = history.Entry(
-        record.pk, index or 0, step, record.epoch, record.attempt, Outcome.LOST,
-        record.claimed_at or record.updated_at, record.claimed_by,
+        sequence_id=record.pk, step_index=index or 0, step=step, epoch=record.epoch,
+        attempt=record.attempt, outcome=Outcome.LOST,
+        started_at=record.claimed_at or record.updated_at, worker=record.claimed_by,
     )  # fmt: skip
     worn_out = lost_claim and record.recoveries >= settings.MAX_RECOVERIES
     if worn_out and record.status == Status.COMPENSATING:
@@ -66,11 +68,7 @@ def recover(
             "dispatch_due": None,
         }
         if undo_from is not None:
-            ending = {
-                "status": Status.COMPENSATING, "undo_index": undo_from[0],
-                "undo_item": undo_from[1],
-                "ends_as": Status.FAILED, "attempt": 0, "recoveries": 0, "dispatch_due": Now(),
-            }  # fmt: skip
+            ending = compensating(undo_from, Status.FAILED)
         if not rows.update(
             epoch=F("epoch") + 1, error=error, updated_at=Now(), **ending, **RELEASED
         ):
@@ -99,4 +97,4 @@ def recover(
 
 
 def _with(entry: history.Entry, error: str, outcome: str = "") -> history.Entry:
-    return history.Entry(**{**entry.__dict__, "error": error, "outcome": outcome or entry.outcome})
+    return dataclasses.replace(entry, error=error, outcome=outcome or entry.outcome)

@@ -20,7 +20,7 @@ from sequence.declare.exceptions import StepFenced
 from sequence.engine import history
 from sequence.engine.claims import Claim
 from sequence.engine.states import Outcome, Status, sources
-from sequence.engine.transitions.base import RELEASED
+from sequence.engine.transitions.base import RELEASED, compensating
 from sequence.models import Position, SequenceRecord
 
 
@@ -82,17 +82,14 @@ def time_out(record: SequenceRecord, error: str, undo_from: Position | None) -> 
     wait = record.step_index - 1
     ending: dict[str, Any] = {"status": Status.FAILED, "finished_at": Now(), "dispatch_due": None}
     if undo_from is not None:
-        ending = {
-            "status": Status.COMPENSATING, "undo_index": undo_from[0],
-            "undo_item": undo_from[1], "ends_as": Status.FAILED,
-            "dispatch_due": Now(),
-        }  # fmt: skip
+        ending = compensating(undo_from, Status.FAILED)
     rows = SequenceRecord.objects.filter(
         pk=record.pk, epoch=record.epoch, status__in=sources("time_out"), wake_at__lte=Now()
     )
     entry = history.Entry(
-        record.pk, wait, record.plan[wait], record.epoch, 1, Outcome.FAILED,
-        record.updated_at or timezone.now(), "", error,
+        sequence_id=record.pk, step_index=wait, step=record.plan[wait], epoch=record.epoch,
+        attempt=1, outcome=Outcome.FAILED, started_at=record.updated_at or timezone.now(),
+        error=error,
     )  # fmt: skip
     with transaction.atomic():
         changed = rows.update(
@@ -107,7 +104,7 @@ def time_out(record: SequenceRecord, error: str, undo_from: Position | None) -> 
 def wake_now(sequence_id: int) -> bool:
     """A sleeping sequence's wake-up time is now (the admin's "wake now")."""
     return bool(
-        SequenceRecord.objects.filter(pk=sequence_id, status=Status.SLEEPING).update(
+        SequenceRecord.objects.filter(pk=sequence_id, status__in=sources("wake_now")).update(
             wake_at=Now(), updated_at=Now()
         )
     )
