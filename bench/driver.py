@@ -141,7 +141,7 @@ def bulk_seed(cls: type[Sequence], data: dict[str, Any], chains: int, queue: str
     """
     from functools import partial
 
-    from sequence.dispatch import enqueue_step, get_queue
+    from sequence.engine.rq.dispatch import enqueue_step, get_queue
 
     rows = SequenceRecord.objects.bulk_create(
         SequenceRecord(

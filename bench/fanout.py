@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.app.sequences import Fan
 from bench.measure import Timings
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord
-from sequence.states import Status
 
 SMALL = 100
 _runs = count(1)

@@ -18,22 +18,22 @@ from typing import Any
 # (phase, substrings of a frame), innermost match wins; order breaks ties within a frame.
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("step body (user code)", ("timed_work (bench/app/timing.py",)),
-    # The claim protocol's statements live in sequence/claims.py (in runner.py before).
-    ("claim", ("take (sequence/claims.py", "_claim (sequence/runner.py")),
+    # The claim protocol's statements live in sequence/engine/claims.py (in runner.py before).
+    ("claim", ("take (sequence/engine/claims.py", "_claim (sequence/runner.py")),
     (
         "commit (data, history, outbox)",
         (
-            "commit (sequence/claims.py",
-            "commit_result (sequence/claims.py",
-            "_commit_running (sequence/claims.py",
-            "_commit_held (sequence/claims.py",
-            "record_attempt (sequence/claims.py",
+            "commit (sequence/engine/claims.py",
+            "commit_result (sequence/engine/claims.py",
+            "_commit_running (sequence/engine/claims.py",
+            "_commit_held (sequence/engine/claims.py",
+            "record_attempt (sequence/engine/claims.py",
             "_commit (sequence/runner.py",
             "_attempt (sequence/runner.py",
         ),
     ),
-    ("enqueue next step", ("dispatch (sequence/dispatch.py",)),
-    ("signals and hooks", ("send (sequence/hooks.py", "call (sequence/hooks.py")),
+    ("enqueue next step", ("dispatch (sequence/engine/rq/dispatch.py",)),
+    ("signals and hooks", ("send (sequence/engine/hooks.py", "call (sequence/engine/hooks.py")),
     ("runner, other", ("run_step (sequence/runner.py",)),
     ("connection hygiene", ("close_old_connections",)),
     ("RQ: wait for a job", ("dequeue_any",)),

@@ -514,8 +514,8 @@ def waiting_section(results: dict[str, Any], targets: Targets) -> list[str]:
     if holding:
         out += [
             "",
-            "Holding cost: one wake pass (`sequence.waiting.wake_due`) and one recovery sweep "
-            "(`sequence.recovery.sweep`), run in the driver process, with none asleep and "
+            "Holding cost: one wake pass (`sequence.engine.waiting.wake_due`) and one recovery sweep "
+            "(`sequence.engine.recovery.sweep`), run in the driver process, with none asleep and "
             "then with N rows sleeping until tomorrow (made with `bulk_create`). "
             "Milliseconds, median (min-max) of the repetitions.",
             "",

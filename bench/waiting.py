@@ -23,11 +23,11 @@ from django.utils import timezone
 
 from bench.app.sequences import Nap, Started
 from bench.measure import quantile
-from sequence.dispatch import get_queue
+from sequence.engine.recovery import sweep
+from sequence.engine.rq.dispatch import get_queue
+from sequence.engine.states import Status
+from sequence.engine.waiting import wake_due
 from sequence.models import SequenceRecord, StepAttempt
-from sequence.recovery import sweep
-from sequence.states import Status
-from sequence.waiting import wake_due
 
 QUEUE = "bench-c"
 

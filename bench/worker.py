@@ -27,7 +27,7 @@ def main() -> None:
     import bench.app.jobs
     import sequence.runner  # noqa: F401 - imported up front, as a long-lived worker has
     from sequence.jobs import SequenceJob
-    from sequence.worker import SequenceWorker
+    from sequence.ops.worker import SequenceWorker
 
     if kind == "recommended" and jobs == "sequence":
         call_command("sequence", "worker", queue_name)
