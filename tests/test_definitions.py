@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sequence import ConfigurationError, InvalidData, Retry, Sequence, SequenceFailed, Step
+from sequence import ConfigurationError, ForEach, InvalidData, Retry, Sequence, SequenceFailed, Step
 from sequence.declare.registry import get_sequence_class, registered
 from sequence.models import SequenceRecord
 from testproject.testapp.sequences import A, Checkout, Signup, ThreeSteps, Versioned
@@ -161,3 +161,13 @@ def test_a_stored_step_that_no_longer_exists_fails_the_sequence_clearly(workers)
     wait_for(
         lambda: not SequenceRecord.objects.filter(pk=seq.id, claim_token__isnull=False).exists()
     )
+
+
+def test_retry_and_foreach_take_their_options_by_keyword_as_the_contract_writes_them():
+    # Retry(max, interval=0, *, backoff, ...) and ForEach(key, step, *, concurrency, into).
+    assert Retry(3, 2, backoff=2.0).max == 3
+    with pytest.raises(TypeError):
+        Retry(3, 2, 2.0)  # type: ignore[misc]
+    assert ForEach("ids", A, concurrency=2, into="out").concurrency == 2
+    with pytest.raises(TypeError):
+        ForEach("ids", A, 2)  # type: ignore[misc]

@@ -248,7 +248,10 @@ class SequenceDefinition(Generic[D]):
                 return None
             try:
                 each = ForEach(
-                    str(values["key"]), inner.cls, int(values["concurrency"]), values.get("into")
+                    str(values["key"]),
+                    inner.cls,
+                    concurrency=int(values["concurrency"]),
+                    into=values.get("into"),
                 )
             except (KeyError, TypeError, ValueError, ConfigurationError):
                 return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -169,6 +169,7 @@ class ForEach:
 
     key: str
     step: Any
+    _: KW_ONLY
     concurrency: int = 1
     into: str | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
 from sequence.declare.exceptions import ConfigurationError, Fail
@@ -40,6 +40,7 @@ class Retry:
 
     max: int
     interval: float | Iterable[float] = 0
+    _: KW_ONLY
     backoff: float = 1.0
     max_interval: float | None = None
     jitter: float = 0.0
