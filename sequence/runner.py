@@ -15,6 +15,7 @@ This module decides what happens when; the statements are the state machine's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -38,7 +39,7 @@ from sequence.declare.exceptions import (
 from sequence.declare.registry import get_sequence_class
 from sequence.declare.validation import check_data
 from sequence.engine import foreach, hooks, points, release, transitions, waiting
-from sequence.engine.claims import Claim, Execution, execution, job_timeout
+from sequence.engine.claims import Claim, Execution, Taker, execution, job_timeout
 from sequence.engine.failure import fail_for_good, record_failure, run_undo
 from sequence.engine.inline import Inline, MayInline, policy
 from sequence.engine.moves import Move, after_move
@@ -48,6 +49,7 @@ from sequence.engine.rq.dispatch import (
     STEP,
     UNDO,
     WAKE,
+    Work,
     dispatch,
     enqueue_retry,
     retry_of,
@@ -74,20 +76,21 @@ def run_step(
     entered = time.monotonic()
     job = get_current_job()
     context = execution.get()
-    worker, token, retries_left, timeout = _who(job, context)
+    work = Work(sequence=sequence_id, index=step_index, epoch=epoch, kind=kind, element=item)
+    taker, retries_left = _who(job, context, entered)
     if kind in (UNDO, ITEM):
-        unit = (sequence_id, step_index, epoch, item, worker, token, timeout, entered)
         run = _run_undo if kind == UNDO else _run_item
         try:
-            run(*unit, retries_left)
+            run(work, taker, retries_left)
         except Exception as exc:
             if getattr(exc, "final", False) and job is not None:
                 job.retries_left = 0  # failed for good before RQ's retries ran out
             raise
         return
-    claim = _claim(sequence_id, step_index, epoch, worker, token, timeout, entered, job)
+    claim = _claim(work, taker, job)
     if claim is None:
         return
+    timeout = taker.timeout
     if timeout > 0 and job is not None and job.started_at is not None:
         claim.wall_deadline = job.started_at.timestamp() + timeout
     inline = context.inline if context is not None else None
@@ -99,11 +102,12 @@ def run_step(
             job.retries_left = 0  # Fail, or an error its Retry.on leaves out: RQ stops here
         raise
     while follow is not None and inline is not None:
-        follow = _run_inline(follow, worker, token, inline, may_inline)
+        follow = _run_inline(follow, taker, inline, may_inline)
 
 
-def _who(job: Any, context: Execution | None) -> tuple[str, str, int, int]:
-    """Who runs the job (worker, claim token), the retries RQ has left, and the timeout."""
+def _who(job: Any, context: Execution | None, entered: float) -> tuple[Taker, int]:
+    """Who runs the job (worker, claim token, the job's timeout), and the retries RQ has
+    left."""
     worker = (
         (context and context.worker)
         or (job and job.worker_name)
@@ -116,22 +120,13 @@ def _who(job: Any, context: Execution | None) -> tuple[str, str, int, int]:
         retries_left = context.retries_left if context is not None else 0
     # The job was queued with the step's timeout: the lease must outlast it.
     timeout = int((job and job.timeout) or settings.TIMEOUT)
-    return worker, token, retries_left, timeout
+    return Taker(worker=worker, token=token, timeout=timeout, entered=entered), retries_left
 
 
-def _claim(
-    sequence_id: int,
-    step_index: int,
-    epoch: int,
-    worker: str,
-    token: str,
-    timeout: int,
-    entered: float,
-    job: Any,
-) -> Claim | None:
+def _claim(work: Work, taker: Taker, job: Any) -> Claim | None:
     """Claim the step, or end a stale job (queueing a successor whose dispatch was lost)."""
     try:
-        claim = transitions.claim(sequence_id, step_index, epoch, worker, token, timeout, entered)
+        claim = transitions.claim(work, taker)
     except (OperationalError, InterfaceError):
         # The step did not start: RQ's retry of this job must not count as an attempt.
         if job is not None and job.retries_left:
@@ -140,37 +135,26 @@ def _claim(
         raise
     if claim is not None:
         return claim
-    record = release.current(sequence_id)
+    record = release.current(work.sequence)
     if (
         record is not None
-        and (record.status, record.step_index, record.epoch) == (Status.FAILED, step_index, epoch)
+        and (record.status, record.step_index, record.epoch)
+        == (Status.FAILED, work.index, work.epoch)
         and job is not None
         and registries.requeued_by_hand(job)
     ):
-        claim = transitions.claim(
-            sequence_id, step_index, epoch, worker, token, timeout, entered, failed=True
-        )
+        claim = transitions.claim(work, taker, failed=True)
     if claim is None:
-        release.stale(record, sequence_id, step_index, epoch)
+        release.stale(record, work.sequence, work.index, work.epoch)
     return claim
 
 
-def _run_undo(
-    sequence_id: int,
-    index: int,
-    epoch: int,
-    item: int | None,
-    worker: str,
-    token: str,
-    timeout: int,
-    entered: float,
-    retries_left: int,
-) -> None:
-    claim = transitions.claim_undo(sequence_id, index, epoch, worker, token, timeout, entered, item)
+def _run_undo(work: Work, taker: Taker, retries_left: int) -> None:
+    claim = transitions.claim_undo(work, taker)
     if claim is None:
         logger.info(
             "Sequence %s: the compensation of step %s under epoch %s is stale; job ends.",
-            sequence_id, index, epoch,
+            work.sequence, work.index, work.epoch,
         )  # fmt: skip
         return
     try:
@@ -181,27 +165,14 @@ def _run_undo(
         raise
 
 
-def _run_item(
-    sequence_id: int,
-    index: int,
-    epoch: int,
-    item: int | None,
-    worker: str,
-    token: str,
-    timeout: int,
-    entered: float,
-    retries_left: int,
-) -> None:
-    """Run element ``item`` of the ForEach at ``index`` (a failure re-raised, marked final
+def _run_item(work: Work, taker: Taker, retries_left: int) -> None:
+    """Run an element of the ForEach at ``work.index`` (a failure re-raised, marked final
     when RQ must not retry it)."""
-    assert item is not None
-    ic = transitions.elements.claim_item(
-        sequence_id, index, epoch, item, worker, token, timeout, entered
-    )
+    ic = transitions.elements.claim_item(work, taker)
     if ic is None:
         logger.info(
             "Sequence %s: element %s of step %s under epoch %s is not due; job ends.",
-            sequence_id, item, index, epoch,
+            work.sequence, work.element, work.index, work.epoch,
         )  # fmt: skip
         return
     try:
@@ -222,29 +193,31 @@ def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
         raise
 
 
-# The next step, due and not queued, that this job runs itself:
-# (sequence id, step index, epoch, the sequence's queue, the step).
-Follow = tuple[int, int, int, str, StepSpec]
+# The next step, due and not queued, that this job runs itself: the unit, the sequence's
+# queue, the step.
+Follow = tuple[Work, str, StepSpec]
 
 
 def _run_inline(
-    follow: Follow, worker: str, token: str, inline: Inline, may_inline: MayInline
+    follow: Follow, taker: Taker, inline: Inline, may_inline: MayInline
 ) -> Follow | None:
     """Run a due step in this job, as its own job would: claim, run, commit.
 
     Its failure does not reach RQ (the job it would fail is the previous step's): it is
     recorded as any other, and its retries are queued as the job RQ would have left.
     """
-    sequence_id, index, epoch, queue, spec = follow
+    work, queue, spec = follow
     timeout = timeout_of(spec)
     job_timeout.fired = False
     inline.rearm(timeout)
-    entered = time.monotonic()
+    taker = dataclasses.replace(taker, timeout=timeout, entered=time.monotonic())
     try:
-        claim = transitions.claim(sequence_id, index, epoch, worker, token, timeout, entered)
+        claim = transitions.claim(work, taker)
     except Exception:
-        logger.exception("Sequence %s: could not claim step %s inline; queueing it.", *follow[:2])
-        dispatch(sequence_id, index, epoch, queue, spec, confirm=False)
+        logger.exception(
+            "Sequence %s: could not claim step %s inline; queueing it.", work.sequence, work.index
+        )
+        dispatch(work, queue, spec, confirm=False)
         return None
     if claim is None:
         return None  # paused, canceled or taken meanwhile: nothing of ours is due
@@ -253,11 +226,11 @@ def _run_inline(
         return _run_guarded(claim, retry_of(spec).max, may_inline)
     except Exception:
         logger.warning(
-            "Sequence %s step %s failed inline%s.", sequence_id, index,
+            "Sequence %s step %s failed inline%s.", work.sequence, work.index,
             "; its retry is queued" if claim.retrying else "", exc_info=True,
         )  # fmt: skip
         if claim.retrying:
-            enqueue_retry(sequence_id, index, epoch, queue, spec)
+            enqueue_retry(work.sequence, work.index, work.epoch, queue, spec)
         return None
 
 
@@ -361,12 +334,13 @@ def _after_commit(
     due = move.now == Status.PENDING
     # None for a step a deploy removed: its job fails the sequence, naming it.
     next_spec = cls.step_named(record.plan[next_index]) if due else None
+    work = Work(sequence=record.pk, index=next_index, epoch=record.epoch + 1)
     if next_spec is not None and may_inline(next_spec, record.queue):
         # Not queued: this job claims it next; the outbox entry covers a crash meanwhile.
-        follow = (record.pk, next_index, record.epoch + 1, record.queue, next_spec)
+        follow = (work, record.queue, next_spec)
     elif due:
         # Unconfirmed: the next claim clears the outbox entry (one write less per step).
-        dispatch(record.pk, next_index, record.epoch + 1, record.queue, next_spec, confirm=False)
+        dispatch(work, record.queue, next_spec, confirm=False)
         points.fire(
             "after_dispatch",
             **claim.context(step=next_index, epoch=record.epoch + 1),

@@ -14,7 +14,8 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from sequence import ForEach, Sequence, Step
-from sequence.engine.rq.dispatch import ITEM, enqueue_step, get_queue, job_id
+from sequence.engine.claims import Taker
+from sequence.engine.rq.dispatch import ITEM, Work, enqueue_step, get_queue, job_id
 from sequence.engine.transitions import elements as machine
 from sequence.engine.transitions.base import Then
 from sequence.models import ItemStatus, SequenceItem, SequenceRecord, StepAttempt
@@ -145,7 +146,11 @@ def test_a_commit_that_waited_for_another_still_hands_its_place_on():
     run_step(seq.id, 0, 0)  # begins the ForEach: elements 0 and 1 queued
     epoch = SequenceRecord.objects.get(pk=seq.id).epoch
     first, second = (
-        machine.claim_item(seq.id, 0, epoch, i, "w", f"t{i}", 60, time.monotonic()) for i in (0, 1)
+        machine.claim_item(
+            Work(sequence=seq.id, index=0, epoch=epoch, kind=ITEM, element=i),
+            Taker(worker="w", token=f"t{i}", timeout=60, entered=time.monotonic()),
+        )
+        for i in (0, 1)
     )
     assert first is not None
     assert second is not None

@@ -125,3 +125,19 @@ class _Timeout:
 
 
 job_timeout = _Timeout()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Taker:
+    """Who takes a unit: the worker, the claim token fencing it, the job's timeout (the
+    lease outlasts it), and when the job began (``time.monotonic()``: the step's deadline
+    counts from it)."""
+
+    worker: str
+    token: str
+    timeout: int
+    entered: float
+
+    @property
+    def deadline(self) -> float:
+        return self.entered + self.timeout if self.timeout > 0 else float("inf")

@@ -23,7 +23,7 @@ from sequence.declare.registry import get_sequence_class
 from sequence.engine import hooks, transitions
 from sequence.engine.claims import Claim
 from sequence.engine.moves import Move, after_move
-from sequence.engine.rq.dispatch import UNDO, dispatch, retry_of
+from sequence.engine.rq.dispatch import UNDO, Work, dispatch, retry_of
 from sequence.engine.states import ITEM_TRANSITIONS, Status, sources
 from sequence.models import Position, SequenceItem, SequenceRecord
 
@@ -158,7 +158,8 @@ def _dispatch_undo(record: SequenceRecord, at: Position | None) -> None:
         return
     cls = get_sequence_class(record.name)
     spec = cls.step_named(record.plan[at[0]])
-    dispatch(record.pk, at[0], record.epoch, record.queue, spec, kind=UNDO, item=at[1])
+    work = Work(sequence=record.pk, index=at[0], epoch=record.epoch, kind=UNDO, element=at[1])
+    dispatch(work, record.queue, spec)
 
 
 def after_walk(record: SequenceRecord) -> None:

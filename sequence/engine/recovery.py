@@ -51,7 +51,7 @@ from sequence.declare.registry import find_step, registered
 from sequence.engine import foreach, points, transitions
 from sequence.engine.failure import undo_after, undo_start
 from sequence.engine.moves import Move, after_move
-from sequence.engine.rq.dispatch import ITEM, confirm_dispatch, dispatch, unit_of
+from sequence.engine.rq.dispatch import ITEM, Work, confirm_dispatch, dispatch, unit_of
 from sequence.engine.rq.registries import LiveJobs, dead_workers, step_name
 from sequence.engine.states import FANNING, ITEM_TRANSITIONS, MOVING, Status, sources
 from sequence.engine.transitions.base import Then
@@ -262,9 +262,11 @@ def _recover_item(item: SequenceItem, reason: str, result: SweepResult, give_up:
     if outcome == Then.REQUEUE:
         result.redispatched.append(record.pk)
         spec = find_step(record.name, record.plan[item.step_index])
-        dispatch(
-            record.pk, item.step_index, record.epoch, record.queue, spec, kind=ITEM, item=item.index
-        )
+        work = Work(
+            sequence=record.pk, index=item.step_index, epoch=record.epoch, kind=ITEM,
+            element=item.index,
+        )  # fmt: skip
+        dispatch(work, record.queue, spec)
     elif outcome == Then.FAIL:
         result.failed.append(record.pk)
         cls = registered().get(record.name)

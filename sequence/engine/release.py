@@ -13,6 +13,7 @@ from sequence.declare.registry import spec_for
 from sequence.engine import transitions
 from sequence.engine.claims import Claim
 from sequence.engine.rq.dispatch import (
+    Work,
     dispatch,
     dispatch_record,
 )
@@ -64,8 +65,9 @@ def release(claim: Claim, error: str) -> None:
     with transaction.atomic():
         if transitions.release(claim, error):
             record = claim.record
-            args = (record.pk, record.step_index, record.epoch + 1, record.queue, spec_for(record))
-            transaction.on_commit(lambda: dispatch(*args), robust=True)
+            work = Work(sequence=record.pk, index=record.step_index, epoch=record.epoch + 1)
+            spec = spec_for(record)
+            transaction.on_commit(lambda: dispatch(work, record.queue, spec), robust=True)
 
 
 def release_or_remember(claim: Claim) -> None:

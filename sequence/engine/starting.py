@@ -14,7 +14,7 @@ from sequence.declare.conf import settings
 from sequence.declare.exceptions import ConfigurationError
 from sequence.declare.validation import check_data
 from sequence.engine import hooks
-from sequence.engine.rq.dispatch import dispatch, known_queue
+from sequence.engine.rq.dispatch import Work, dispatch, known_queue
 from sequence.models import SequenceRecord, subject_of
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def start(
     pk = record.pk
 
     def first_step() -> None:
-        dispatch(pk, 0, 0, record.queue, spec)
+        dispatch(Work(sequence=pk, index=0, epoch=0), record.queue, spec)
         hooks.send(signals.sequence_started, cls, sequence=cls._bind(record))
 
     transaction.on_commit(first_step, robust=True)

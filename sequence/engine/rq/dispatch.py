@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -48,6 +49,22 @@ STEP, ITEM, UNDO, WAKE = "step", "item", "undo", "wake"
 
 # (plan index, kind, element position or None)
 Unit = tuple[int, str, int | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Work:
+    """One unit of work of a sequence under an epoch, as its job carries it: a step, a
+    ForEach element (``element``), a compensation or a wake-up (``kind``)."""
+
+    sequence: int
+    index: int
+    epoch: int
+    kind: str = STEP
+    element: int | None = None
+
+    @property
+    def job_id(self) -> str:
+        return job_id(self.sequence, self.index, self.epoch, self.kind, self.element)
 
 
 def job_id(
@@ -323,33 +340,25 @@ def timeout_of(spec: StepSpec | None) -> int:
     return (spec and spec.cls.timeout) or settings.TIMEOUT
 
 
-def dispatch(
-    sequence_id: int,
-    step_index: int,
-    epoch: int,
-    queue: str,
-    spec: StepSpec | None,
-    *,
-    confirm: bool = True,
-    kind: str = STEP,
-    item: int | None = None,
-) -> bool:
-    """Queue a due step and clear its outbox entry; False leaves it for the sweep.
+def dispatch(work: Work, queue: str, spec: StepSpec | None, *, confirm: bool = True) -> bool:
+    """Queue a due unit and clear its outbox entry; False leaves it for the sweep.
 
     With ``confirm=False`` the entry stays: the step's claim clears it, or the sweep
     once it sees the job in RQ. The runner passes it to save a write per step.
     """
     try:
-        enqueue_step(sequence_id, step_index, epoch, queue, spec, kind=kind, item=item)
+        enqueue_step(
+            work.sequence, work.index, work.epoch, queue, spec, kind=work.kind, item=work.element
+        )
     except Exception:
         logger.exception(
-            "Could not queue step %s of sequence %s; the recovery sweep will.",
-            step_index,
-            sequence_id,
+            "Could not queue %s of sequence %s; the recovery sweep will.",
+            work.job_id,
+            work.sequence,
         )
         return False
     if confirm:
-        confirm_dispatch({epoch: [sequence_id]})
+        confirm_dispatch({work.epoch: [work.sequence]})
     return True
 
 
@@ -357,9 +366,8 @@ def dispatch_record(record: SequenceRecord, *, confirm: bool = True) -> bool:
     """Queue the unit the row says is due (its step, or the compensation the walk is at)."""
     index, kind, item = unit_of(record)
     spec = spec_for(record, index)
-    return dispatch(
-        record.pk, index, record.epoch, record.queue, spec, confirm=confirm, kind=kind, item=item
-    )
+    work = Work(sequence=record.pk, index=index, epoch=record.epoch, kind=kind, element=item)
+    return dispatch(work, record.queue, spec, confirm=confirm)
 
 
 def confirm_dispatch(queued: dict[int, list[int]]) -> None:

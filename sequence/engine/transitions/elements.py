@@ -25,7 +25,8 @@ from django.utils import timezone
 
 from sequence.declare.exceptions import StepDeadlineExceeded, StepFenced
 from sequence.engine import history
-from sequence.engine.claims import lease_seconds, now_plus_sql, now_sql
+from sequence.engine.claims import Taker, lease_seconds, now_plus_sql, now_sql
+from sequence.engine.rq.dispatch import Work
 from sequence.engine.states import (
     FANNING,
     IN_FLIGHT,
@@ -70,16 +71,16 @@ class ItemClaim:
         )  # fmt: skip
 
 
-def claim_item(
-    sequence_id: int, step_index: int, epoch: int, index: int, worker: str, token: str,
-    timeout: int, entered: float,
-) -> ItemClaim | None:  # fmt: skip
+def claim_item(work: Work, taker: Taker) -> ItemClaim | None:
     """Take an element whose job this is, while its ForEach runs; None if the job is stale.
 
     One statement: the element's row, if its ForEach still runs under this epoch, with
     what the element runs on read from the sequence's row (``RETURNING``). The data and
     the plan come back only if this process has not read them for this ForEach yet.
     """
+    assert work.element is not None
+    sequence_id, step_index, epoch, index = work.sequence, work.index, work.epoch, work.element
+    worker, token, timeout = taker.worker, taker.token, taker.timeout
     _, lease_arg = now_plus_sql(lease_seconds(timeout))
     known = _snapshots.get((sequence_id, epoch))
     held = known.token if known is not None else None

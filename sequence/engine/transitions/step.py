@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from sequence.declare.exceptions import StepDeadlineExceeded, StepFenced
 from sequence.engine import history, points
-from sequence.engine.claims import Claim, lease_seconds, now_plus_sql, now_sql
+from sequence.engine.claims import Claim, Taker, lease_seconds, now_plus_sql, now_sql
 from sequence.engine.moves import Move
+from sequence.engine.rq.dispatch import Work
 from sequence.engine.states import TERMINAL, TRANSITIONS, Outcome, Status, sources
 from sequence.engine.transitions.base import RELEASED, compensating, status_in
 from sequence.models import Position, SequenceRecord, StepAttempt, ago
@@ -31,17 +32,7 @@ logger = logging.getLogger("sequence")
 # -- the claim ----------------------------------------------------------------------------
 
 
-def claim(
-    sequence_id: int,
-    step_index: int,
-    epoch: int,
-    worker: str,
-    token: str,
-    timeout: int,
-    entered: float,
-    *,
-    failed: bool = False,
-) -> Claim | None:
+def claim(work: Work, taker: Taker, *, failed: bool = False) -> Claim | None:
     """Take the step if the row still expects it; None if the job is stale.
 
     A claim takes a queued or retrying step (with ``failed``, a failed one whose RQ job
@@ -51,6 +42,8 @@ def claim(
     A connection lost before the claim is tried once more on a fresh connection; if the
     database stays out of reach, the error goes to the caller.
     """
+    sequence_id, step_index, epoch = work.sequence, work.index, work.epoch
+    worker, token, timeout = taker.worker, taker.token, taker.timeout
     sql, statuses = _claim_sql(connection.vendor, failed)
     _, lease_arg = now_plus_sql(lease_seconds(timeout))
     params: list[Any] = [
@@ -87,7 +80,6 @@ def claim(
         claim_token=token,
         claimed_by=worker[:200],
     )
-    deadline = entered + timeout if timeout > 0 else float("inf")
     if failed:
         # Run again by hand after it failed for good: its compensations (if they ran)
         # no longer stand between it and a later retry().
@@ -96,7 +88,7 @@ def claim(
         )
     return Claim(
         record=record, token=token, worker=worker, started_at=timezone.now(),
-        deadline=deadline, timeout=timeout,
+        deadline=taker.deadline, timeout=timeout,
     )  # fmt: skip
 
 

@@ -14,7 +14,8 @@ from django.db.models.functions import Concat, Now
 from django.utils import timezone
 
 from sequence.engine import history
-from sequence.engine.claims import Claim, lease_seconds
+from sequence.engine.claims import Claim, Taker, lease_seconds
+from sequence.engine.rq.dispatch import Work
 from sequence.engine.states import ITEM_TRANSITIONS, Outcome, Status, sources
 from sequence.engine.transitions.base import RELEASED
 from sequence.models import ItemStatus, Position, SequenceItem, SequenceRecord, ago
@@ -46,17 +47,10 @@ def walk_on(undo_next: Position | None, note: str = "") -> dict[str, Any]:
     }
 
 
-def claim_undo(
-    sequence_id: int,
-    index: int,
-    epoch: int,
-    worker: str,
-    token: str,
-    timeout: int,
-    entered: float,
-    item: int | None = None,
-) -> Claim | None:
+def claim_undo(work: Work, taker: Taker) -> Claim | None:
     """Take the compensation the walk is at, if the row still expects it; None if stale."""
+    sequence_id, index, epoch, item = work.sequence, work.index, work.epoch, work.element
+    worker, token, timeout = taker.worker, taker.token, taker.timeout
     rows = SequenceRecord.objects.filter(
         Q(claim_token__isnull=True) | Q(claim_token=token),
         pk=sequence_id, epoch=epoch, undo_index=index, undo_item=item,
