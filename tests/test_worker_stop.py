@@ -52,13 +52,15 @@ def _idle(workers, kind: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_an_idle_worker_exits_within_the_bound(workers, kind, sig):
+def test_an_idle_worker_exits_within_the_bound(workers, redis_db, kind, sig):
     took = []
     for _ in range(REPEAT):
         proc = _idle(workers, kind)
         os.kill(proc.pid, sig)
         took.append(_wait_exit(proc, f"idle {kind} worker after {sig.name}"))
         assert proc.returncode == 0
+        # Its scheduler's lock is gone with it: the next worker's scheduler starts at once.
+        assert not redis_db.exists("rq:scheduler-lock:default")
     print("stop times", took)
     assert max(took) < BOUND, f"stop times {took}"
 
