@@ -22,18 +22,18 @@ from sequence.declare.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from sequence.declare.definitions import Schedule
+    from sequence.declare.definitions import Step
     from sequence.declare.items import ForEach, Sleep, WaitFor
     from sequence.declare.retry import Retry
-    from sequence.declare.steps import Step
+    from sequence.declare.schedule import Schedule
     from sequence.engine.handle import Sequence
 
 # Names whose modules use the models: imported on first use, so that importing the
 # package (as Django does while it loads apps) never imports the models.
 _LAZY = {
     "Retry": "sequence.declare.retry",
-    "Schedule": "sequence.declare.definitions",
-    "Step": "sequence.declare.steps",
+    "Schedule": "sequence.declare.schedule",
+    "Step": "sequence.declare.definitions",
     "Sequence": "sequence.engine.handle",
     "ForEach": "sequence.declare.items",
     "Sleep": "sequence.declare.items",

@@ -1,5 +1,4 @@
-"""The declarations: ``Schedule``, and what a ``Sequence`` declares (``Step`` is in
-``sequence.declare.steps``).
+"""The declarations: ``Step``, and what a ``Sequence`` declares (its plan, its hooks).
 
 Nothing here runs or changes a sequence: the verbs of a handle (start, pause, retry...)
 are in ``sequence.engine.handle``, the registry of sequences by name in ``sequence.declare.registry``.
@@ -8,43 +7,106 @@ are in ``sequence.engine.handle``, the registry of sequences by name in ``sequen
 from __future__ import annotations
 
 import json
+import logging
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, cast
 
 from django.apps import apps
 
-from sequence.declare.cron import check_cron
-from sequence.declare.exceptions import ConfigurationError, InvalidData, SequenceError
-from sequence.declare.items import KINDS, ForEach, PlanWait, Sleep, WaitFor
-from sequence.declare.steps import D, FunctionStep, ItemFunctionStep, Step, Use
+from sequence.declare.exceptions import ConfigurationError
+from sequence.declare.items import KINDS, ForEach, PlanWait, Sleep, Use, WaitFor
+from sequence.declare.retry import Retry
+from sequence.declare.schedule import Schedule
+from sequence.declare.validation import check_step_options, clean_data
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from sequence.models import Progress, SequenceRecord
 
+logger = logging.getLogger("sequence")
 
-@dataclass(frozen=True)
-class Schedule:
-    """Start a sequence on a cron schedule, in ``settings.TIME_ZONE``."""
-
-    name: str
-    cron: str
-    data: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
-
-    def __post_init__(self) -> None:
-        check_cron(self.name, self.cron)
-
-    def make_data(self) -> dict[str, Any]:
-        """The tick's data; SkipTick (from the error) if the callable raises."""
-        try:
-            data = self.data() if callable(self.data) else self.data
-            return dict(data or {})
-        except Exception as exc:
-            raise SkipTick(f"schedule {self.name!r}: its data callable raised: {exc!r}") from exc
+# The type of a sequence's data: ``Step[OrderData]``, ``Sequence[OrderData]`` (a
+# TypedDict, say); a plain ``Step`` is ``Step[dict[str, Any]]``. The default is for type
+# checkers (PEP 696; typing_extensions until Python 3.13): at run time a plain TypeVar
+# does, so the package needs no extra dependency.
+if TYPE_CHECKING:
+    D = TypeVar("D", default=dict[str, Any])
+else:
+    D = typing.TypeVar("D")
 
 
-class SkipTick(SequenceError):
-    """A schedule's data could not be made: that tick is skipped (internal)."""
+class Step(Generic[D]):
+    """One step of a sequence. Subclass it and define ``perform()``.
+
+    ``class Charge(Step[OrderData])`` types ``self.data`` as ``OrderData``.
+    """
+
+    retry: ClassVar[Retry | None] = None
+    timeout: ClassVar[int | None] = None
+    queue: ClassVar[str | None] = None
+    atomic: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_step_options(cls)
+
+    def __init__(
+        self,
+        *,
+        data: dict[str, Any],
+        sequence: SequenceDefinition,
+        attempt: int,
+        idempotency_key: str,
+        heartbeat: Callable[[], None] | None = None,
+        item: Any = None,
+        index: int | None = None,
+    ) -> None:
+        self.data: D = cast("D", data)
+        # In a ForEach: this element of the list, and its position (else None).
+        self.item = item
+        self.index = index
+        self.sequence = sequence
+        self.attempt = attempt
+        self.idempotency_key = idempotency_key
+        self.logger = logging.LoggerAdapter(
+            logger, {"sequence_id": sequence.id, "step": type(self).__name__}
+        )
+        self._heartbeat = heartbeat
+
+    def perform(self) -> Mapping[str, Any] | None:
+        """Do the work; change ``self.data`` or return a dict to merge into it."""
+        raise NotImplementedError(f"{type(self).__name__} must define perform().")
+
+    def heartbeat(self) -> None:
+        """Extend this step's lease; raises StepFenced if the step no longer holds it."""
+        if self._heartbeat is not None:
+            self._heartbeat()
+
+    @classmethod
+    def using(cls, **values: Any) -> Use:
+        """One use of this step in a plan, with ``values`` merged into the data before it runs."""
+        return Use(cls, values)
+
+
+class FunctionStep(Step):
+    """A plain function ``fn(data)`` used as a step."""
+
+    function: ClassVar[Callable[[dict[str, Any]], Mapping[str, Any] | None]]
+
+    def perform(self) -> Mapping[str, Any] | None:
+        return type(self).function(self.data)
+
+
+class ItemFunctionStep(Step):
+    """A plain function ``fn(item, data)`` run by a ForEach for each element."""
+
+    function: ClassVar[Callable[[Any, dict[str, Any]], Any]]
+
+    def perform(self) -> Any:
+        return type(self).function(self.item, self.data)
 
 
 @dataclass(frozen=True)
@@ -279,28 +341,7 @@ class SequenceDefinition(Generic[D]):
     @classmethod
     def clean(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate starting data with ``schema``; return the data to store."""
-        if data is None:
-            data = {}
-        if cls.schema is None:
-            return data if isinstance(data, dict) else _not_a_dict(data)
-        if not isinstance(data, Mapping):
-            _not_a_dict(data)
-        validate = getattr(cls.schema, "model_validate", None)
-        try:
-            if validate is not None:
-                cleaned = validate(dict(data)).model_dump(mode="json")
-            else:
-                cleaned = cls.schema(dict(data))
-        except InvalidData:
-            raise
-        except Exception as exc:
-            raise InvalidData(f"{cls.name}: the schema rejected the data: {exc}") from exc
-        if not isinstance(cleaned, Mapping):
-            raise InvalidData(
-                f"{cls.name}: the schema returned {type(cleaned).__name__} {cleaned!r:.80}; "
-                "it must return the cleaned data, a dict."
-            )
-        return dict(cleaned)
+        return clean_data(cls.name, cls.schema, data)
 
     # -- hooks --------------------------------------------------------------------
 
@@ -345,9 +386,3 @@ class SequenceDefinition(Generic[D]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} #{self.id} {self.status}>"
-
-
-def _not_a_dict(value: object) -> dict[str, Any]:
-    raise InvalidData(
-        f"data must be a dict (a JSON object), not {type(value).__name__} {value!r:.80}."
-    )

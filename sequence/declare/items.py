@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sequence.declare.exceptions import ConfigurationError, InvalidData
+from sequence.declare.validation import check_data
 
 
 def _seconds(value: object) -> float | None:
@@ -196,3 +197,23 @@ class ForEach:
             "key": self.key, "step": self.step.__name__, "concurrency": self.concurrency,
             "into": self.into,
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Use:
+    """One use of a step or sub-sequence in a plan, with static values for its data.
+
+    Made by ``Step.using(**values)`` or ``Sequence.using(**values)``. The values are part
+    of the stored plan: a sequence in flight keeps them across deploys.
+    """
+
+    target: type | Callable[..., Any]  # a Step or Sequence subclass, or a function
+    values: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        try:
+            check_data(
+                dict(self.values), what=f"{getattr(self.target, '__name__', self.target)}.using()"
+            )
+        except InvalidData as exc:
+            raise ConfigurationError(str(exc)) from None

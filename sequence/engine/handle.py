@@ -14,14 +14,13 @@ from typing import Any, Self
 from django.db import models
 
 from sequence.declare import registry
-from sequence.declare.definitions import SequenceDefinition
+from sequence.declare.definitions import D, SequenceDefinition
 from sequence.declare.exceptions import (
     SequenceCanceled,
     SequenceFailed,
     SequenceTimeout,
     UnknownSequence,
 )
-from sequence.declare.steps import D
 from sequence.engine import starting_many, steering, waiting
 from sequence.engine.starting import start
 from sequence.engine.states import Status

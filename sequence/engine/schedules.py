@@ -22,9 +22,10 @@ from django.utils import timezone
 
 from sequence.declare import cron
 from sequence.declare.conf import settings
-from sequence.declare.definitions import Schedule, SequenceDefinition, SkipTick
+from sequence.declare.definitions import SequenceDefinition
 from sequence.declare.exceptions import InvalidData
 from sequence.declare.registry import registered
+from sequence.declare.schedule import Schedule, SkipTick
 from sequence.engine.rq.dispatch import get_queue, queue_for
 from sequence.engine.starting import start
 from sequence.models import SequenceRecord
