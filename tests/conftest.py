@@ -91,13 +91,7 @@ class Workers:
             proc.wait(timeout=10)
         # RQ's forking worker puts each work-horse in a process group of its own: kill,
         # by pid, whatever is left in the workers' sessions.
-        deadline = time.monotonic() + 10
-        while left := [pid for p in self.procs for pid in session_members(p.pid)]:
-            assert time.monotonic() < deadline, f"processes left after SIGKILL: {left}"
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+        kill_sessions(self.procs)
 
     def output(self) -> str:
         return "\n".join(
@@ -127,6 +121,28 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(tmp_path)
     yield pool
     pool.stop_all()
+
+
+def kill_sessions(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL, by pid, whatever is left in these processes' sessions (a work-horse, RQ's
+    scheduler, one forked while the session was being killed), until none is left."""
+    deadline = time.monotonic() + 10
+    while left := [pid for p in procs for pid in session_members(p.pid)]:
+        assert time.monotonic() < deadline, f"processes left after SIGKILL: {left}"
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], what: str, limit: float = 30) -> float:
+    """Seconds until ``proc`` exits; the test fails if it still runs ``limit`` s later."""
+    start = time.monotonic()
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what}: still running {limit}s later")
+    return time.monotonic() - start
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30, message: str = "") -> object:

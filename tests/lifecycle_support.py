@@ -7,7 +7,8 @@ from typing import Any
 from django.contrib.auth.models import Permission, User
 
 from sequence.engine.rq.dispatch import get_queue, job_id
-from sequence.models import SequenceRecord
+from sequence.models import SequenceRecord, StepAttempt
+from testproject.testapp.models import Ledger
 
 
 def run_jobs(*queues: str) -> None:
@@ -59,3 +60,16 @@ def make_record(**fields: Any) -> SequenceRecord:
         "data": {},
     }
     return SequenceRecord.objects.create(**{**defaults, **fields})
+
+
+def ledger(seq_id: int) -> list[str]:
+    """The steps a sequence's code recorded in the test app's ledger, in order."""
+    return list(
+        Ledger.objects.filter(sequence_id=seq_id).order_by("id").values_list("step", flat=True)
+    )
+
+
+def history(seq_id: int) -> list[tuple[str, str]]:
+    """A sequence's attempts as (step, outcome), in order."""
+    rows = StepAttempt.objects.filter(sequence_id=seq_id).order_by("id")
+    return [(row.step, row.outcome) for row in rows]

@@ -16,7 +16,7 @@ from sequence import (
     signals,
 )
 from sequence.engine.states import Outcome, Status
-from sequence.models import SequenceRecord, StepAttempt
+from sequence.models import SequenceRecord
 from testproject.testapp.models import Ledger
 from testproject.testapp.sequences import (
     Cancelable,
@@ -28,20 +28,9 @@ from testproject.testapp.sequences import (
 )
 
 from .conftest import wait_for
-from .lifecycle_support import run_jobs
+from .lifecycle_support import history, ledger, run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def ledger(seq_id: int) -> list[str]:
-    return list(
-        Ledger.objects.filter(sequence_id=seq_id).order_by("id").values_list("step", flat=True)
-    )
-
-
-def history(seq_id: int) -> list[tuple[str, str]]:
-    rows = StepAttempt.objects.filter(sequence_id=seq_id).order_by("id")
-    return [(row.step, row.outcome) for row in rows]
 
 
 # -- durable compensation -----------------------------------------------------------------

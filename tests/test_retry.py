@@ -15,27 +15,15 @@ from sequence import (
 from sequence.engine.rq.dispatch import get_queue, job_id
 from sequence.engine.states import Status
 from sequence.models import StepAttempt
-from testproject.testapp.models import Ledger
 from testproject.testapp.saga import PlaceOrder
 from testproject.testapp.sequences import (
     BackingOff,
     OnlyTimeouts,
 )
 
-from .lifecycle_support import run_jobs
+from .lifecycle_support import ledger, run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def ledger(seq_id: int) -> list[str]:
-    return list(
-        Ledger.objects.filter(sequence_id=seq_id).order_by("id").values_list("step", flat=True)
-    )
-
-
-def history(seq_id: int) -> list[tuple[str, str]]:
-    rows = StepAttempt.objects.filter(sequence_id=seq_id).order_by("id")
-    return [(row.step, row.outcome) for row in rows]
 
 
 def test_fail_fails_the_step_at_once_and_leaves_its_job_in_rqs_failed_registry():

@@ -38,7 +38,7 @@ from testproject.testapp.sequences import (
     ThreeSteps,
 )
 
-from .conftest import wait_for
+from .conftest import wait_exit, wait_for
 from .lifecycle_support import run_jobs
 from .redis_server import free_port
 
@@ -72,16 +72,6 @@ def _listening(proc: subprocess.Popen[bytes]) -> bool:
     return bool(mine) and bool(connection.exists("rq:scheduler-lock:default"))
 
 
-def _wait_exit(proc: subprocess.Popen[bytes], what: str, limit: float = 90) -> float:
-    """Seconds until ``proc`` exits (failing past ``limit``)."""
-    start = time.monotonic()
-    try:
-        proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{what}: still running {limit}s later")
-    return time.monotonic() - start
-
-
 # -- stopping -----------------------------------------------------------------------------
 
 
@@ -93,7 +83,7 @@ def test_an_idle_rqworker_with_sequences_worker_class_exits_within_the_bound(wor
         ThreeSteps.start({}).wait(30)
         wait_for(lambda p=proc: _listening(p), timeout=30, message="the worker and its scheduler")
         os.kill(proc.pid, signal.SIGTERM)
-        took.append(_wait_exit(proc, f"idle rqworker --worker-class {worker_class}"))
+        took.append(wait_exit(proc, f"idle rqworker --worker-class {worker_class}", limit=90))
         assert proc.returncode == 0, workers.output()
     print("stop times", took)
     assert max(took) < BOUND, f"stop times {took}"
@@ -104,7 +94,7 @@ def test_a_burst_rqworker_with_sequences_worker_class_exits_within_the_bound(wor
     for _ in range(REPEAT):
         seq = ThreeSteps.start({})
         proc = workers.rqworker(*_command(worker_class, "--burst"))
-        _wait_exit(proc, f"burst rqworker --worker-class {worker_class}")
+        wait_exit(proc, f"burst rqworker --worker-class {worker_class}", limit=90)
         exited = time.time()
         assert proc.returncode == 0, workers.output()
         seq.refresh()

@@ -22,7 +22,7 @@ from django.db.models import Max
 from sequence.models import SequenceRecord, StepAttempt, WorkerBeat
 from sequence.ops.worker import PUBSUB_READ, build_worker
 from testproject.testapp.sequences import ThreeSteps
-from tests.conftest import wait_for
+from tests.conftest import wait_exit, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -30,16 +30,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 BOUND = 2.0
 REPEAT = 3
 KINDS = ["simple", "fork"]
-
-
-def _wait_exit(proc: subprocess.Popen[bytes], what: str, limit: float = 30) -> float:
-    """Seconds until ``proc`` exits (failing past ``limit``), with its exit status checked."""
-    start = time.monotonic()
-    try:
-        proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{what}: the worker was still running {limit}s later")
-    return time.monotonic() - start
 
 
 def _idle(workers, kind: str) -> subprocess.Popen[bytes]:
@@ -57,7 +47,7 @@ def test_an_idle_worker_exits_within_the_bound(workers, redis_db, kind, sig):
     for _ in range(REPEAT):
         proc = _idle(workers, kind)
         os.kill(proc.pid, sig)
-        took.append(_wait_exit(proc, f"idle {kind} worker after {sig.name}"))
+        took.append(wait_exit(proc, f"idle {kind} worker after {sig.name}"))
         assert proc.returncode == 0
         # Its scheduler's lock is gone with it: the next worker's scheduler starts at once.
         assert not redis_db.exists("rq:scheduler-lock:default")
@@ -75,7 +65,7 @@ def test_a_busy_worker_commits_its_step_then_exits_within_the_bound(workers, kin
             message="step 1 running",
         )
         os.kill(proc.pid, signal.SIGTERM)
-        _wait_exit(proc, f"busy {kind} worker")
+        wait_exit(proc, f"busy {kind} worker")
         exited = time.time()
         assert proc.returncode == 0
         seq.refresh()
@@ -103,7 +93,7 @@ def test_a_second_signal_stops_a_busy_worker_at_once_and_its_step_is_recovered(w
         os.kill(proc.pid, signal.SIGTERM)
         time.sleep(1.1)  # RQ ignores a second signal within a second of the first
         os.kill(proc.pid, signal.SIGTERM)
-        assert _wait_exit(proc, f"busy {kind} worker, signalled twice") < BOUND
+        assert wait_exit(proc, f"busy {kind} worker, signalled twice") < BOUND
         # A later worker takes the step over, as from a killed worker.
     seq.refresh()
     assert seq.status in ("running", "retrying", "pending")
@@ -121,7 +111,7 @@ def test_a_burst_worker_exits_within_the_bound_of_its_queues_emptying(workers, k
     for _ in range(REPEAT):
         seq = ThreeSteps.start({})
         proc = workers.start(kind=kind, burst=True)[0]
-        _wait_exit(proc, f"burst {kind} worker")
+        wait_exit(proc, f"burst {kind} worker")
         exited = time.time()
         seq.refresh()
         assert seq.status == "completed", workers.output()

@@ -25,7 +25,7 @@ from sequence.engine.states import Status
 from sequence.models import SequenceRecord
 from sequence.ops import faults
 
-from ..conftest import Workers, session_members
+from ..conftest import Workers, kill_sessions, session_members
 from ..redis_server import binary, free_port, listening
 from . import journal
 
@@ -84,13 +84,7 @@ class Fleet(Workers):
             proc.wait(timeout=10)
         # A process forked while its session was being killed (RQ's scheduler, a
         # work-horse) escapes the first round: kill again until none is left.
-        deadline = time.monotonic() + 10
-        while left := [pid for p in self.procs for pid in session_members(p.pid)]:
-            assert time.monotonic() < deadline, f"processes left after SIGKILL: {left}"
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+        kill_sessions(self.procs)
 
 
 @pytest.fixture(scope="session")
