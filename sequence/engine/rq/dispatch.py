@@ -352,9 +352,10 @@ def dispatch(work: Work, queue: str, spec: StepSpec | None, *, confirm: bool = T
         )
     except Exception:
         logger.exception(
-            "Could not queue %s of sequence %s; the recovery sweep will.",
-            work.job_id,
+            "Could not queue step %s of sequence %s (job %s); the recovery sweep will.",
+            work.index,
             work.sequence,
+            work.job_id,
         )
         return False
     if confirm:
