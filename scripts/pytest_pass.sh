@@ -21,7 +21,7 @@ if [ "$database" = postgres ]; then
     "$python" scripts/postgres.py "$PG_URL" || rc=$?
     if [ "$rc" = 1 ]; then
         echo "== $name: SKIPPED (no PostgreSQL at $PG_URL)"
-        echo skipped > "$out/skipped"
+        echo "no PostgreSQL" > "$out/skipped"
         exit 0
     elif [ "$rc" != 0 ]; then
         exit "$rc"

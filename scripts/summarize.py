@@ -51,7 +51,8 @@ def main() -> int:
     for name in names:
         folder = OUTPUT / name
         if (folder / "skipped").exists():
-            say(f"   {name:<34} skipped (no PostgreSQL)")
+            why = (folder / "skipped").read_text().strip() or "no PostgreSQL"
+            say(f"   {name:<34} skipped ({why})")
             continue
         report = folder / "junit.xml"
         ran = versions(folder)

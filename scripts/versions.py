@@ -1,6 +1,9 @@
 """Print the versions this Python runs the suite with, on one line.
 
     python scripts/versions.py [--postgres]
+    python scripts/versions.py --same-as OTHER_PYTHON   exit 0 if OTHER's environment has
+                                                        every distribution of this one, at
+                                                        the same version
 
 ``Python 3.12.1, Django 6.1.3, rq 2.12.0, django-rq 4.2.0, redis-py 8.2.0, croniter 7.0.0``,
 and psycopg's with --postgres. Read from the installed distributions' metadata, so
@@ -32,5 +35,27 @@ def line(postgres: bool = False) -> str:
     return ", ".join(parts)
 
 
+def distributions() -> dict[str, str]:
+    """Every installed distribution of this Python, by normalized name, with its version."""
+    from importlib.metadata import distributions as all_of
+
+    return {d.metadata["Name"].lower().replace("_", "-"): d.version for d in all_of()}
+
+
+def same_as(other_python: str) -> bool:
+    """Whether every distribution installed here is installed at the same version in the
+    environment of ``other_python`` (which may hold more: linters, the docs' tools)."""
+    import json
+    import subprocess
+
+    code = "import json, scripts.versions as v; print(json.dumps(v.distributions()))"
+    found = subprocess.run([other_python, "-c", code], capture_output=True, text=True, check=True)
+    theirs = json.loads(found.stdout)
+    return all(theirs.get(name) == version for name, version in distributions().items())
+
+
 if __name__ == "__main__":
-    print(line(postgres="--postgres" in sys.argv[1:]))
+    args = sys.argv[1:]
+    if args[:1] == ["--same-as"]:
+        sys.exit(0 if same_as(args[1]) else 1)
+    print(line(postgres="--postgres" in args))
