@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import redis.exceptions
 
 from sequence.engine.rq.dispatch import get_queue
 from testproject.testapp.faults import FaultChain
@@ -63,8 +64,18 @@ def test_redis_unreachable_when_the_next_step_is_dispatched(fleet, private_redis
     wait_for(lambda: "Could not queue step 2" in fleet.output(), timeout=30)
     time.sleep(3)
     server.start()  # back, with what it had (append-only file)
+    wait_for(_loaded, timeout=30, message="Redis to load its append-only file")
     assert get_queue("default").count > 0
     settle(ids, timeout=90)
     assert Effect.objects.filter(seq_id=held).count() == 1
     assert BodyRun.objects.filter(seq_id=held, step="Pay").count() == 1
     assert_ok(check("9 Redis unreachable at dispatch", ids, faults={"redis_down_seconds": 3}))
+
+
+def _loaded() -> bool:
+    """Whether the restarted server answers (it refuses with BusyLoadingError while it
+    reads its append-only file back)."""
+    try:
+        return bool(get_queue("default").connection.ping())
+    except redis.exceptions.BusyLoadingError:
+        return False
