@@ -21,6 +21,7 @@ from django.db import connection
 from django.utils import timezone
 from rq import Queue
 
+from sequence.declare.registry import find_step
 from sequence.engine import recovery
 from sequence.engine.rq import registries
 from sequence.engine.rq.dispatch import ENTRY_POINT, get_queue, job_id
@@ -106,9 +107,16 @@ def test_the_sweep_knows_the_current_step_of_each_row():
     assert recovery._step(rows[first.pk]) == plan[0]
     assert recovery._step(rows[last.pk]) == plan[-1]
     assert recovery._step(rows[past.pk]) == "?"
-    # A whole row (as the runner passes one) gives the same answer from its plan.
+    assert spec(rows[last.pk]) is FaultChain.step_named(plan[-1])
+    assert spec(rows[past.pk]) is None
+    # A whole row (as the runner passes one) gives the same answers from its plan.
     whole = SequenceRecord.objects.get(pk=last.pk)
-    assert recovery._step(whole) == plan[-1]
+    assert (recovery._step(whole), spec(whole)) == (plan[-1], spec(rows[last.pk]))
+
+
+def spec(record: SequenceRecord):
+    """The current definition of the row's current step, as the sweep looks it up."""
+    return find_step(record.name, recovery._step(record))
 
 
 def test_the_sweep_holds_one_batch_at_a_time():

@@ -92,6 +92,11 @@ class Health:
     def healthy(self) -> bool:
         return not self.problems
 
+    @property
+    def exit_code(self) -> int:
+        """What ``sequence health`` exits with: 0 healthy, 1 not."""
+        return 0 if self.healthy else 1
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the fields, with ``healthy`` and the stuck total."""
         found = asdict(self)
