@@ -15,7 +15,6 @@ This module decides what happens when; the statements are the state machine's
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -210,7 +209,7 @@ def _run_inline(
     timeout = timeout_of(spec)
     job_timeout.fired = False
     inline.rearm(timeout)
-    taker = dataclasses.replace(taker, timeout=timeout, entered=time.monotonic())
+    taker = Taker(worker=taker.worker, token=taker.token, timeout=timeout, entered=time.monotonic())
     try:
         claim = transitions.claim(work, taker)
     except Exception:
@@ -334,18 +333,19 @@ def _after_commit(
     due = move.now == Status.PENDING
     # None for a step a deploy removed: its job fails the sequence, naming it.
     next_spec = cls.step_named(record.plan[next_index]) if due else None
-    work = Work(sequence=record.pk, index=next_index, epoch=record.epoch + 1)
-    if next_spec is not None and may_inline(next_spec, record.queue):
-        # Not queued: this job claims it next; the outbox entry covers a crash meanwhile.
-        follow = (work, record.queue, next_spec)
-    elif due:
-        # Unconfirmed: the next claim clears the outbox entry (one write less per step).
-        dispatch(work, record.queue, next_spec, confirm=False)
-        points.fire(
-            "after_dispatch",
-            **claim.context(step=next_index, epoch=record.epoch + 1),
-            queue=record.queue, spec=next_spec,
-        )  # fmt: skip
+    if due:
+        work = Work(sequence=record.pk, index=next_index, epoch=record.epoch + 1)
+        if next_spec is not None and may_inline(next_spec, record.queue):
+            # Not queued: this job claims it next; the outbox entry covers a crash meanwhile.
+            follow = (work, record.queue, next_spec)
+        else:
+            # Unconfirmed: the next claim clears the outbox entry (one write less per step).
+            dispatch(work, record.queue, next_spec, confirm=False)
+            points.fire(
+                "after_dispatch",
+                **claim.context(step=next_index, epoch=record.epoch + 1),
+                queue=record.queue, spec=next_spec,
+            )  # fmt: skip
     took = timezone.now() - claim.started_at
     if move.now == Status.COMPLETED:
         then = "the sequence is completed"
