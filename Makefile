@@ -40,13 +40,13 @@ REQS := scripts/requirements
 
 # The suite's passes: name, environment, database, Redis database (one per pass, so
 # passes running side by side never flush each other's queues).
-PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-sqlite py311-django52-postgres \
-	py313-django60-sqlite py312-newest-sqlite py311-lowest-sqlite py312-django6-postgres-rqworker
+PASSES := py312-django6-sqlite py312-django6-postgres py311-django52-postgres py312-django6-workers \
+	py311-django52-sqlite py311-lowest-sqlite py312-newest-sqlite py313-django60-sqlite
 # How many passes run at once. The suite mostly waits on worker processes (the load
 # stays under the two cores with two passes), and each pass has its own test database
 # and Redis database, so four run side by side: the two long ones (listed first) on two
-# slots, the shorter ones one after another on the other two, the storm last;
-# TEST_JOBS=1 runs them one by one.
+# slots, the static checks and then the shorter passes one after another on the other
+# two; TEST_JOBS=1 runs them one by one.
 TEST_JOBS ?= 4
 # Extra pytest arguments, e.g. PYTEST_ARGS="-k retry -x".
 PYTEST_ARGS ?=
@@ -55,11 +55,17 @@ PYTEST_ARGS ?=
 # anything marked slow): those take two thirds of a pass and test the engine against
 # RQ, Redis and the database rather than Django, and they run on the primary env on
 # both databases. LTS_PYTEST_ARGS= runs the whole suite there too.
-# How a worker process stops depends on Python, RQ and redis-py, not on Django or the
-# database: those tests run on the primary env on SQLite and on the newest and lowest
-# passes (redis-py 8.2 and 5.0), and are left out of the others.
+# How a worker process stops, and django-rq's rqworker under faults, depend on Python,
+# RQ and redis-py, not on Django or the database, and mostly wait on processes and on
+# RQ's own timers (its scheduler lock outlives a killed holder by a minute): those tests
+# run in a pass of their own on the primary env (PostgreSQL, where a killed horse's
+# claim can outlive it), beside the long passes, and on the newest and lowest passes
+# (redis-py 8.2 and 5.0); the other passes leave them out.
 STOP_TESTS := tests/test_worker_stop.py tests/test_rqworker.py
+RQWORKER_FAULTS := tests/faults/test_rqworker_storm.py tests/faults/test_rqworker_scheduler.py
+WORKER_TESTS := $(STOP_TESTS) $(RQWORKER_FAULTS)
 SKIP_STOP := $(addprefix --ignore=,$(STOP_TESTS))
+SKIP_WORKER_TESTS := $(addprefix --ignore=,$(WORKER_TESTS))
 LTS_PYTEST_ARGS ?= -m "not slow" --ignore=tests/faults $(SKIP_STOP)
 # The same for the pass on Python 3.13 + Django 6.0, the versions between the two above
 # (declared in pyproject.toml), on SQLite: the suite less the fault tests and the browser.
@@ -69,10 +75,9 @@ MID_PYTEST_ARGS ?= $(LTS_PYTEST_ARGS) --ignore=tests/browser
 # browser tests shows; the fault tests run on the primary env.
 NEWEST_PYTEST_ARGS ?= -m "not slow" --ignore=tests/faults --ignore=tests/browser
 LOWEST_PYTEST_ARGS ?= $(NEWEST_PYTEST_ARGS)
-RQWORKER_STORM := tests/faults/test_rqworker_storm.py
 
 .PHONY: help env envs lint format typecheck check docs-build docs package static pytest test \
-	passes bench demo admin clean FORCE \
+	passes static-checks bench demo admin clean FORCE \
 	$(addprefix pass-,$(PASSES))
 
 help:
@@ -171,14 +176,11 @@ static: lint typecheck check docs-build package
 # -- tests -----------------------------------------------------------------------
 
 pass-py312-django6-sqlite: env
-	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) sqlite 15 --ignore=$(RQWORKER_STORM) $(PYTEST_ARGS)
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) sqlite 15 $(SKIP_WORKER_TESTS) $(PYTEST_ARGS)
 pass-py312-django6-postgres: env
-	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) postgres 14 --ignore=$(RQWORKER_STORM) $(SKIP_STOP) $(PYTEST_ARGS)
-# The storm on django-rq's rqworker mostly waits out a lease (about two minutes): it
-# runs once, on PostgreSQL (where a killed horse's claim can outlive it), as a pass of
-# its own beside the others rather than at the end of the longest ones.
-pass-py312-django6-postgres-rqworker: env
-	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) postgres 10 $(RQWORKER_STORM) $(PYTEST_ARGS)
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) postgres 14 $(SKIP_WORKER_TESTS) $(PYTEST_ARGS)
+pass-py312-django6-workers: env
+	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY) postgres 10 $(WORKER_TESTS) $(PYTEST_ARGS)
 pass-py311-django52-sqlite: $(ENV_LTS)/.installed
 	scripts/pytest_pass.sh $(subst pass-,,$@) $(PY_LTS) sqlite 13 $(LTS_PYTEST_ARGS) $(PYTEST_ARGS)
 pass-py311-django52-postgres: $(ENV_LTS)/.installed
@@ -206,10 +208,17 @@ pass-py311-lowest-sqlite: $(ENV_LOWEST)/.installed
 passes: envs
 	@scripts/browser_deps.sh
 	@rc=0; \
-	$(MAKE) -k -j$(TEST_JOBS) --output-sync=target $(addprefix pass-,$(PASSES)) || rc=$$?; \
+	$(MAKE) -k -j$(TEST_JOBS) --output-sync=target $(call ordered,$(addprefix pass-,$(PASSES))) || rc=$$?; \
 	$(PY) scripts/redis_url.py --name test --stop; \
 	$(PY) scripts/summarize.py $(PASSES) || rc=1; \
 	exit $$rc
+
+# The goals of one parallel make, in the order they start: the two long passes first,
+# then (with WITH_STATIC=1) the static checks, then the rest.
+ordered = $(wordlist 1,2,$(1)) $(if $(WITH_STATIC),static-checks) $(wordlist 3,99,$(1))
+
+static-checks:
+	@$(MAKE) -k static || { echo "== static checks FAILED (see above)"; exit 1; }
 
 # The quick local loop: the primary environment on SQLite.
 pytest: env
@@ -217,12 +226,12 @@ pytest: env
 	$(PY) scripts/redis_url.py --name test --stop; exit $$rc
 
 # Everything CI runs. Static checks and the passes all run even when one fails, so one
-# run shows every problem; the exit status is non-zero if anything failed.
+# run shows every problem; the exit status is non-zero if anything failed. The static
+# checks run beside the passes, as one more job of the same parallel make.
 test:
 	@start=$$(date +%s); rc=0; \
 	$(MAKE) -j2 --output-sync=target envs UPGRADE_NEWEST=1; \
-	$(MAKE) -k static || { rc=$$?; echo "== static checks FAILED (see above)"; }; \
-	$(MAKE) passes || rc=$$?; \
+	$(MAKE) passes WITH_STATIC=1 || rc=$$?; \
 	echo "== make test: $$([ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start ))s"; \
 	$(PY) scripts/summarize.py --total $(PASSES) || true; \
 	exit $$rc

@@ -193,32 +193,3 @@ def test_an_rqworker_killed_while_sequences_sleep_a_new_one_wakes_them_on_time(f
     assert max(late) < WAKE_BOUND, late
     assert_ok(check("16 rqworker killed mid-sleep", ids, faults={"workers_killed": 1}))
     woken_once(ids)
-
-
-@pytest.mark.slow
-def test_an_rqworker_killed_with_its_scheduler_leaves_the_wake_ups_to_a_later_worker(
-    fleet, redis_db
-):
-    first = fleet.rqworker(*RQWORKER, env=fleet.base_env)
-    ids = _sleepers(5, seconds=3)
-    _wake_times(ids)
-    fleet.kill_all_of(first)  # the worker, its horse and RQ's scheduler
-    first.wait(timeout=10)
-    # RQ's scheduler lock outlives a killed holder by up to 60 s, and a worker started
-    # meanwhile does not look for it again before RQ's maintenance (10 minutes).
-    wait_for(
-        lambda: not redis_db.exists("rq:scheduler-lock:default"),
-        timeout=75,
-        message="RQ's scheduler lock expired",
-    )
-    assert all_in(ids, Status.SLEEPING)  # overdue: no sweep runs, no worker's wake pass
-    started = timezone.now()
-    fleet.rqworker(*RQWORKER, env=fleet.base_env)
-    # The wake-up jobs were kept in Redis: the new worker's scheduler queues them at once.
-    settle(ids, timeout=60, done={Status.COMPLETED}, sweep=False)
-    late = _lateness(dict.fromkeys(ids, started))
-    assert max(late) < WAKE_BOUND + 5, late  # with the worker's start-up
-    assert_ok(
-        check("16 rqworker and its scheduler killed mid-sleep", ids, faults={"workers_killed": 1})
-    )
-    woken_once(ids)
