@@ -16,6 +16,7 @@ from sequence.management.cli.args import add_parsers
 from sequence.management.cli.show import Output, handle_list, handle_show
 from sequence.management.cli.steer import (
     PAST,
+    Request,
     handle_action,
     handle_prune,
     handle_send,
@@ -32,7 +33,7 @@ def run(command: BaseCommand, subcommand: str, options: dict[str, Any]) -> None:
     """Run one steering subcommand with its parsed ``options``."""
     out = Output(command, bool(options.pop("json", False)))
     if subcommand in PAST:
-        handle_action(out, subcommand, **options)
+        handle_action(out, Request.of(subcommand, options))
     elif subcommand == "list":
         handle_list(out, **options)
     elif subcommand == "show":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import CommandError
@@ -95,54 +96,48 @@ def handle_many(
         out.line(f"No sequence is named {name!r}: names are app_label.ClassName.{hint}")
 
 
-def handle_action(
-    out: Output,
-    action: str,
-    ids: list[int],
-    data: dict[str, Any] | None = None,
-    from_step: str | None = None,
-    force: bool = False,
-    compensate: bool = False,
-    name: str | None = None,
-    status: list[str] | None = None,
-    **_: Any,
-) -> None:
-    if name is not None and ids:
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """What ``pause``, ``resume``, ``cancel`` or ``retry`` was asked to do, and to which."""
+
+    action: str
+    ids: list[int]
+    name: str | None = None
+    status: list[str] | None = None
+    data: dict[str, Any] | None = None  # retry: corrections merged first
+    from_step: str | None = None  # retry: onto the current plan, from this step
+    force: bool = False  # retry: even after compensations ran
+    compensate: bool = False  # cancel: run the compensations
+
+    @classmethod
+    def of(cls, action: str, options: dict[str, Any]) -> Request:
+        known = {f.name for f in fields(cls)} - {"action"}
+        return cls(action=action, **{k: v for k, v in options.items() if k in known})
+
+    def apply(self, sequence_id: int) -> SequenceRecord:
+        if self.action == "retry":
+            return steering.retry(
+                sequence_id, self.data, from_step=self.from_step, force=self.force
+            )
+        if self.action == "cancel":
+            return steering.cancel(sequence_id, compensate=self.compensate)
+        return steering.ACTIONS[self.action](sequence_id)
+
+
+def handle_action(out: Output, request: Request) -> None:
+    action = request.action
+    if request.name is not None and request.ids:
         raise CommandError("Give sequence ids or --name, not both.")
-    if name is not None:
-        handle_many(out, action, name, status, compensate)
+    if request.name is not None:
+        handle_many(out, action, request.name, request.status, request.compensate)
         return
-    if status:
+    if request.status:
         raise CommandError("--status goes with --name: give --name NAME --status STATUS.")
-    if not ids:
+    if not request.ids:
         raise CommandError(
             f"Say which sequences to {action}: their ids, or --name NAME [--status STATUS]."
         )
-    results: list[dict[str, Any]] = []
-    for sequence_id in dict.fromkeys(ids):  # each id once, in the order given
-        before = (
-            SequenceRecord.objects.filter(pk=sequence_id).values_list("status", flat=True).first()
-        )
-        try:
-            if action == "retry":
-                record = steering.retry(sequence_id, data, from_step=from_step, force=force)
-            elif action == "cancel":
-                record = steering.cancel(sequence_id, compensate=compensate)
-            else:
-                record = steering.ACTIONS[action](sequence_id)
-        except (UnknownSequence, InvalidTransition, InvalidData) as exc:
-            results.append({"id": sequence_id, "ok": False, "error": str(exc)})
-            if not out.as_json:
-                out.error(out.command.style.ERROR(f"#{sequence_id}: {exc}"))
-            continue
-        changed = record.status != before or action == "retry"
-        results.append({"id": sequence_id, "ok": True, "changed": changed, "status": record.status})
-        if out.as_json:
-            continue
-        if changed:
-            out.line(f"#{sequence_id} {PAST[action]}: {before} -> {out.status(record.status)}")
-        else:
-            out.line(f"#{sequence_id} unchanged: already {out.status(record.status)}")
+    results = [_steer_one(out, request, pk) for pk in dict.fromkeys(request.ids)]  # in order
     if out.as_json:
         out.json(results)
     failed = [r for r in results if not r["ok"]]
@@ -150,6 +145,26 @@ def handle_action(
         raise CommandError(
             f"{len(failed)} of {len(results)} sequences could not be {PAST[action]}."
         )
+
+
+def _steer_one(out: Output, request: Request, sequence_id: int) -> dict[str, Any]:
+    """Apply the request to one sequence, print what it did; its JSON result."""
+    before = SequenceRecord.objects.filter(pk=sequence_id).values_list("status", flat=True).first()
+    try:
+        record = request.apply(sequence_id)
+    except (UnknownSequence, InvalidTransition, InvalidData) as exc:
+        if not out.as_json:
+            out.error(out.command.style.ERROR(f"#{sequence_id}: {exc}"))
+        return {"id": sequence_id, "ok": False, "error": str(exc)}
+    changed = record.status != before or request.action == "retry"
+    if not out.as_json:
+        if changed:
+            out.line(
+                f"#{sequence_id} {PAST[request.action]}: {before} -> {out.status(record.status)}"
+            )
+        else:
+            out.line(f"#{sequence_id} unchanged: already {out.status(record.status)}")
+    return {"id": sequence_id, "ok": True, "changed": changed, "status": record.status}
 
 
 def handle_prune(
