@@ -2,8 +2,9 @@
 
 Starts its own Redis, uses a SQLite file (WAL) and, when reachable, PostgreSQL, runs
 one driver process per database (``bench.driver``) and after each the worker stop time
-(``bench.stopping``), then Celery's chain for reference (when Celery is installed) and
-the admin list page on a million rows, and writes ``bench/RESULTS.md`` from what it
+(``bench.stopping``); on PostgreSQL the driver also runs the peers, DBOS and
+django-absurd (``bench.peers``), in the same repetitions as the others. Then Celery's
+chain for reference (when Celery is installed) and the admin list page on a million rows, and writes ``bench/RESULTS.md`` from what it
 measured. Prints how long each phase of its own run took, and the total, as it goes.
 
 Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
+PACKAGE = "django_absurd"
 QUEUE = "bench_g"
 TASK = "bench.absurd_tasks.chain"
 POLL = 0.01

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.app.timing import timed_work
 
+PACKAGE = "dbos"
 NAME = "bench-f"
 QUEUE = "bench-f"
 VERSION = "bench-1"

@@ -217,6 +217,9 @@ def matrix(
 ) -> None:
     # The peers run on PostgreSQL beside the recommended workers, in the same repetitions.
     peer_rows = peers.impls(plan) if connection.vendor == "postgresql" else []
+    missing = set(plan.get("peers", [])) - set(peers.available(plan))
+    if connection.vendor == "postgresql" and missing:
+        say(f"peers {', '.join(sorted(missing))} not installed: skipped (bench/requirements.txt)")
     if peer_rows:
         with phases("peers: template databases"):
             peers.prepare(plan, lambda cmd: procs.run_checked(cmd, out / "peers-prepare.log"))

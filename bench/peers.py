@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,11 +27,14 @@ MODULES: dict[str, ModuleType] = {"f": dbos_chain, "g": absurd_chain}
 SETTLE = 0.05
 
 
+def available(plan: dict[str, Any]) -> list[str]:
+    """The plan's peers whose package is installed (``bench/requirements.txt``)."""
+    return [peer for peer in plan.get("peers", []) if find_spec(MODULES[peer].PACKAGE)]
+
+
 def impls(plan: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(row name, peer, workflows at a time per process): ``f1``, ``f8``, ``g1``, ``g8``."""
-    return [
-        (f"{peer}{c}", peer, c) for peer in plan.get("peers", []) for c in plan["peer_concurrency"]
-    ]
+    return [(f"{peer}{c}", peer, c) for peer in available(plan) for c in plan["peer_concurrency"]]
 
 
 def url(name: str) -> str:
@@ -51,7 +55,7 @@ def template(peer: str) -> str:
 def prepare(plan: dict[str, Any], run: Callable[[list[str]], None]) -> None:
     """Make each peer's template database (dropped by ``drop_templates``)."""
     with server() as conn:
-        for peer in plan.get("peers", []):
+        for peer in available(plan):
             conn.execute(f"DROP DATABASE IF EXISTS {template(peer)} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {template(peer)}")
             run([procs.python(), "-m", MODULES[peer].__name__, "prepare", url(template(peer))])
@@ -59,7 +63,7 @@ def prepare(plan: dict[str, Any], run: Callable[[list[str]], None]) -> None:
 
 def drop_templates(plan: dict[str, Any]) -> None:
     with server() as conn:
-        for peer in plan.get("peers", []):
+        for peer in available(plan):
             conn.execute(f"DROP DATABASE IF EXISTS {template(peer)} WITH (FORCE)")
 
 

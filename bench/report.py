@@ -819,8 +819,9 @@ def headline(results: dict[str, Any]) -> list[str]:
     lines = [
         "| database | steps/s, 1 worker | steps/s, 2 workers | handoff latency "
         "| `sequence worker` vs RQ's forking worker | inline steps vs Celery's chain, "
-        "2 workers |",
-        "|---|---|---|---|---|---|",
+        "2 workers | vs django-absurd, 8 at a time, 1 / 2 workers "
+        "| vs DBOS, 8 at a time, 1 / 2 workers |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for db in results["databases"]:
         cells = []
@@ -834,6 +835,13 @@ def headline(results: dict[str, Any]) -> list[str]:
         cells.append(f"{med(rec) / med(fork):.1f}x" if fork and rec else "-")
         e, d = rates(db, "recommended", 2, "e"), celery_rates(results, 2)
         cells.append(f"{med(e) / med(d):.2f}x" if e and d else "-")
+        for peer in ("g", "f"):
+            pair = []
+            for workers in (1, 2):
+                c = rates(db, "recommended", workers, "c")
+                p = rates(db, "recommended", workers, NATURAL[peer])
+                pair.append(f"{med(c) / med(p):.2f}x" if c and p else "-")
+            cells.append(" / ".join(pair) if pair != ["-", "-"] else "-")
         lines.append(f"| {VENDORS[db['vendor']]} | {' | '.join(cells)} |")
     return lines
 
@@ -850,8 +858,8 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
     block = [
         README_START,
         "`sequence` as a multiple of the hand-written chain, on the same worker class and "
-        "database in one run; the last column is `sequence` with inline steps as a "
-        "multiple of Celery's chain ([bench/RESULTS.md]("
+        "database in one run; then `sequence` with inline steps as a multiple of Celery's "
+        "chain, and `sequence` as a multiple of the peers on PostgreSQL ([bench/RESULTS.md]("
         "https://github.com/django-rq-sequence/django-rq-sequence/blob/main/bench/RESULTS.md"
         ") has the spreads, the targets and the machine):",
         "",
