@@ -8,7 +8,9 @@ worker's figures while it runs and after it is killed. A statement is one query 
 each ``execute`` (``executemany``: one per parameter set) and each command psycopg
 sends itself (BEGIN, COMMIT, ROLLBACK, SAVEPOINT). A commit is a transaction the
 server commits: a COMMIT, or a statement run in autocommit mode outside a
-transaction block, as PostgreSQL's ``xact_commit`` counts them. Server-side figures
+transaction block (an ``executemany`` there is one: psycopg sends it as one pipeline),
+as PostgreSQL's ``xact_commit`` counts them; checked against it, connection by
+connection, when this was written (the server also counts one per new connection). Server-side figures
 (``pg_stat_database``) are not used: a backend reports them up to 10 s late, longer
 than a run. The wrapping costs about a microsecond per statement, for every contender.
 """
@@ -93,7 +95,7 @@ def _wrap_sync(cls: Any, counter: _Counter) -> None:
 
     def counted_many(self: Any, query: Any, params_seq: Any, *args: Any, **kw: Any) -> Any:
         params_seq = list(params_seq)
-        counter.add(len(params_seq), len(params_seq) * _commits(self.connection, query))
+        counter.add(len(params_seq), _commits(self.connection, query))
         return executemany(self, query, params_seq, *args, **kw)
 
     cls.execute, cls.executemany = counted_execute, counted_many
@@ -108,7 +110,7 @@ def _wrap_async(cls: Any, counter: _Counter) -> None:
 
     async def counted_many(self: Any, query: Any, params_seq: Any, *args: Any, **kw: Any) -> Any:
         params_seq = list(params_seq)
-        counter.add(len(params_seq), len(params_seq) * _commits(self.connection, query))
+        counter.add(len(params_seq), _commits(self.connection, query))
         return await executemany(self, query, params_seq, *args, **kw)
 
     cls.execute, cls.executemany = counted_execute, counted_many
