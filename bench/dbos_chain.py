@@ -77,9 +77,7 @@ def worker(url: str, index: str, concurrency: str, gate: str) -> None:
     conn = redis.Redis.from_url(os.environ["REDIS_URL"])
     conn.rpush(f"{gate}:in", "1")
     conn.blpop([gate], timeout=120)
-    DBOS.register_queue(
-        QUEUE, worker_concurrency=int(concurrency) or None, polling_interval_sec=POLL
-    )
+    DBOS.register_queue(QUEUE, worker_concurrency=int(concurrency), polling_interval_sec=POLL)
     threading.Event().wait()
 
 
