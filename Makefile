@@ -111,8 +111,8 @@ $(ENV_NEWEST)/.installed: pyproject.toml $(REQS)/test.txt scripts/mkenv.sh $(if 
 	PIP_UPGRADE_STRATEGY=eager scripts/mkenv.sh $(ENV_NEWEST) 3.12 3.12.1 $(REQS)/test.txt
 FORCE:
 
-# The benchmark's own: Celery's requirements (an older python-dateutil) must not change
-# the environment the suite runs in.
+# The benchmark's own: Celery's and the peers' requirements (an older python-dateutil,
+# SQLAlchemy) must not change the environment the suite runs in.
 $(ENV_BENCH)/.installed: pyproject.toml $(REQS)/django6.txt bench/requirements.txt scripts/mkenv.sh
 	scripts/mkenv.sh $(ENV_BENCH) 3.12 3.12.1 $(REQS)/django6.txt bench/requirements.txt
 
@@ -240,7 +240,8 @@ test:
 
 # The benchmark starts its own Redis and workers, prints where its time goes and the
 # total, and exits non-zero if it cannot write bench/RESULTS.md. Its environment has
-# Celery and py-spy, for the reference column and the profile.
+# Celery, DBOS and django-absurd (pinned), for the reference column and the peers, and
+# py-spy for the profile.
 bench: $(ENV_BENCH)/.installed
 	$(PY_BENCH) -m bench
 

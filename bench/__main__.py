@@ -2,8 +2,9 @@
 
 Starts its own Redis, uses a SQLite file (WAL) and, when reachable, PostgreSQL, runs
 one driver process per database (``bench.driver``) and after each the worker stop time
-(``bench.stopping``), then Celery's chain for reference (when Celery is installed) and
-the admin list page on a million rows, and writes ``bench/RESULTS.md`` from what it
+(``bench.stopping``); on PostgreSQL the driver also runs the peers, DBOS and
+django-absurd (``bench.peers``), in the same repetitions as the others. Then Celery's
+chain for reference (when Celery is installed) and the admin list page on a million rows, and writes ``bench/RESULTS.md`` from what it
 measured. Prints how long each phase of its own run took, and the total, as it goes.
 
 Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -48,6 +49,9 @@ WORKER_STOP = {"worker_stop": 10, "stop_gap": 0.3}
 # bench.stopping's own database on the bench's Redis (the drivers use 0, Celery 2): it
 # flushes it, and its workers' keys never mix with what a driver left queued.
 STOP_REDIS_DB = 3
+# The peers on PostgreSQL, (f) DBOS and (g) django-absurd, each at one workflow at a time
+# per process and at 8, on the recommended workers' 1 and 2 processes (bench.peers).
+PEERS = {"peers": ["f", "g"], "peer_concurrency": [1, 8]}
 # What a plan that measures only some parts turns off.
 PART = {
     "reps": 1, "queries": False, "matrix": False, "profile_seconds": 0, "scale": [],
@@ -79,6 +83,7 @@ PLANS: dict[str, dict[str, Any]] = {
         **START_MANY,
         **FOREACH,
         **WORKER_STOP,
+        **PEERS,
     },
     "quick": {
         "reps": 1,
@@ -102,12 +107,25 @@ PLANS: dict[str, dict[str, Any]] = {
         "foreach": 1000,
         "worker_stop": 3,
         "stop_gap": 0.3,
+        **PEERS,
     },
     # Parts, run alone (``--plan waiting,start_many``): everything else is off.
     "waiting": {**PART, **WAITING},
     "start_many": {**PART, **START_MANY},
     "foreach": {**PART, **FOREACH},
     "worker_stop": {**PART, **WORKER_STOP},
+    # The peers alone (PostgreSQL), on a small size: `--plan peers --only postgresql`.
+    "peers": {
+        **PART,
+        **PEERS,
+        "matrix": True,
+        "own": False,
+        "chains": 20,
+        "steps": 5,
+        "kinds": [["recommended", [1, 2]]],
+        "kind_chains": {"recommended": 20},
+        "latency_kinds": [],
+    },
 }
 
 
@@ -217,7 +235,7 @@ def parse_args() -> argparse.Namespace:
         help="Sizes and repetitions (default full; quick is a smoke test: small sizes, "
         "one repetition, and it writes bench/out/RESULTS.md unless --output says otherwise). "
         "Parts, comma-separated, measure only themselves: waiting, start_many, foreach, "
-        "worker_stop; with --output bench/RESULTS.md their sections replace theirs in the "
+        "worker_stop, peers (20 chains of 5 steps); with --output bench/RESULTS.md their sections replace theirs in the "
         "full table.",
     )
     parser.add_argument("--quick", action="store_true", help="Same as --plan quick.")

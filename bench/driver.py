@@ -25,7 +25,7 @@ django.setup()
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from bench import fanout, procs, waiting  # noqa: E402
+from bench import fanout, peers, procs, sqlcount, waiting  # noqa: E402
 from bench.app import jobs  # noqa: E402
 from bench.app.models import HandChain  # noqa: E402
 from bench.app.sequences import Fifty, Five, Gate, Long  # noqa: E402
@@ -39,7 +39,9 @@ INLINE_STEPS = 4
 SEQUENCE_IMPLS = ("c", "e")
 
 
-def impls_for(kind: str) -> tuple[str, ...]:
+def impls_for(kind: str, plan: dict[str, Any]) -> tuple[str, ...]:
+    if not plan.get("own", True):  # a plan of the peers alone
+        return ()
     return (*IMPLS, "e") if kind == "recommended" else IMPLS
 
 
@@ -178,18 +180,24 @@ def throughput(
     seeding = time.monotonic()
     seed(pool.impl, run, chains, steps, pool.queue)
     seeded = time.monotonic() - seeding
+    counts = sqlcount.read(timings.path.parent, pool.pids)
     cpu_before = pool.cpu()
     pool.release(key)
     lines = timings.wait(run, chains * steps, timeout=240, pools=[pool])
+    time.sleep(peers.SETTLE)
+    statements, commits = sqlcount.since(timings.path.parent, pool.pids, counts)
     cpu = pool.cpu() - cpu_before
     check_complete(lines, chains, steps)
     first = min(line[2] for line in lines)
     last = max(line[3] for line in lines)
-    return {
+    row = {
         "steps": len(lines), "seconds": last - first, "rate": len(lines) / (last - first),
         "cpu_ms": cpu / len(lines) * 1000,
         "seed_seconds": seeded, "wall_seconds": time.monotonic() - began,
     }  # fmt: skip
+    if os.environ.get("BENCH_SQLCOUNT_DIR"):
+        row.update(statements=statements / len(lines), commits=commits / len(lines))
+    return row
 
 
 def latency(pool: Pool, timings: Timings, steps: int) -> dict[str, Any]:
@@ -207,39 +215,79 @@ def latency(pool: Pool, timings: Timings, steps: int) -> dict[str, Any]:
 def matrix(
     plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any], phases: Phases
 ) -> None:
+    # The peers run on PostgreSQL beside the recommended workers, in the same repetitions.
+    peer_rows = peers.impls(plan) if connection.vendor == "postgresql" else []
+    missing = set(plan.get("peers", [])) - set(peers.available(plan))
+    if connection.vendor == "postgresql" and missing:
+        say(f"peers {', '.join(sorted(missing))} not installed: skipped (bench/requirements.txt)")
+    if peer_rows:
+        with phases("peers: template databases"):
+            peers.prepare(plan, lambda cmd: procs.run_checked(cmd, out / "peers-prepare.log"))
+    try:
+        for kind, counts in plan["kinds"]:
+            for n in counts:
+                matrix_cell(
+                    plan, out, timings, result, phases, kind, n,
+                    peer_rows if kind == "recommended" else [],
+                )  # fmt: skip
+    finally:
+        if peer_rows:
+            peers.drop_templates(plan)
+
+
+def matrix_cell(
+    plan: dict[str, Any], out: Path, timings: Timings, result: dict[str, Any], phases: Phases,
+    kind: str, n: int, peer_rows: list[tuple[str, str, int]],
+) -> None:  # fmt: skip
+    """Every contender on ``n`` workers of ``kind``, the repetitions interleaved."""
     reps = plan["reps"]
-    for kind, counts in plan["kinds"]:
-        chains = plan["kind_chains"][kind]
-        for n in counts:
-            pools: dict[str, Pool] = {}
-            try:
-                with phases(f"{kind} x{n}: start workers"):
-                    pools.update((impl, Pool(kind, impl, n, out)) for impl in impls_for(kind))
-                    # Parked at the first run's gate once up, so the runs time no start-up.
-                    gates = {impl: pools[impl].hold() for impl in impls_for(kind)}
-                with phases(f"{kind} x{n}: throughput, {reps} reps of {chains} chains"):
-                    for rep in range(reps):
-                        # Interleaved, so a slow moment of the machine hits every contender.
-                        for impl in impls_for(kind):
-                            row = throughput(
-                                pools[impl], timings, chains, plan["steps"], gates.pop(impl, None)
-                            )
-                            row.update(kind=kind, workers=n, impl=impl, rep=rep, chains=chains)
-                            result["throughput"].append(row)
-                            say(
-                                f"{kind} x{n} ({impl}) rep {rep + 1}/{reps}: "
-                                f"{row['rate']:.0f} steps/s"
-                            )
-                if n == 1 and kind in plan["latency_kinds"]:
-                    with phases(f"{kind} x1: handoff latency, {reps} reps"):
-                        for rep in range(reps):
-                            for impl in impls_for(kind):
-                                row = latency(pools[impl], timings, plan["latency_steps"])
-                                row.update(kind=kind, impl=impl, rep=rep)
-                                result["latency"].append(row)
-            finally:
-                for pool in pools.values():
-                    pool.stop()
+    chains = plan["kind_chains"][kind]
+    impls = impls_for(kind, plan)
+    pools: dict[str, Pool] = {}
+    try:
+        with phases(f"{kind} x{n}: start workers"):
+            pools.update((impl, Pool(kind, impl, n, out)) for impl in impls)
+            # Parked at the first run's gate once up, so the runs time no start-up.
+            gates = {impl: pools[impl].hold() for impl in impls}
+        with phases(f"{kind} x{n}: throughput, {reps} reps of {chains} chains"):
+            for rep in range(reps):
+                # Interleaved, so a slow moment of the machine hits every contender.
+                for impl in impls:
+                    row = throughput(
+                        pools[impl], timings, chains, plan["steps"], gates.pop(impl, None)
+                    )
+                    row.update(impl=impl)
+                    add_row(result, row, kind, n, rep, chains, reps)
+                for name, peer, concurrency in peer_rows:
+                    run = f"r{next(_runs)}"
+                    gate = jobs.queue("bench-c").connection
+                    row = peers.throughput(
+                        name, peer, concurrency, n, chains, plan["steps"], timings, gate, run
+                    )
+                    add_row(result, row, kind, n, rep, chains, reps)
+        if n == 1 and kind in plan["latency_kinds"] and impls:
+            with phases(f"{kind} x1: handoff latency, {reps} reps"):
+                for rep in range(reps):
+                    for impl in impls:
+                        row = latency(pools[impl], timings, plan["latency_steps"])
+                        row.update(kind=kind, impl=impl, rep=rep)
+                        result["latency"].append(row)
+    finally:
+        for pool in pools.values():
+            pool.stop()
+
+
+def add_row(
+    result: dict[str, Any], row: dict[str, Any], kind: str, n: int, rep: int, chains: int,
+    reps: int,
+) -> None:  # fmt: skip
+    row.update(kind=kind, workers=n, rep=rep, chains=chains)
+    result["throughput"].append(row)
+    per_step = f", {row['statements']:.1f} statements, {row['commits']:.1f} commits per step"
+    say(
+        f"{kind} x{n} ({row['impl']}) rep {rep + 1}/{reps}: {row['rate']:.0f} steps/s"
+        + (per_step if "statements" in row else "")
+    )
 
 
 SCALE_SWEEPS = {"SEQUENCE_RECOVER_INTERVAL": "10", "SEQUENCE_DISPATCH_GRACE": "5"}
@@ -378,6 +426,8 @@ def main() -> None:
     out = out_file.parent
     timings = Timings(out / f"timings-{connection.vendor}.log")
     os.environ["BENCH_TIMING_FILE"] = str(timings.path)
+    if connection.vendor == "postgresql":  # the workers count their statements (bench.sqlcount)
+        os.environ["BENCH_SQLCOUNT_DIR"] = str(out)
     phases = Phases(f"  [{connection.vendor}] ")
     result: dict[str, Any] = {
         "vendor": connection.vendor,

@@ -73,3 +73,17 @@ def cpu_seconds(pid: int) -> float:
     # utime, stime, cutime, cstime: fields 14-17 of proc(5), here offset by the 2 cut off
     ticks = sum(int(x) for x in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_checked(cmd: Sequence[str], log: Path, timeout: float = 300) -> None:
+    """Run a set-up command to its end (killed past ``timeout``); raise with its log if it fails."""
+    proc = spawn(cmd, env=dict(os.environ), log=log)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        kill(proc)
+    if code != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{tail}")

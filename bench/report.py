@@ -12,13 +12,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import absurd_chain, dbos_chain
+from bench.peers import SETTLE
+
 NAMES = {
     "a": "(a) bare RQ",
     "b": "(b) hand-written Django",
     "c": "(c) sequence",
     "d": "(d) Celery chain",
     "e": "(e) sequence, inline steps",
+    "f1": "(f) DBOS, 1 workflow at a time per process",
+    "f8": "(f) DBOS, 8 workflows at a time per process",
+    "g1": "(g) django-absurd, concurrency 1",
+    "g8": "(g) django-absurd, concurrency 8",
 }
+# Each peer at its natural concurrency, which the targets compare against.
+NATURAL = {"f": "f8", "g": "g8"}
 KINDS = {
     "recommended": "recommended (`manage.py sequence worker`)",
     "simple": "RQ `SimpleWorker`",
@@ -74,7 +83,10 @@ def machine() -> list[str]:
 
 def versions(results: dict[str, Any]) -> str:
     found = []
-    for name in ("django", "rq", "django-rq", "redis", "psycopg", "celery", "django-rq-sequence"):
+    for name in (
+        "django", "rq", "django-rq", "redis", "psycopg", "celery", "dbos", "django-absurd",
+        "django-rq-sequence",
+    ):  # fmt: skip
         with contextlib.suppress(metadata.PackageNotFoundError):
             found.append(f"{name} {metadata.version(name)}")
     found.append(f"Redis server {results['redis_version']}")
@@ -185,6 +197,96 @@ def throughput_section(results: dict[str, Any], targets: Targets) -> list[str]:
                 f"| {cell(b, '{:.2f}')} | {cell(c, '{:.2f}')} | {ratio_cell(b, c)} |"
             )
     return out
+
+
+def peers_section(results: dict[str, Any], targets: Targets) -> list[str]:
+    """The peers beside (b), (c) and (e) on PostgreSQL, with each contender's statements."""
+    dbs = [db for db in results["databases"] if any("statements" in r for r in db["throughput"])]
+    if not dbs:
+        return []
+    plan = results["plan"]
+    peers = [name for name in NAMES if name[0] in plan.get("peers", [])]
+    out = [
+        "## Peers on PostgreSQL",
+        "",
+        "(f) DBOS and (g) django-absurd, the durable engines on PostgreSQL, in the same "
+        "repetitions as the others (interleaved with them), on the same chains "
+        f"({plan['chains']} x {plan['steps']} steps, queued while the workers waited at a "
+        "gate) with the same step body and timing file. Each chain is one workflow (DBOS) "
+        "or task (django-absurd) whose steps are checkpointed steps, run in one process "
+        "with no queue trip between them. Each repetition of a peer runs in a database of "
+        "its own, copied from a freshly migrated template and dropped after it. "
+        f"Settings: {'; '.join(PEER_NOTES)}. "
+        "Workers: processes, as for the others; at 1 and at 8 workflows at a time per "
+        "process (DBOS's default is no limit, django-absurd's is 1). Steps/s: median "
+        "(min-max); ratios: (c) sequence, default settings, over the peer.",
+        "",
+        "| workers | (c) sequence | (e) sequence, inline steps | "
+        + " | ".join(NAMES[p] for p in peers)
+        + " | "
+        + " | ".join(f"(c)/({p})" for p in peers)
+        + " |",
+        "|---|---|---|" + "---|" * (2 * len(peers)),
+    ]
+    for db in dbs:
+        for workers in sorted({r["workers"] for r in rows(db, "throughput", kind="recommended")}):
+            c, e = rates(db, "recommended", workers, "c"), rates(db, "recommended", workers, "e")
+            got = {p: rates(db, "recommended", workers, p) for p in peers}
+            out.append(
+                f"| {workers} | {cell(c)} | {cell(e)} | "
+                + " | ".join(cell(got[p]) for p in peers)
+                + " | "
+                + " | ".join(ratio_cell(c, got[p]) for p in peers)
+                + " |"
+            )
+            for peer, floor in (("g", 1.0), ("f", 1.5)):
+                natural = got.get(NATURAL[peer])
+                if c and natural:
+                    value = med(c) / med(natural)
+                    targets.add(
+                        f"(c) sequence >= {floor}x {NAMES[NATURAL[peer]]}, PostgreSQL, "
+                        f"{workers} worker(s)",
+                        f"{value:.2f}x",
+                        value >= floor,
+                    )
+    out += [
+        "",
+        "Statements and commits per step, every contender on PostgreSQL in the same runs "
+        "(the recommended worker for (a)-(e)). Counted in each worker process "
+        "(`bench/sqlcount.py`): psycopg 3 is wrapped so that each query sent counts as a "
+        "statement (each `execute`, and the BEGIN, COMMIT, ROLLBACK psycopg sends itself), "
+        "and each COMMIT, or statement in autocommit mode outside a transaction block, "
+        "as a commit (what the server's `xact_commit` counts); from the workers' release to "
+        f"{SETTLE} s after the last step's timing line, divided by the steps. Polls of "
+        "an idle or waiting worker in that window count too. `pg_stat_database` is not "
+        "used: a backend reports its figures up to 10 s late. (a) touches no database.",
+        "",
+        "| workers | contender | steps/s | statements per step | commits per step |",
+        "|---|---|---|---|---|",
+    ]
+    for db in dbs:
+        for workers in sorted({r["workers"] for r in rows(db, "throughput", kind="recommended")}):
+            for impl in NAMES:
+                found = [
+                    r
+                    for r in rows(db, "throughput", kind="recommended", workers=workers, impl=impl)
+                    if "statements" in r
+                ]
+                if found:
+                    out.append(
+                        f"| {workers} | {NAMES[impl]} | {cell([r['rate'] for r in found])} "
+                        f"| {cell([r['statements'] for r in found], '{:.1f}')} "
+                        f"| {cell([r['commits'] for r in found], '{:.1f}')} |"
+                    )
+    return out
+
+
+PEER_NOTES = [
+    f"DBOS polls its queue every {dbos_chain.POLL} s (`polling_interval_sec`; its default "
+    "is 1 s), each process with its own `executor_id` and the same `application_version`",
+    f"django-absurd's `absurd_worker --poll-interval {absurd_chain.POLL}` (default 0.25 s), "
+    "its loggers at WARNING (at INFO it logs every step)",
+]
 
 
 def worker_section(results: dict[str, Any], targets: Targets) -> list[str]:
@@ -717,8 +819,9 @@ def headline(results: dict[str, Any]) -> list[str]:
     lines = [
         "| database | steps/s, 1 worker | steps/s, 2 workers | handoff latency "
         "| `sequence worker` vs RQ's forking worker | inline steps vs Celery's chain, "
-        "2 workers |",
-        "|---|---|---|---|---|---|",
+        "2 workers | vs django-absurd, 8 at a time, 1 / 2 workers "
+        "| vs DBOS, 8 at a time, 1 / 2 workers |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for db in results["databases"]:
         cells = []
@@ -732,6 +835,13 @@ def headline(results: dict[str, Any]) -> list[str]:
         cells.append(f"{med(rec) / med(fork):.1f}x" if fork and rec else "-")
         e, d = rates(db, "recommended", 2, "e"), celery_rates(results, 2)
         cells.append(f"{med(e) / med(d):.2f}x" if e and d else "-")
+        for peer in ("g", "f"):
+            pair = []
+            for workers in (1, 2):
+                c = rates(db, "recommended", workers, "c")
+                p = rates(db, "recommended", workers, NATURAL[peer])
+                pair.append(f"{med(c) / med(p):.2f}x" if c and p else "-")
+            cells.append(" / ".join(pair) if pair != ["-", "-"] else "-")
         lines.append(f"| {VENDORS[db['vendor']]} | {' | '.join(cells)} |")
     return lines
 
@@ -748,8 +858,8 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
     block = [
         README_START,
         "`sequence` as a multiple of the hand-written chain, on the same worker class and "
-        "database in one run; the last column is `sequence` with inline steps as a "
-        "multiple of Celery's chain ([bench/RESULTS.md]("
+        "database in one run; then `sequence` with inline steps as a multiple of Celery's "
+        "chain, and `sequence` as a multiple of the peers on PostgreSQL ([bench/RESULTS.md]("
         "https://github.com/django-rq-sequence/django-rq-sequence/blob/main/bench/RESULTS.md"
         ") has the spreads, the targets and the machine):",
         "",
@@ -764,6 +874,7 @@ def write(results: dict[str, Any], path: Path) -> None:
     body: list[str] = []
     for section in (
         throughput_section,
+        peers_section,
         worker_section,
         latency_section,
         queries_section,
@@ -803,7 +914,7 @@ def write(results: dict[str, Any], path: Path) -> None:
         update_readme(results, path.resolve().parent.parent / "README.md")
 
 
-PARTS = (waiting_section, start_many_section, foreach_section, worker_stop_section)
+PARTS = (peers_section, waiting_section, start_many_section, foreach_section, worker_stop_section)
 SEPARATELY = "- Measured separately:"
 
 

@@ -15,6 +15,9 @@ import sys
 
 def main() -> None:
     kind, jobs, queue_name = sys.argv[1:4]
+    from bench import sqlcount
+
+    sqlcount.install()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
     import django
 
