@@ -164,7 +164,7 @@ def test_show_history_prints_each_attempts_change_masked() -> None:
     call_command("sequence", "show", str(seq.id), "--history", stdout=out)
     lines = [line.strip() for line in out.getvalue().splitlines()]
     quote = lines.index(next(line for line in lines if line.startswith("1  Quote")))
-    assert lines[quote + 1 : quote + 3] == ["+ price: 120", "+ draft: null"]
+    assert lines[quote + 1 : quote + 3] == ["+ draft: null", "+ price: 120"]
     assert "~ price: 120 -> 100" in lines
     assert f'+ api_token: "{MASK}"' in lines
     assert "- draft" in lines

@@ -165,18 +165,19 @@ def summary(record: SequenceRecord) -> dict[str, Any]:
 
 
 def change_lines(changes: Any) -> list[str]:
-    """A history row's change, masked, a line per key: ``+ key: new``, ``~ key: old -> new``,
-    ``- key``; the values of a change too large to keep say so."""
+    """A history row's change, masked, a line per key in key order (PostgreSQL keeps no
+    order): ``+ key: new``, ``~ key: old -> new``, ``- key``."""
     shown = mask_changes(changes)
 
     def text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
 
-    lines = [f"+ {key}: {text(new)}" for key, new in shown["added"].items()]
+    added, changed = shown["added"], shown["changed"]
+    lines = [f"+ {key}: {text(added[key])}" for key in sorted(added)]
     lines += [
-        f"~ {key}: {text(old)} -> {text(new)}" for key, (old, new) in shown["changed"].items()
+        f"~ {key}: {text(changed[key][0])} -> {text(changed[key][1])}" for key in sorted(changed)
     ]
-    lines += [f"- {key}" for key in shown["removed"]]
+    lines += [f"- {key}" for key in sorted(shown["removed"])]
     return lines
 
 
