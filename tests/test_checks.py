@@ -59,6 +59,8 @@ def test_the_test_project_passes_every_check():
         ("SEQUENCE_TIMEOUT", True, "a whole number of seconds"),
         ("SEQUENCE_INLINE_SECONDS", "1", "a number of seconds"),
         ("SEQUENCE_MAX_ITEMS", -1, "cannot be negative"),
+        ("SEQUENCE_HISTORY_CHANGE_LIMIT", "8 KiB", "a whole number of bytes"),
+        ("SEQUENCE_HISTORY_CHANGE_LIMIT", -1, "cannot be negative"),
         ("SEQUENCE_QUEUE", 3, "a string"),
         ("SEQUENCE_TESTING", "yes", "True or False"),
         ("SEQUENCE_ALLOWED_JOBS", "shop.tasks.send", "a list of dotted paths"),

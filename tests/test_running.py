@@ -25,6 +25,12 @@ def test_steps_run_in_order_and_share_data(workers):
     assert list(Ledger.objects.order_by("id").values_list("step", flat=True)) == ["A", "B", "C"]
     assert str(seq.progress) == "3/3"
     assert seq.current_step is None
+    # Each step's change, the list it appended to in place compared with the list as read.
+    assert [h["changes"] for h in seq.history()] == [
+        {"added": {"trail": ["A"]}, "changed": {}, "removed": []},
+        {"added": {}, "changed": {"trail": [["A"], ["A", "B"]]}, "removed": []},
+        {"added": {}, "changed": {"trail": [["A", "B"], ["A", "B", "C"]]}, "removed": []},
+    ]
 
 
 def test_returned_dict_merges_and_functions_are_steps(workers):

@@ -5,6 +5,7 @@ as the API (``sequence.engine.steering``)."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
@@ -22,9 +23,9 @@ from sequence.admin.changelist import RetryForm
 from sequence.declare.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.declare.masking import mask_data, mask_text, unmask_data
 from sequence.declare.registry import registered
-from sequence.engine import steering
-from sequence.engine.states import REQUESTS, sources
-from sequence.models import SequenceRecord
+from sequence.engine import steering, waiting
+from sequence.engine.states import REQUESTS, Status, sources
+from sequence.models import SequenceEvent, SequenceRecord
 from sequence.present import columns
 
 if TYPE_CHECKING:
@@ -260,6 +261,59 @@ class SteeringAdmin(ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.retry_template, context)
+
+    def send_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The approval form's POST: send the awaited event with its JSON data, as
+        ``seq.send(event, data, id=...)`` does; the form's event id makes a second
+        submission of the same form change nothing."""
+        record = self._get(object_id)
+        if not self.has_change_permission(request, record):
+            raise PermissionDenied
+        detail_url = self._url("change", record.pk)
+        event = request.POST.get("event", "").strip()
+        event_id = request.POST.get("event_id", "").strip()[:200] or None
+        refusal: str | None = None
+        if (
+            event_id
+            and SequenceEvent.objects.filter(sequence_id=record.pk, event_id=event_id).exists()
+        ):
+            self.message_user(
+                request, _("This form was sent already; nothing changed."), messages.INFO
+            )
+            return HttpResponseRedirect(detail_url)
+        try:
+            data = json.loads(request.POST.get("data", "").strip() or "{}")
+        except json.JSONDecodeError as exc:
+            refusal = str(_("The data is not JSON (%(error)s); nothing was sent.")) % {"error": exc}
+        else:
+            if record.status != Status.WAITING:
+                refusal = str(
+                    _("%(name)s #%(id)s is %(status)s, no longer waiting; nothing was sent.")
+                ) % {"name": record.name, "id": record.pk, "status": record.status}
+            else:
+                try:
+                    waiting.send(record.pk, event, data, id=event_id)
+                except (InvalidData, InvalidTransition) as exc:
+                    refusal = str(exc)
+        if refusal is not None:
+            self.message_user(request, refusal, messages.ERROR)
+        else:
+            self.log_change(request, record, f"Sent event {event}")
+            record.refresh_from_db()
+            self.message_user(
+                request,
+                _("Sent %(event)s to %(name)s #%(id)s: it is now %(status)s.")
+                % {"event": event, "name": record.name, "id": record.pk, "status": record.status},
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(detail_url)
+
+
+def approval(record: SequenceRecord) -> dict[str, str] | None:
+    """The approval form of a waiting sequence: the awaited event, and a fresh event id."""
+    if record.status != Status.WAITING:
+        return None
+    return {"event": record.waiting_for, "event_id": f"admin-{uuid.uuid4().hex}"}
 
 
 def wakeable(record: SequenceRecord) -> list[str]:

@@ -18,7 +18,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from sequence.admin.actions import BUTTONS, SteeringAdmin, wakeable
+from sequence.admin.actions import BUTTONS, SteeringAdmin, approval, wakeable
 from sequence.admin.changelist import NameFilter, SequenceChangeList
 from sequence.admin.subjects import SequenceInline
 from sequence.declare.masking import mask_data, mask_text
@@ -164,6 +164,11 @@ class SequenceAdmin(SteeringAdmin):
                 name=f"{prefix}_action",
             ),
             path(
+                "<path:object_id>/send/",
+                view(require_POST(self.send_view)),
+                name=f"{prefix}_send",
+            ),
+            path(
                 "<path:object_id>/retry/",
                 view(self.retry_view),
                 name=f"{prefix}_retry",
@@ -226,6 +231,7 @@ class SequenceAdmin(SteeringAdmin):
                     "error": mask_text(a.error, record.data),
                     "traceback": mask_text(a.traceback, record.data),
                     "took": display.format_duration(a.duration),
+                    "changes": display.change_lines(a.changes),
                 }
                 for a in recent
             ],
@@ -233,6 +239,8 @@ class SequenceAdmin(SteeringAdmin):
             "timeline": timeline.build(record, recent),
             "actions": actions,
             "can_change": can_change,
+            "approval": approval(record) if can_change else None,
+            "send_url": self._url("send", record.pk),
             "retry_url": self._url("retry", record.pk)
             if can_change and "retry" in available(record.status)
             else "",

@@ -30,6 +30,9 @@ class Defaults:
     MAX_ITEMS: int = 100_000
     # Largest data, in bytes of JSON, a sequence may hold.
     MAX_DATA_BYTES: int = 1_000_000
+    # Largest change to the data, in bytes of JSON, a history row keeps with its values;
+    # a larger one keeps only the keys it added, changed and removed.
+    HISTORY_CHANGE_LIMIT: int = 8192
     # Seconds a dispatch may stay unconfirmed before the sweep queues it again.
     DISPATCH_GRACE: int = 30
     # Times the sweep may recover one step before the sequence is failed.

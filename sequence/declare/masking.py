@@ -74,6 +74,23 @@ def mask_data(value: Any) -> Any:
     return value
 
 
+def mask_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A history row's change in its full shape (``added``, ``changed``, ``removed``),
+    with the values under secret-looking keys replaced by MASK."""
+    changed = {
+        key: [MASK, MASK] if is_secret_key(key) else mask_data(pair)
+        for key, pair in changes.get("changed", {}).items()
+    }
+    shown: dict[str, Any] = {
+        "added": mask_data(changes.get("added", {})),
+        "changed": changed,
+        "removed": list(changes.get("removed", [])),
+    }
+    if changes.get("too_large"):
+        shown["too_large"] = True
+    return shown
+
+
 def unmask_data(edited: Any, original: Any) -> Any:
     """``edited`` with every MASK put back to the value it hides in ``original``.
 

@@ -61,6 +61,8 @@ class Claim:
     undo_index: int | None = None
     # ... and, in a ForEach, the element whose compensation this is.
     undo_item: int | None = None
+    # The data as the claim read it (its JSON text), which the commit's change is of.
+    loaded: str | dict[str, Any] | None = None
 
     @property
     def index(self) -> int:
@@ -84,13 +86,17 @@ class Claim:
             "attempt": r.attempt, "worker": self.worker, **extra,
         }  # fmt: skip
 
-    def entry(self, outcome: str, error: str = "", tb: str = "") -> history.Entry:
-        """The history row of this attempt, ending with ``outcome``."""
+    def entry(
+        self, outcome: str, error: str = "", tb: str = "", *, data: dict[str, Any] | None = None
+    ) -> history.Entry:
+        """The history row of this attempt, ending with ``outcome`` (and, committing
+        ``data``, the change it made to the data as loaded)."""
         r = self.record
         return history.Entry(
             sequence_id=r.pk, step_index=self.index, step=r.plan[self.index], epoch=r.epoch,
             attempt=r.attempt, outcome=outcome, started_at=self.started_at, worker=self.worker,
             error=error, traceback=tb, item=self.undo_item,
+            changes={} if data is None else history.changes(self.loaded, data),
         )  # fmt: skip
 
 

@@ -152,7 +152,7 @@ def _finish(sequence_id: int, cls: type[SequenceDefinition], spec: StepSpec, tok
     record = SequenceRecord.objects.get(pk=sequence_id)
     each = spec.each
     assert each is not None
-    data = record.data
+    data = dict(record.data)
     if each.into is not None:
         rows = SequenceItem.objects.filter(sequence_id=sequence_id, step_index=record.step_index)
         data[each.into] = list(rows.order_by("index").values_list("result", flat=True))

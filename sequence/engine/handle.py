@@ -21,10 +21,11 @@ from sequence.declare.exceptions import (
     SequenceTimeout,
     UnknownSequence,
 )
+from sequence.declare.masking import mask_changes, mask_text
 from sequence.engine import starting_many, steering, waiting
 from sequence.engine.starting import start
 from sequence.engine.states import Status
-from sequence.models import SequenceQuerySet, SequenceRecord
+from sequence.models import SequenceQuerySet, SequenceRecord, StepAttempt
 
 
 class Sequence(SequenceDefinition[D]):
@@ -160,6 +161,24 @@ class Sequence(SequenceDefinition[D]):
         """
         waiting.send(self.id, event, data, id=id)
         self.refresh()
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every attempt at a step, oldest first: ``step``, ``attempt``, ``outcome``,
+        ``started_at``, ``finished_at``, ``error`` and ``changes`` (what it changed in
+        the data), masked as the admin masks them."""
+        data = SequenceRecord.objects.values_list("data", flat=True).get(pk=self.id)
+        return [
+            {
+                "step": row.step,
+                "attempt": row.attempt,
+                "outcome": row.outcome,
+                "started_at": row.started_at,
+                "finished_at": row.finished_at,
+                "error": mask_text(row.error, data),
+                "changes": mask_changes(row.changes),
+            }
+            for row in StepAttempt.objects.filter(sequence_id=self.id).order_by("id")
+        ]
 
     def pause(self) -> None:
         """Let the step in flight finish; start no further step until resume()."""

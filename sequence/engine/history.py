@@ -7,7 +7,8 @@ appends it to the commit's own statement (``insert_sql(select_from=...)``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -16,7 +17,11 @@ from django.db import connection
 from django.db.models import Field
 from django.utils import timezone
 
+from sequence.declare.conf import settings
 from sequence.models import StepAttempt
+
+# What a change too large to keep shows instead of its values.
+TOO_LARGE = "(too large to keep)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +39,40 @@ class Entry:
     error: str = ""
     traceback: str = ""
     item: int | None = None  # a ForEach element's position
+    # What the attempt changed in the data (see ``changes``); empty when it failed.
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+def changes(before: Any, after: dict[str, Any]) -> dict[str, Any]:
+    """What became of ``before`` (the data as loaded, or its JSON text) in ``after``.
+
+    ``{"added": {key: new}, "changed": {key: [old, new]}, "removed": [key, ...]}`` over
+    the top-level keys, each part left out when empty (``{}``: nothing changed). Over
+    ``SEQUENCE_HISTORY_CHANGE_LIMIT`` bytes of JSON, the keys are kept and every value
+    is ``TOO_LARGE``.
+    """
+    old = json.loads(before) if isinstance(before, str) else before or {}
+    added = {key: value for key, value in after.items() if key not in old}
+    changed = {
+        key: [value, after[key]]
+        for key, value in old.items()
+        if key in after and after[key] != value
+    }
+    removed = [key for key in old if key not in after]
+    change: dict[str, Any] = {}
+    if added:
+        change["added"] = added
+    if changed:
+        change["changed"] = changed
+    if removed:
+        change["removed"] = removed
+    if change and len(json.dumps(change, default=str)) > settings.HISTORY_CHANGE_LIMIT:
+        if added:
+            change["added"] = dict.fromkeys(added, TOO_LARGE)
+        if changed:
+            change["changed"] = {key: [TOO_LARGE, TOO_LARGE] for key in changed}
+        change["too_large"] = True
+    return change
 
 
 def insert_sql(select_from: str = "") -> tuple[str, list[Field[Any, Any]]]:
@@ -69,6 +108,7 @@ def params(entry: Entry, fields: list[Field[Any, Any]]) -> list[Any]:
         "error": entry.error,
         "traceback": entry.traceback,
         "item": entry.item,
+        "changes": entry.changes,
     }
     return [
         f.get_db_prep_save(

@@ -115,6 +115,7 @@ class Migration(migrations.Migration):
                 ('item', models.PositiveIntegerField(blank=True, null=True, verbose_name='element')),
                 ('error', models.TextField(blank=True, verbose_name='error')),
                 ('traceback', models.TextField(blank=True, verbose_name='traceback')),
+                ('changes', models.JSONField(blank=True, default=dict, verbose_name='changes')),
                 ('sequence', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempts', to='sequence.sequencerecord')),
             ],
             options={

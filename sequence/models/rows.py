@@ -29,6 +29,8 @@ class StepAttempt(models.Model):
     item = models.PositiveIntegerField(_("element"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
+    # What the attempt changed in the data: {"added": ..., "changed": ..., "removed": ...}.
+    changes = models.JSONField(_("changes"), default=dict, blank=True)
 
     class Meta:
         db_table = "sequence_attempt"

@@ -135,8 +135,9 @@ HARD_KILL_MARGIN = 60
 # Settings that are numbers, 0 or more (0 often turns a thing off): counts and RQ's job
 # timeout are whole numbers; other durations may have a fraction (the worker's intervals).
 _NUMBERS = {name for name, kind in Defaults.__annotations__.items() if kind in ("int", "float")}
-_WHOLE = {"INLINE_STEPS", "MAX_ITEMS", "MAX_DATA_BYTES", "MAX_RECOVERIES", "SWEEP_BATCH", "TIMEOUT"}
-_COUNTS = _WHOLE - {"TIMEOUT"}
+_BYTES = {"MAX_DATA_BYTES", "HISTORY_CHANGE_LIMIT"}
+_WHOLE = {"INLINE_STEPS", "MAX_ITEMS", "MAX_RECOVERIES", "SWEEP_BATCH", "TIMEOUT", *_BYTES}
+_COUNTS = _WHOLE - {"TIMEOUT"} - _BYTES
 
 
 def _setting_problem(name: str, value: Any) -> str | None:
@@ -145,7 +146,7 @@ def _setting_problem(name: str, value: Any) -> str | None:
     if name in _NUMBERS:
         whole = name in _WHOLE
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
-            unit = "items" if name in _COUNTS else "seconds"
+            unit = "items" if name in _COUNTS else "bytes" if name in _BYTES else "seconds"
             return f"it must be {'a whole number' if whole else 'a number'} of {unit}"
         return "it cannot be negative" if value < 0 else None
     if kind == "str":

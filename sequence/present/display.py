@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from sequence.declare.masking import mask_data, mask_text
+from sequence.declare.masking import mask_changes, mask_data, mask_text
 from sequence.engine.states import TERMINAL, Status
 from sequence.models import SequenceEvent, SequenceRecord, StepAttempt
 
@@ -163,6 +164,23 @@ def summary(record: SequenceRecord) -> dict[str, Any]:
     }
 
 
+def change_lines(changes: Any) -> list[str]:
+    """A history row's change, masked, a line per key in key order (PostgreSQL keeps no
+    order): ``+ key: new``, ``~ key: old -> new``, ``- key``."""
+    shown = mask_changes(changes)
+
+    def text(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, default=str)
+
+    added, changed = shown["added"], shown["changed"]
+    lines = [f"+ {key}: {text(added[key])}" for key in sorted(added)]
+    lines += [
+        f"~ {key}: {text(changed[key][0])} -> {text(changed[key][1])}" for key in sorted(changed)
+    ]
+    lines += [f"- {key}" for key in sorted(shown["removed"])]
+    return lines
+
+
 def attempt_detail(attempt: StepAttempt, data: Any = None) -> dict[str, Any]:
     """One attempt as JSON, its error and traceback masked."""
     return {
@@ -176,6 +194,7 @@ def attempt_detail(attempt: StepAttempt, data: Any = None) -> dict[str, Any]:
         "worker": attempt.worker,
         "error": mask_text(attempt.error, data),
         "traceback": mask_text(attempt.traceback, data),
+        "changes": mask_changes(attempt.changes),
     }
 
 

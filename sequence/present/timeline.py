@@ -11,6 +11,7 @@ from django.utils import timezone
 from sequence.declare.masking import mask_text
 from sequence.engine.states import Outcome
 from sequence.models import SequenceRecord, StepAttempt
+from sequence.present import display
 from sequence.present.display import format_duration
 
 # Narrowest bar, in percent of the axis: an attempt of a millisecond stays visible.
@@ -130,6 +131,7 @@ def build(
                     "outcome": outcome.value,
                     "outcome_label": str(outcome.label),
                     "extra": f" — {first_line[0]}" if first_line else "",
+                    "changes": "; ".join(display.change_lines(attempt.changes)),
                     "mark": mark,
                 },
             )
@@ -147,6 +149,7 @@ def build(
                     "outcome": "in-flight",
                     "outcome_label": "Running",
                     "extra": "",
+                    "changes": "",
                     "mark": "",
                 },
             )
@@ -171,6 +174,7 @@ def build(
             f"{info['label']}: {info['outcome_label'].lower()}, {took}, from "
             f"+{format_duration(began - start) or '0s'}{info['extra']}"
             + (f" ({info['mark']})" if info["mark"] else "")
+            + (f"; changed {info['changes']}" if info["changes"] else "")
         )
         bars.append(
             Bar(

@@ -111,6 +111,7 @@ def finish(record: SequenceRecord, data: dict[str, Any], token: str) -> Status |
         sequence_id=record.pk, step_index=record.step_index,
         step=record.plan[record.step_index], epoch=record.epoch, attempt=1,
         outcome=Outcome.SUCCEEDED, started_at=record.claimed_at or timezone.now(),
+        changes=history.changes(record.data, data),
     )  # fmt: skip
     with transaction.atomic():
         if rows.filter(status__in=sources("fan_in", target)).update(

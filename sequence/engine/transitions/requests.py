@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from sequence.declare.exceptions import InvalidTransition
-from sequence.engine.states import IDEMPOTENT, Status, sources
+from sequence.engine import history
+from sequence.engine.states import IDEMPOTENT, Outcome, Status, sources
 from sequence.engine.transitions.base import RELEASED, compensating, rows
 from sequence.models import Position, SequenceRecord
 
@@ -152,12 +155,14 @@ def retry(
         # Conditional on the epoch read above: data merged into a copy that changed
         # meanwhile is not written.
         same = rows("retry", sequence_id).filter(epoch=record.epoch)
-        if same.update(
-            status=Status.PENDING, data=data, epoch=F("epoch") + 1, attempt=0,
-            recoveries=0, error="", finished_at=None, dispatch_due=Now(), updated_at=Now(),
-            undo_index=None, ends_as="",
-        ):  # fmt: skip
-            return SequenceRecord.objects.find(sequence_id), True
+        with transaction.atomic():
+            if same.update(
+                status=Status.PENDING, data=data, epoch=F("epoch") + 1, attempt=0,
+                recoveries=0, error="", finished_at=None, dispatch_due=Now(), updated_at=Now(),
+                undo_index=None, ends_as="",
+            ):  # fmt: skip
+                _edited(record, record.step_index, data)
+                return SequenceRecord.objects.find(sequence_id), True
     raise InvalidTransition(
         f"Cannot retry sequence {sequence_id}: it kept changing; try again."
     )  # pragma: no cover - needs ROUNDS lost races in a row
@@ -170,26 +175,53 @@ def rewind(
 
     A step still in flight (a paused sequence's) is fenced by the new epoch.
     """
-    return bool(
-        rows("rewind", record.pk)
-        .filter(epoch=record.epoch)
-        .update(
-            status=Status.PENDING,
-            plan=plan,
-            version=version,
+    with transaction.atomic():
+        moved = (
+            rows("rewind", record.pk)
+            .filter(epoch=record.epoch)
+            .update(
+                status=Status.PENDING,
+                plan=plan,
+                version=version,
+                step_index=index,
+                data=data,
+                epoch=F("epoch") + 1,
+                attempt=0,
+                recoveries=0,
+                error="",
+                finished_at=None,
+                undo_index=None,
+                ends_as="",
+                dispatch_due=Now(),
+                updated_at=Now(),
+                wake_at=None,
+                waiting_for="",
+                **RELEASED,
+            )
+        )
+        if moved:
+            _edited(record, index, data, plan)
+    return bool(moved)
+
+
+def _edited(
+    record: SequenceRecord, index: int, data: dict[str, Any], plan: list[str] | None = None
+) -> None:
+    """A history row for the data a person changed in a retry, if it changed."""
+    change = history.changes(record.data, data)
+    if not change:
+        return
+    steps = plan or record.plan
+    history.write(
+        history.Entry(
+            sequence_id=record.pk,
             step_index=index,
-            data=data,
-            epoch=F("epoch") + 1,
+            step=steps[index] if index < len(steps) else "",
+            epoch=record.epoch,
             attempt=0,
-            recoveries=0,
-            error="",
-            finished_at=None,
-            undo_index=None,
-            ends_as="",
-            dispatch_due=Now(),
-            updated_at=Now(),
-            wake_at=None,
-            waiting_for="",
-            **RELEASED,
+            outcome=Outcome.SUCCEEDED,
+            started_at=timezone.now(),
+            worker="retry with data",
+            changes=change,
         )
     )

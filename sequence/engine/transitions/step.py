@@ -88,7 +88,7 @@ def claim(work: Work, taker: Taker, *, failed: bool = False) -> Claim | None:
         )
     return Claim(
         record=record, token=token, worker=worker, started_at=timezone.now(),
-        deadline=taker.deadline, timeout=timeout,
+        deadline=taker.deadline, timeout=timeout, loaded=data,
     )  # fmt: skip
 
 
@@ -115,7 +115,7 @@ def _claim_sql(vendor: str, failed: bool) -> tuple[str, list[Any]]:
         {relaxed}
         WHERE id = %s AND epoch = %s AND step_index = %s
             AND ({takes_sql} OR ({own_sql} AND claim_token = %s))
-        RETURNING name, data, plan, version, queue, attempt
+        RETURNING name, CAST(data AS TEXT), plan, version, queue, attempt
     """
     return sql, [*takes_args, *own_args]
 
@@ -152,7 +152,7 @@ def commit(claim: Claim, data: dict[str, Any]) -> Move:
         return Move(Status.RUNNING, Status.COMPLETED if last else Status.PENDING)
     with transaction.atomic(savepoint=False):
         found = _commit_held(claim, data)
-        history.write(claim.entry(Outcome.SUCCEEDED))
+        history.write(claim.entry(Outcome.SUCCEEDED, data=data))
     claim.settled = True
     return Move(found, Status.COMPLETED if last and found == Status.PAUSED else found)
 
@@ -231,7 +231,7 @@ def _commit_running(claim: Claim, data: dict[str, Any]) -> bool:
         record.step_index + 1, record.epoch + 1,
         record.pk, record.epoch, claim.token, *running_args, *deadline_args,
     ]  # fmt: skip
-    entry = claim.entry(Outcome.SUCCEEDED)
+    entry = claim.entry(Outcome.SUCCEEDED, data=data)
     if connection.vendor == "postgresql":
         insert, fields = history.insert_sql(select_from="moved")
         with connection.cursor() as cursor:

@@ -55,7 +55,8 @@ def commit_wait(claim: Claim, status: Status, wake_at: datetime | None, waiting_
 def wake(record: SequenceRecord, data: dict[str, Any] | None = None) -> Status | None:
     """The sequence goes on past its Sleep or WaitFor, if still as read.
 
-    With ``data`` (a consumed event's, merged), it replaces the data. Returns the new
+    With ``data`` (a consumed event's, merged), it replaces the data, and the WaitFor's
+    history gets a row with the change. Returns the new
     status (pending with the next step due, or completed after a last item), or None.
     """
     last = record.step_index >= len(record.plan)
@@ -70,7 +71,26 @@ def wake(record: SequenceRecord, data: dict[str, Any] | None = None) -> Status |
     rows = SequenceRecord.objects.filter(
         pk=record.pk, epoch=record.epoch, status=record.status, status__in=sources("wake", target)
     )
-    return target if rows.update(**fields) else None
+    with transaction.atomic():
+        if not rows.update(**fields):
+            return None
+        if data is not None:
+            # The WaitFor's second row: the event it took, and what its data changed.
+            wait = record.step_index - 1
+            history.write(
+                history.Entry(
+                    sequence_id=record.pk,
+                    step_index=wait,
+                    step=record.plan[wait],
+                    epoch=record.epoch,
+                    attempt=1,
+                    outcome=Outcome.SUCCEEDED,
+                    started_at=record.updated_at or timezone.now(),
+                    worker=f"event {record.waiting_for}"[:200],
+                    changes=history.changes(record.data, data),
+                )
+            )
+    return target
 
 
 def time_out(record: SequenceRecord, error: str, undo_from: Position | None) -> Status | None:

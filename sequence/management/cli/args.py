@@ -137,6 +137,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--tracebacks", action="store_true", help="Print each failed attempt's traceback."
     )
+    p.add_argument(
+        "--history", action="store_true", help="Print what each attempt changed in the data."
+    )
 
     p = add("send", "Send an event to a sequence (a WaitFor of its plan takes it).")
     p.add_argument("id", type=sequence_id, help="The sequence id.")

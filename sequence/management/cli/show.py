@@ -149,7 +149,7 @@ def _outcome_style(out: Output) -> Callable[[str], str]:
     return styled
 
 
-def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
+def handle_show(out: Output, id: int, tracebacks: bool, history: bool, **_: Any) -> None:
     record = record_or_error(id)
     attempts = list(StepAttempt.objects.filter(sequence_id=record.pk).order_by("id"))
     fans = elements.of(record)
@@ -221,6 +221,9 @@ def handle_show(out: Output, id: int, tracebacks: bool, **_: Any) -> None:
         if tracebacks and attempt.traceback:
             for tb_line in mask_text(attempt.traceback, record.data).rstrip().splitlines():
                 out.line(f"      | {tb_line}")
+        if history:
+            for change in display.change_lines(attempt.changes):
+                out.line(f"      {change}")
 
 
 def _items_json(record: SequenceRecord, fans: list[elements.Elements]) -> dict[str, Any] | None:
