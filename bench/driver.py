@@ -88,14 +88,7 @@ class Pool:
             else:
                 jobs.queue(self.queue).enqueue(jobs.gate, key)
         conn = jobs.queue(self.queue).connection
-        deadline = time.monotonic() + 60
-        while conn.llen(f"{key}:in") < self.n:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker {proc.pid} exited:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers did not reach the gate:\n{self.log_tail()}")
-            time.sleep(0.02)
+        procs.wait_at_gate(conn, key, self, n=self.n, timeout=60)
         return key
 
     def cpu(self) -> float:
@@ -283,11 +276,10 @@ def add_row(
 ) -> None:  # fmt: skip
     row.update(kind=kind, workers=n, rep=rep, chains=chains)
     result["throughput"].append(row)
-    per_step = f", {row['statements']:.1f} statements, {row['commits']:.1f} commits per step"
-    say(
-        f"{kind} x{n} ({row['impl']}) rep {rep + 1}/{reps}: {row['rate']:.0f} steps/s"
-        + (per_step if "statements" in row else "")
-    )
+    per_step = ""
+    if "statements" in row:  # counted where the database is PostgreSQL
+        per_step = f", {row['statements']:.1f} statements, {row['commits']:.1f} commits per step"
+    say(f"{kind} x{n} ({row['impl']}) rep {rep + 1}/{reps}: {row['rate']:.0f} steps/s{per_step}")
 
 
 SCALE_SWEEPS = {"SEQUENCE_RECOVER_INTERVAL": "10", "SEQUENCE_DISPATCH_GRACE": "5"}

@@ -108,14 +108,7 @@ def throughput(
     key = f"bench:gate:{run}"
     pool = PeerPool(peer, concurrency, n, out, key)
     try:
-        deadline = time.monotonic() + 120
-        while gate.llen(f"{key}:in") < n:
-            for proc in pool.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} worker {proc.pid} exited:\n{pool.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} workers did not reach the gate:\n{pool.log_tail()}")
-            time.sleep(0.02)
+        procs.wait_at_gate(gate, key, pool, n=n, timeout=120, name=name)
         seeding = time.monotonic()
         MODULES[peer].seed(pool.url, run, chains, steps)
         seeded = time.monotonic() - seeding

@@ -11,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +89,17 @@ def run_checked(cmd: Sequence[str], log: Path, timeout: float = 300) -> None:
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{tail}")
+
+
+def wait_at_gate(conn: Any, key: str, pool: Any, *, n: int, timeout: float, name: str = "") -> None:
+    """Until ``n`` workers of ``pool`` (its ``procs`` and ``log_tail()``) are parked at the
+    gate ``key``; an error with the workers' log if one exits or they take too long."""
+    who = f"{name} workers" if name else "workers"
+    deadline = time.monotonic() + timeout
+    while conn.llen(f"{key}:in") < n:
+        for proc in pool.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{who[:-1]} {proc.pid} exited:\n{pool.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{who} did not reach the gate:\n{pool.log_tail()}")
+        time.sleep(0.02)
