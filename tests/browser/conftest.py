@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,12 @@ def page(chromium: Path, sync_playwright: Any, monkeypatch: pytest.MonkeyPatch) 
             # While Playwright's event loop runs, Django keeps this context's database
             # connections apart from the thread's: close them, or they outlive the test.
             connections.close_all()
+
+
+def log_in(page: Any, live_server: Any, path: str) -> None:
+    """Log in as the ``admin`` user (password ``password``), landing on ``path``."""
+    page.goto(f"{live_server.url}/admin/login/?next={path}")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "password")
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(rf"{re.escape(path)}$"))

@@ -13,7 +13,7 @@ from sequence.models import SequenceRecord, StepAttempt
 from testproject.testapp.sequences import Compensating, FlakySequence, Slow, ThreeSteps
 from tests.conftest import wait_for
 
-from .conftest import SCREENSHOTS
+from .conftest import SCREENSHOTS, log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -39,11 +39,7 @@ def test_a_person_pauses_and_resumes_a_running_sequence(page, live_server, admin
     wait_for(lambda: status_of(slow.id) == Status.RUNNING, 30, "the slow step to start")
 
     # Log in.
-    page.goto(f"{live_server.url}/admin/login/?next=/admin/sequence/sequencerecord/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    page.wait_for_url(re.compile(r"/admin/sequence/sequencerecord/$"))
+    log_in(page, live_server, "/admin/sequence/sequencerecord/")
 
     # The list: a coloured badge and a progress bar per sequence.
     row = page.locator("#result_list tbody tr", has=page.locator(f"a[href$='/{slow.id}/change/']"))
@@ -125,13 +121,7 @@ def test_a_failed_sequence_shows_its_error_and_traceback(page, live_server, admi
     workers.start()
     broken = Compensating.start({"password": "hunter2-secret"})
     wait_for(lambda: status_of(broken.id) == Status.FAILED, 60, "the broken sequence")
-    page.goto(
-        f"{live_server.url}/admin/login/?next=/admin/sequence/sequencerecord/{broken.id}/change/"
-    )
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    page.wait_for_url(re.compile(rf"/{broken.id}/change/$"))
+    log_in(page, live_server, f"/admin/sequence/sequencerecord/{broken.id}/change/")
     assert page.get_by_test_id("status").inner_text() == "Failed"
     assert (
         page.locator(".seq-error").inner_text() == "Error: Broken failed: ValueError: broken step"

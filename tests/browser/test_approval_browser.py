@@ -13,7 +13,7 @@ from django.test import override_settings
 from sequence import Sequence, Step, WaitFor
 from sequence.testing import drain
 
-from .conftest import SCREENSHOTS
+from .conftest import SCREENSHOTS, log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -37,13 +37,7 @@ def test_a_person_approves_a_waiting_sequence(page: Any, live_server: Any, admin
     seq.refresh()
     assert seq.status == "waiting"
 
-    page.goto(
-        f"{live_server.url}/admin/login/?next=/admin/sequence/sequencerecord/{seq.id}/change/"
-    )
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    page.wait_for_url(re.compile(rf"/{seq.id}/change/$"))
+    log_in(page, live_server, f"/admin/sequence/sequencerecord/{seq.id}/change/")
     assert page.get_by_test_id("status").inner_text() == "Waiting"
     changes = page.get_by_test_id("changes").first.inner_text()
     assert "+ price: 120" in changes

@@ -15,7 +15,7 @@ from testproject.testapp.models import Order
 from testproject.testapp.sequences import Compensating, Slow, ThreeSteps
 from tests.conftest import wait_for
 
-from .conftest import SCREENSHOTS
+from .conftest import SCREENSHOTS, log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -55,11 +55,7 @@ def test_an_orders_page_lists_its_sequences_newest_first_linking_both_ways(
 
     # Log in, straight to the order's own page.
     order_path = f"/admin/testapp/order/{order.pk}/change/"
-    page.goto(f"{live_server.url}/admin/login/?next={order_path}")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    page.wait_for_url(re.compile(rf"{order_path}$"))
+    log_in(page, live_server, order_path)
 
     # The inline: this order's three sequences, newest first, read-only.
     inline = page.locator(".inline-group")
