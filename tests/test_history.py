@@ -86,7 +86,7 @@ def test_each_attempt_records_what_it_changed_and_a_failed_one_nothing() -> None
     drain()
     assert rows(seq) == [
         ("Quote", 1, "succeeded", {**NOTHING, "added": {"price": 120, "draft": None}}),
-        ("Discount", 1, "failed", NOTHING),
+        ("Discount", 1, "retrying", NOTHING),  # failed, and RQ tried it again
         (
             "Discount",
             2,
@@ -107,7 +107,7 @@ def test_an_operators_edit_in_a_retry_is_a_row_of_its_own() -> None:
     drain()
     seq.retry(data={"allowed": True, "note": "ok'd by support"}, force=True)
     edit = seq.history()[-1]
-    assert (edit["step"], edit["attempt"], edit["outcome"]) == ("Refuse", 0, "succeeded")
+    assert (edit["step"], edit["attempt"], edit["outcome"]) == ("Refuse", 0, "edited")
     assert edit["changes"] == {**NOTHING, "added": {"allowed": True, "note": "ok'd by support"}}
     drain()
     assert seq.history()[-1]["changes"] == NOTHING  # Refuse succeeded, changing nothing
@@ -132,6 +132,7 @@ def test_the_event_a_waitfor_merged_is_its_change() -> None:
     assert began["step"] == merged["step"]
     assert began["step"].startswith("WaitFor")
     assert began["changes"] == NOTHING  # the wait began
+    assert (began["outcome"], merged["outcome"]) == ("succeeded", "received")
     assert merged["changes"] == {
         **NOTHING, "added": {"by": "grace"}, "changed": {"price": [120, 90]}
     }  # fmt: skip

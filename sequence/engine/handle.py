@@ -24,7 +24,7 @@ from sequence.declare.exceptions import (
 from sequence.declare.masking import mask_changes, mask_text
 from sequence.engine import starting_many, steering, waiting
 from sequence.engine.starting import start
-from sequence.engine.states import Status
+from sequence.engine.states import Outcome, Status
 from sequence.models import SequenceQuerySet, SequenceRecord, StepAttempt
 
 
@@ -166,18 +166,21 @@ class Sequence(SequenceDefinition[D]):
         """Every attempt at a step, oldest first: ``step``, ``attempt``, ``outcome``,
         ``started_at``, ``finished_at``, ``error`` and ``changes`` (what it changed in
         the data), masked as the admin masks them."""
-        data = SequenceRecord.objects.values_list("data", flat=True).get(pk=self.id)
+        record = SequenceRecord.objects.only("data", "status", "step_index", "epoch").get(
+            pk=self.id
+        )
+        rows = list(StepAttempt.objects.filter(sequence_id=self.id).order_by("id"))
         return [
             {
                 "step": row.step,
                 "attempt": row.attempt,
-                "outcome": row.outcome,
+                "outcome": _outcome(row, rows[at + 1 :], record),
                 "started_at": row.started_at,
                 "finished_at": row.finished_at,
-                "error": mask_text(row.error, data),
+                "error": mask_text(row.error, record.data),
                 "changes": mask_changes(row.changes),
             }
-            for row in StepAttempt.objects.filter(sequence_id=self.id).order_by("id")
+            for at, row in enumerate(rows)
         ]
 
     def pause(self) -> None:
@@ -208,3 +211,20 @@ class Sequence(SequenceDefinition[D]):
         carries on from that step. After compensations ran, ``force=True`` is needed.
         """
         self._load(steering.retry(self.id, data, from_step=from_step, force=force))
+
+
+def _outcome(row: StepAttempt, later: list[StepAttempt], record: SequenceRecord) -> str:
+    """A failed attempt that RQ tried again (or is about to) is ``retrying``."""
+    if row.outcome != Outcome.FAILED:
+        return row.outcome
+    same = (row.step_index, row.epoch, row.item)
+    if any((r.step_index, r.epoch, r.item) == same and r.attempt > row.attempt for r in later):
+        return "retrying"
+    if (
+        not later
+        and row.item is None
+        and record.status == Status.RETRYING
+        and (record.step_index, record.epoch) == (row.step_index, row.epoch)
+    ):
+        return "retrying"
+    return row.outcome

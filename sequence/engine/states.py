@@ -169,6 +169,9 @@ class Outcome(models.TextChoices):
     LOST = "lost", _("Lost")  # the worker died or the job vanished; recovered
     COMPENSATED = "compensated", _("Compensated")  # compensate() ran after a failure
     COMPENSATION_FAILED = "compensation_failed", _("Compensation failed")
+    # Not attempts: rows that say how the data changed between them.
+    RECEIVED = "received", _("Event received")  # a WaitFor merged its event's data
+    EDITED = "edited", _("Data edited")  # a person's corrections, merged by a retry
 
 
 # -- a ForEach's elements -------------------------------------------------------------------

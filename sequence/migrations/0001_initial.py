@@ -108,7 +108,7 @@ class Migration(migrations.Migration):
                 ('step', models.CharField(max_length=200, verbose_name='step')),
                 ('epoch', models.PositiveBigIntegerField(verbose_name='epoch')),
                 ('attempt', models.PositiveIntegerField(verbose_name='attempt')),
-                ('outcome', models.CharField(choices=[('succeeded', 'Succeeded'), ('failed', 'Failed'), ('lost', 'Lost'), ('compensated', 'Compensated'), ('compensation_failed', 'Compensation failed')], max_length=24, verbose_name='outcome')),
+                ('outcome', models.CharField(choices=[('succeeded', 'Succeeded'), ('failed', 'Failed'), ('lost', 'Lost'), ('compensated', 'Compensated'), ('compensation_failed', 'Compensation failed'), ('received', 'Event received'), ('edited', 'Data edited')], max_length=24, verbose_name='outcome')),
                 ('started_at', models.DateTimeField(verbose_name='started')),
                 ('finished_at', models.DateTimeField(verbose_name='finished')),
                 ('worker', models.CharField(blank=True, max_length=200, verbose_name='worker')),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.utils import timezone
 
@@ -77,6 +76,10 @@ class Timeline:
 def _label(attempt: StepAttempt) -> str:
     if attempt.outcome in (Outcome.COMPENSATED, Outcome.COMPENSATION_FAILED):
         return f"{attempt.step_index + 1}. {attempt.step} (compensate)"
+    if attempt.outcome in (Outcome.RECEIVED, Outcome.EDITED):
+        return (
+            f"{attempt.step_index + 1}. {attempt.step} ({Outcome(attempt.outcome).label.lower()})"
+        )
     return f"{attempt.step_index + 1}. {attempt.step} · try {attempt.attempt}"
 
 
@@ -91,6 +94,9 @@ def _marks(attempts: list[StepAttempt]) -> list[str]:
     undone = (Outcome.COMPENSATED, Outcome.COMPENSATION_FAILED)
     for attempt in attempts:
         mark = ""
+        if attempt.outcome in (Outcome.RECEIVED, Outcome.EDITED):
+            marks.append(mark)  # a change of the data between attempts, not one
+            continue
         if attempt.outcome == Outcome.LOST:
             mark = "recovered by the sweep"
         elif (
@@ -112,93 +118,95 @@ def _marks(attempts: list[StepAttempt]) -> list[str]:
     return marks
 
 
-def build(
-    record: SequenceRecord, attempts: list[StepAttempt], now: datetime | None = None
-) -> Timeline:
-    """Lay out ``attempts`` (and the step in flight, if any) between the sequence's start
-    and its end, or now while it has not ended."""
-    now = now or timezone.now()
-    spans: list[tuple[datetime, datetime, dict[str, Any]]] = []
+@dataclass(frozen=True, kw_only=True)
+class _Span:
+    """One bar before it is laid out: when, and what its label and title say."""
+
+    began: datetime
+    ended: datetime
+    label: str
+    outcome: str
+    outcome_label: str
+    extra: str = ""  # the error's first line
+    changes: str = ""
+    mark: str = ""
+
+    def bar(self, start: datetime, total: float) -> Bar:
+        """Its bar on an axis from ``start``, ``total`` seconds long."""
+        width = max((self.ended - self.began).total_seconds() / total * 100, MIN_WIDTH)
+        left = min((self.began - start).total_seconds() / total * 100, 100 - width)
+        took = format_duration(self.ended - self.began)
+        title = (
+            f"{self.label}: {self.outcome_label.lower()}, {took}, from "
+            f"+{format_duration(self.began - start) or '0s'}{self.extra}"
+            + (f" ({self.mark})" if self.mark else "")
+            + (f"; changed {self.changes}" if self.changes else "")
+        )
+        return Bar(
+            label=self.label, outcome=self.outcome, outcome_label=self.outcome_label,
+            left=left, width=width, took=took, title=title, mark=self.mark,
+        )  # fmt: skip
+
+
+def _spans(record: SequenceRecord, attempts: list[StepAttempt], now: datetime) -> list[_Span]:
+    """A span per attempt, and one for the step in flight, if any."""
+    spans = []
     for attempt, mark in zip(attempts, _marks(attempts), strict=True):
         outcome = Outcome(attempt.outcome)
         first_line = mask_text(attempt.error, record.data).strip().splitlines()[:1]
         spans.append(
-            (
-                attempt.started_at,
-                max(attempt.finished_at, attempt.started_at),
-                {
-                    "label": _label(attempt),
-                    "outcome": outcome.value,
-                    "outcome_label": str(outcome.label),
-                    "extra": f" — {first_line[0]}" if first_line else "",
-                    "changes": "; ".join(display.change_lines(attempt.changes)),
-                    "mark": mark,
-                },
+            _Span(
+                began=attempt.started_at,
+                ended=max(attempt.finished_at, attempt.started_at),
+                label=_label(attempt),
+                outcome=outcome.value,
+                outcome_label=str(outcome.label),
+                extra=f" — {first_line[0]}" if first_line else "",
+                changes="; ".join(display.change_lines(attempt.changes)),
+                mark=mark,
             )
         )
     if record.claim_token and record.step_index < len(record.plan):
         # The step in flight, since its claim (older rows: since the row last changed).
         since = record.claimed_at or record.updated_at
         spans.append(
-            (
-                since,
-                max(now, since),
-                {
-                    "label": f"{record.step_index + 1}. {record.plan[record.step_index]} · "
-                    f"try {record.attempt}",
-                    "outcome": "in-flight",
-                    "outcome_label": "Running",
-                    "extra": "",
-                    "changes": "",
-                    "mark": "",
-                },
+            _Span(
+                began=since,
+                ended=max(now, since),
+                label=f"{record.step_index + 1}. {record.plan[record.step_index]} · "
+                f"try {record.attempt}",
+                outcome="in-flight",
+                outcome_label="Running",
             )
         )
+    return spans
+
+
+def build(
+    record: SequenceRecord, attempts: list[StepAttempt], now: datetime | None = None
+) -> Timeline:
+    """Lay out ``attempts`` (and the step in flight, if any) between the sequence's start
+    and its end, or now while it has not ended."""
+    spans = _spans(record, attempts, now or timezone.now())
     if not spans:
         return Timeline([], [], "")
     # The axis starts at the first attempt, so a long wait in the queue (say, for a
     # worker to start) does not squeeze every bar to the right; the wait is shown apart.
-    start = min(s[0] for s in spans)
+    start = min(s.began for s in spans)
     waited = start - record.created_at
-    end = max(s[1] for s in spans)
+    end = max(s.ended for s in spans)
     if record.finished_at is not None:
         end = max(end, record.finished_at)
     total = max((end - start).total_seconds(), 0.001)
-    bars = []
-    for began, ended, info in spans:
-        left = (began - start).total_seconds() / total * 100
-        width = max((ended - began).total_seconds() / total * 100, MIN_WIDTH)
-        left = min(left, 100 - width)
-        took = format_duration(ended - began)
-        title = (
-            f"{info['label']}: {info['outcome_label'].lower()}, {took}, from "
-            f"+{format_duration(began - start) or '0s'}{info['extra']}"
-            + (f" ({info['mark']})" if info["mark"] else "")
-            + (f"; changed {info['changes']}" if info["changes"] else "")
-        )
-        bars.append(
-            Bar(
-                label=info["label"],
-                outcome=info["outcome"],
-                outcome_label=info["outcome_label"],
-                left=left,
-                width=width,
-                took=took,
-                title=title,
-                mark=info["mark"],
-            )
-        )
     ticks = [
         Tick(
             left=100 * i / (TICKS - 1),
-            label="0"
-            if i == 0
-            else "+" + format_duration(timedelta(seconds=total * i / (TICKS - 1))),
+            label="+" + format_duration(timedelta(seconds=total * i / (TICKS - 1))) if i else "0",
         )
         for i in range(TICKS)
     ]
     return Timeline(
-        bars,
+        [span.bar(start, total) for span in spans],
         ticks,
         format_duration(timedelta(seconds=total)),
         format_duration(waited) if waited >= timedelta(seconds=1) else "",

@@ -219,7 +219,7 @@ def _edited(
             step=steps[index] if index < len(steps) else "",
             epoch=record.epoch,
             attempt=0,
-            outcome=Outcome.SUCCEEDED,
+            outcome=Outcome.EDITED,
             started_at=timezone.now(),
             worker="retry with data",
             changes=change,
