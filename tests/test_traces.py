@@ -99,7 +99,8 @@ def test_every_attempt_is_a_span_in_the_trace_start_ran_in(spans):
     context = checkout.get_span_context()
     for span in steps:
         assert span.context.trace_id == context.trace_id
-        assert span.parent is not None and span.parent.span_id == context.span_id
+        assert span.parent is not None
+        assert span.parent.span_id == context.span_id
         assert span.attributes["sequence.id"] == seq.id
         assert span.attributes["sequence.name"] == TracedOrder.name
     assert [s.attributes.get("sequence.element") for s in steps[4:6]] == [0, 1]
@@ -117,7 +118,8 @@ def test_a_sequence_started_outside_any_trace_is_a_trace_of_its_own(spans):
     drain()
     finished = spans.get_finished_spans()
     root = finished[0]
-    assert root.name == "sequence.start" and root.parent is None
+    assert root.name == "sequence.start"
+    assert root.parent is None
     assert len(finished) == 5  # the start, A, Flaky twice, C
     assert {s.context.trace_id for s in finished} == {root.context.trace_id}
 
@@ -141,7 +143,10 @@ def test_a_workers_log_lines_name_the_sequence_as_fields(spans, caplog):
     retried = next(r for r in caplog.records if "RQ retries it" in r.getMessage())
     assert f"{TracedOrder.name} #{seq.id}" in retried.getMessage()  # still readable
     assert (
-        retried.sequence_id, retried.sequence_name, retried.sequence_step, retried.sequence_attempt
+        retried.sequence_id,
+        retried.sequence_name,
+        retried.sequence_step,
+        retried.sequence_attempt,
     ) == (seq.id, TracedOrder.name, "FlakyOnce", 1)
     element = next(r for r in caplog.records if "element 0 of ForEach" in r.getMessage())
     assert (element.sequence_step, element.sequence_element) == (seq.record.plan[2], 0)
