@@ -181,13 +181,18 @@ def test_without_opentelemetry_nothing_is_imported_and_sequences_run():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_workers_spans_join_the_trace_start_ran_in(workers, tmp_path, exporter):
+    # exporter: this process has a tracer provider, so the span start() runs in records.
     traces = tmp_path / "spans.jsonl"
     workers.start(env={"TRACES_FILE": str(traces)})
     with trace.get_tracer("shop").start_as_current_span("signup") as parent:
         seq = FlakySequence.start({"fail_times": 1})
     seq.wait(30)
-    lines = wait_for(lambda: traces.exists() and traces.read_text().splitlines()[3:] and traces)
-    spans = [json.loads(line) for line in lines.read_text().splitlines()]
+
+    def written() -> list[dict[str, object]]:
+        lines = traces.read_text().splitlines() if traces.exists() else []
+        return [json.loads(line) for line in lines] if len(lines) >= 4 else []
+
+    spans = wait_for(written)  # the last span ends just after the sequence completed
     assert [(s["step"], s["attempt"], s["outcome"], s["status"]) for s in spans] == [
         ("A", 1, "succeeded", "UNSET"),
         ("Flaky", 1, "failed", "ERROR"),
