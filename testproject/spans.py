@@ -1,5 +1,8 @@
 """A worker's spans, one JSON line each, in the file ``TRACES_FILE`` names
-(tests/test_traces.py reads them: a worker is another process)."""
+(tests/test_traces.py reads them: a worker is another process).
+
+Batched, as in production, and never on a timer: a forking worker's horse must flush
+its spans itself before it ends."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 
 class FileExporter(SpanExporter):
@@ -31,5 +34,7 @@ class FileExporter(SpanExporter):
 
 def install(path: str) -> None:
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(FileExporter(path)))
+    provider.add_span_processor(
+        BatchSpanProcessor(FileExporter(path), schedule_delay_millis=3_600_000)
+    )
     trace.set_tracer_provider(provider)

@@ -180,10 +180,10 @@ def test_without_opentelemetry_nothing_is_imported_and_sequences_run():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_workers_spans_join_the_trace_start_ran_in(workers, tmp_path, exporter):
+def test_a_forking_workers_spans_join_the_trace_start_ran_in(workers, tmp_path, exporter):
     # exporter: this process has a tracer provider, so the span start() runs in records.
     traces = tmp_path / "spans.jsonl"
-    workers.start(env={"TRACES_FILE": str(traces)})
+    workers.start(kind="fork", env={"TRACES_FILE": str(traces)})
     with trace.get_tracer("shop").start_as_current_span("signup") as parent:
         seq = FlakySequence.start({"fail_times": 1})
     seq.wait(30)

@@ -139,6 +139,15 @@ def log_fields(
     return {key: value for key, value in fields.items() if value is not None}
 
 
+def flush() -> None:
+    """Export the spans a batching processor still holds: for a process about to end
+    with ``os._exit`` (a forked work-horse), which runs no exit handler."""
+    if trace is not None:
+        force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if force_flush is not None:
+            force_flush()
+
+
 def _tracer() -> Any:
     return trace.get_tracer("sequence")
 
