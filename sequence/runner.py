@@ -37,7 +37,7 @@ from sequence.declare.exceptions import (
 )
 from sequence.declare.registry import get_sequence_class
 from sequence.declare.validation import check_data
-from sequence.engine import foreach, hooks, points, release, transitions, waiting
+from sequence.engine import foreach, hooks, points, release, tracing, transitions, waiting
 from sequence.engine.claims import Claim, Execution, Taker, execution, job_timeout
 from sequence.engine.failure import fail_for_good, record_failure, run_undo
 from sequence.engine.inline import Inline, MayInline, policy
@@ -153,15 +153,16 @@ def _run_undo(work: Work, taker: Taker, retries_left: int) -> None:
     if claim is None:
         logger.info(
             "Sequence %s: the compensation of step %s under epoch %s is stale; job ends.",
-            work.sequence, work.index, work.epoch,
+            work.sequence, work.index, work.epoch, extra=tracing.log_fields(work.sequence),
         )  # fmt: skip
         return
-    try:
-        run_undo(claim, retries_left)
-    except Exception:
-        if not claim.settled:
-            release.release_or_remember(claim)
-        raise
+    with tracing.attempt(claim.record, work.index, claim.record.attempt, UNDO, work.element):
+        try:
+            run_undo(claim, retries_left)
+        except Exception:
+            if not claim.settled:
+                release.release_or_remember(claim)
+            raise
 
 
 def _run_item(work: Work, taker: Taker, retries_left: int) -> None:
@@ -172,24 +173,28 @@ def _run_item(work: Work, taker: Taker, retries_left: int) -> None:
         logger.info(
             "Sequence %s: element %s of step %s under epoch %s is not due; job ends.",
             work.sequence, work.element, work.index, work.epoch,
+            extra=tracing.log_fields(work.sequence, element=work.element),
         )  # fmt: skip
         return
-    try:
-        foreach.run_item(ic, retries_left)
-    except Exception as exc:
-        exc.final = ic.final  # type: ignore[attr-defined]
-        raise
+    with tracing.attempt(ic.record, work.index, ic.attempt, ITEM, ic.index):
+        try:
+            foreach.run_item(ic, retries_left)
+        except Exception as exc:
+            exc.final = ic.final  # type: ignore[attr-defined]
+            raise
 
 
 def _run_guarded(claim: Claim, retries_left: int, may_inline: MayInline) -> Follow | None:
-    try:
-        return _run_claimed(claim, retries_left, may_inline)
-    except Exception:
-        # Whatever went wrong (the database went away while the failure was being
-        # recorded, say), the claim must not stay held by a live worker.
-        if not claim.settled:
-            release.release_or_remember(claim)
-        raise
+    record = claim.record
+    with tracing.attempt(record, record.step_index, record.attempt, STEP):
+        try:
+            return _run_claimed(claim, retries_left, may_inline)
+        except Exception:
+            # Whatever went wrong (the database went away while the failure was being
+            # recorded, say), the claim must not stay held by a live worker.
+            if not claim.settled:
+                release.release_or_remember(claim)
+            raise
 
 
 # The next step, due and not queued, that this job runs itself: the unit, the sequence's
@@ -214,8 +219,9 @@ def _run_inline(
         claim = transitions.claim(work, taker)
     except Exception:
         logger.exception(
-            "Sequence %s: could not claim step %s inline; queueing it.", work.sequence, work.index
-        )
+            "Sequence %s: could not claim step %s inline; queueing it.", work.sequence, work.index,
+            extra=tracing.log_fields(work.sequence, step=spec.name),
+        )  # fmt: skip
         dispatch(work, queue, spec, confirm=False)
         return None
     if claim is None:
@@ -224,9 +230,11 @@ def _run_inline(
     try:
         return _run_guarded(claim, retry_of(spec).max, may_inline)
     except Exception:
+        r = claim.record
         logger.warning(
             "Sequence %s step %s failed inline%s.", work.sequence, work.index,
             "; its retry is queued" if claim.retrying else "", exc_info=True,
+            extra=tracing.log_fields(r.pk, r.name, r.plan[work.index], r.attempt),
         )  # fmt: skip
         if claim.retrying:
             enqueue_retry(work.sequence, work.index, work.epoch, queue, spec)
@@ -272,6 +280,7 @@ def _run_claimed(claim: Claim, retries_left: int, may_inline: MayInline) -> Foll
             move = transitions.commit_result(claim, data)
     except StepFenced as exc:
         logger.warning("Sequence %s stopped: %s", record.step_label(step_index), exc)
+        tracing.failed(f"{type(exc).__name__}: {exc}")
         release.release(claim, f"{type(exc).__name__}: {exc}")
         return None
     except Exception as exc:

@@ -113,6 +113,11 @@ LOGGING = {
     },
 }
 
+if os.environ.get("TRACES_FILE"):  # tests/test_traces.py: this worker's spans, to that file
+    from testproject.spans import install
+
+    install(os.environ["TRACES_FILE"])
+
 # Any SEQUENCE_* setting can come from the environment as JSON (tests and the benchmark
 # configure worker processes this way).
 for _key, _value in os.environ.items():

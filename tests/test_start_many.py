@@ -102,7 +102,8 @@ def test_the_rows_are_those_start_saves():
     many = ThreeSteps.start_many([data, {}], keys=["many", None], subjects=[ada, None])
     rows = SequenceRecord.objects.order_by("id").values()
     a, b, c = (rows.get(pk=pk) for pk in (one.id, many[0].id, many[1].id))
-    assert {field for field in a if a[field] != b[field]} == {
+    # Each call is a trace of its own when a tracer provider records (tests/test_traces.py).
+    assert {field for field in a if a[field] != b[field]} - {"traceparent"} == {
         "id", "key", "created_at", "updated_at",
     }  # fmt: skip
     assert b["data"] == data

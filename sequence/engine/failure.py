@@ -20,11 +20,11 @@ from sequence.declare.definitions import SequenceDefinition, StepSpec
 from sequence.declare.exceptions import Fail, UnknownSequence
 from sequence.declare.masking import mask_text
 from sequence.declare.registry import get_sequence_class
-from sequence.engine import hooks, transitions
+from sequence.engine import hooks, tracing, transitions
 from sequence.engine.claims import Claim
 from sequence.engine.moves import Move, after_move
 from sequence.engine.rq.dispatch import UNDO, Work, dispatch, retry_of
-from sequence.engine.states import ITEM_TRANSITIONS, Status, sources
+from sequence.engine.states import ITEM_TRANSITIONS, Outcome, Status, sources
 from sequence.models import Position, SequenceItem, SequenceRecord
 
 logger = logging.getLogger("sequence")
@@ -100,6 +100,7 @@ def record_failure(
     """
     record = claim.record
     error, tb = _error(exc, record.data)
+    tracing.failed(error)
     reason = final_because(exc, spec, retries_left)
     claim.final = reason is not None
     undo_from = None if reason is None else undo_start(record, cls, record.step_index)
@@ -136,6 +137,7 @@ def fail_for_good(claim: Claim, cls: type[SequenceDefinition] | None, error: str
     """Fail the sequence at once, without retries: its plan cannot run here."""
     record = claim.record
     logger.error("Sequence %s failed for good: %s", record.step_label(), error)
+    tracing.failed(error)
     undo_from = None if cls is None else undo_start(record, cls, record.step_index)
     with transaction.atomic():
         status = transitions.fail(claim, error, will_retry=False, undo_from=undo_from)
@@ -203,6 +205,7 @@ def run_undo(claim: Claim, retries_left: int) -> None:
         name = f"{record.name} #{record.pk}: the compensation of {spec.name} (attempt {record.attempt})"
         if reason is None:
             logger.warning("Sequence %s failed: %s; RQ retries it.", name, error)
+            tracing.failed(error, Outcome.COMPENSATION_FAILED)
             if transitions.undo_failed(claim, error, tb):
                 raise
             return
@@ -215,6 +218,8 @@ def run_undo(claim: Claim, retries_left: int) -> None:
 
 
 def _walked(claim: Claim, undo_next: Position | None, error: str, tb: str, note: str = "") -> None:
+    if error:
+        tracing.failed(error, Outcome.COMPENSATION_FAILED)
     if not note and error:
         note = f"; the compensation of step {claim.index} failed: {error}"
     with transaction.atomic():

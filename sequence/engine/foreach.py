@@ -22,7 +22,7 @@ from sequence.declare.exceptions import Fail
 from sequence.declare.masking import mask_text
 from sequence.declare.registry import get_sequence_class
 from sequence.declare.validation import check_data
-from sequence.engine import hooks, transitions
+from sequence.engine import hooks, tracing, transitions
 from sequence.engine.claims import Claim
 from sequence.engine.failure import fail_for_good, final_because, undo_start
 from sequence.engine.moves import Move, after_move
@@ -122,6 +122,7 @@ def _failed(
     message = str(exc) if isinstance(exc, Fail) else f"{type(exc).__name__}: {exc}"
     error = mask_text(message, record.data)
     tb = mask_text(traceback.format_exc(), record.data)
+    tracing.failed(error)
     reason = final_because(exc, spec, retries_left)
     name = f"{record.name} #{record.pk} element {ic.index} of {spec.base} (attempt {ic.attempt})"
     outcome = transitions.fanout.fail_item(ic, error, tb, will_retry=reason is None)

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 
 from sequence.declare.conf import settings
 from sequence.declare.registry import spec_for
-from sequence.engine import transitions
+from sequence.engine import tracing, transitions
 from sequence.engine.claims import Claim
 from sequence.engine.rq.dispatch import (
     Work,
@@ -38,13 +38,17 @@ def stale(record: SequenceRecord | None, sequence_id: int, step_index: int, epoc
     sweep would do the same later); anything else would just add a duplicate.
     """
     if record is None:
-        logger.warning("Sequence %s no longer exists; its step job ends.", sequence_id)
+        logger.warning(
+            "Sequence %s no longer exists; its step job ends.", sequence_id,
+            extra=tracing.log_fields(sequence_id),
+        )  # fmt: skip
         return
     logger.info(
         "Sequence %s: the job of step %s under epoch %s is stale (the sequence is %s at "
         "step %s, epoch %s); it ends without running.",
         f"{record.name} #{record.pk}", step_index + 1, epoch, record.status,
         record.step_index + 1, record.epoch,
+        extra=tracing.log_fields(record.pk, record.name),
     )  # fmt: skip
     if (
         getattr(record, "overdue", False)

@@ -13,7 +13,7 @@ from sequence import signals
 from sequence.declare.conf import settings
 from sequence.declare.exceptions import ConfigurationError
 from sequence.declare.validation import check_data
-from sequence.engine import hooks
+from sequence.engine import hooks, tracing
 from sequence.engine.rq.dispatch import Work, dispatch, known_queue
 from sequence.models import SequenceRecord, subject_of
 
@@ -54,6 +54,7 @@ def start(
         dispatch_due=Now(),
         subject_type=subject_type,
         subject_id=subject_id,
+        traceparent=tracing.traceparent(cls.name),
     )
     if key is None:
         record.save(force_insert=True)

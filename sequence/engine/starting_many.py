@@ -21,7 +21,7 @@ from sequence import signals
 from sequence.declare.conf import settings
 from sequence.declare.exceptions import ConfigurationError, InvalidData
 from sequence.declare.validation import check_data
-from sequence.engine import hooks
+from sequence.engine import hooks, tracing
 from sequence.engine.rq.dispatch import confirm_dispatch, enqueue_first_steps, known_queue
 from sequence.models import SequenceRecord, subject_of
 
@@ -62,6 +62,7 @@ def start_many(
     ]
     cleaned = [_clean(cls, data, index, keys[index]) for index, data in enumerate(datas)]
     queue = queue or cls.queue or settings.QUEUE
+    parent = tracing.traceparent(cls.name)  # one trace for the call's sequences
 
     # Which element each record comes from: the first element with a key takes it.
     first_of: dict[str, int] = {}
@@ -72,7 +73,7 @@ def start_many(
     with transaction.atomic():
         existing = _existing(cls, list(first_of))
         new = [
-            (index, _record(cls, data, keys[index], queue, about[index]))
+            (index, _record(cls, data, keys[index], queue, about[index], parent))
             for index, data in enumerate(cleaned)
             if keys[index] is None
             or (keys[index] not in existing and first_of[keys[index]] == index)
@@ -99,6 +100,7 @@ def _record(
     key: str | None,
     queue: str,
     about: tuple[Any, str],
+    traceparent: str,
 ) -> SequenceRecord:
     """The row ``start()`` saves, its outbox entry due now (on the database's clock)."""
     return SequenceRecord(
@@ -111,6 +113,7 @@ def _record(
         dispatch_due=Now(),
         subject_type=about[0],
         subject_id=about[1],
+        traceparent=traceparent,
     )
 
 

@@ -27,7 +27,7 @@ from sequence.declare.definitions import SequenceDefinition, StepSpec
 from sequence.declare.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.declare.items import Sleep, WaitFor
 from sequence.declare.validation import check_data
-from sequence.engine import hooks, points, transitions
+from sequence.engine import hooks, points, tracing, transitions
 from sequence.engine.claims import Claim
 from sequence.engine.failure import fail_for_good, undo_start
 from sequence.engine.moves import Move, after_move
@@ -198,8 +198,9 @@ def wake_due(*, pk: int | None = None, limit: int = WAKE_BATCH) -> int:
             moved += _wake(record)
         except Exception:
             logger.exception(
-                "Sequence %s: could not wake it; the next pass tries again.", record.pk
-            )
+                "Sequence %s: could not wake it; the next pass tries again.", record.pk,
+                extra=tracing.log_fields(record.pk, record.name),
+            )  # fmt: skip
     return moved
 
 
@@ -265,7 +266,10 @@ def _time_out(record: SequenceRecord, item: WaitFor | None) -> int:
         if status is None:
             return 0
         transaction.on_commit(lambda: _moved_on(record.pk, Status(record.status)), robust=True)
-    logger.error("Sequence %s #%s failed: %s.", record.name, record.pk, error)
+    logger.error(
+        "Sequence %s #%s failed: %s.", record.name, record.pk, error,
+        extra=tracing.log_fields(record.pk, record.name),
+    )  # fmt: skip
     return 1
 
 

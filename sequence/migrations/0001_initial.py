@@ -46,6 +46,7 @@ class Migration(migrations.Migration):
                 ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
                 ('finished_at', models.DateTimeField(blank=True, null=True, verbose_name='finished')),
                 ('subject_id', models.CharField(blank=True, default='', max_length=255, verbose_name='subject id')),
+                ('traceparent', models.CharField(blank=True, default='', max_length=55, verbose_name='trace')),
                 ('subject_type', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='contenttypes.contenttype', verbose_name='subject type')),
             ],
             options={

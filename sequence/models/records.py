@@ -252,6 +252,9 @@ class SequenceRecord(models.Model):
         related_name="+",
     )
     subject_id = models.CharField(_("subject id"), max_length=255, blank=True, default="")
+    # The trace start() ran in, as a W3C traceparent ("" without OpenTelemetry): each
+    # attempt's span joins it, on whichever worker runs it (sequence.engine.tracing).
+    traceparent = models.CharField(_("trace"), max_length=55, blank=True, default="")
     subject = GenericForeignKey("subject_type", "subject_id")
 
     objects = SequenceQuerySet.as_manager()

@@ -24,7 +24,7 @@ from rq.timeouts import BaseDeathPenalty, JobTimeoutException, UnixSignalDeathPe
 from rq.worker import BaseWorker
 
 from sequence.declare.conf import settings
-from sequence.engine import claims
+from sequence.engine import claims, tracing
 from sequence.engine.inline import Inline
 from sequence.engine.recovery import recover_claim
 from sequence.engine.rq.dispatch import get_queue
@@ -156,6 +156,13 @@ class ForkingSequenceWorker(_SequenceWorkerMixin, Worker):
         with fork_guard:
             connections.close_all()
             super().fork_work_horse(job, queue)
+
+    def perform_job(self, job: Any, queue: Any) -> bool:
+        # In the horse, which RQ ends with os._exit: its spans must leave before it does.
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            tracing.flush()
 
     def handle_work_horse_killed(self, job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
         """Take the dead horse's step back at once, fenced by the horse's claim token."""

@@ -94,7 +94,7 @@ def claim_item(work: Work, taker: Taker) -> ItemClaim | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    item_pk, attempt, name, data, plan, version, queue, held_by, done, total = row
+    item_pk, attempt, name, data, plan, version, queue, held_by, done, total, parent = row
     snapshot = known if data is None and known is not None and held_by == held else None
     if snapshot is None:
         if data is None or plan is None:  # not ours after all: read them
@@ -104,6 +104,7 @@ def claim_item(work: Work, taker: Taker) -> ItemClaim | None:
         pk=sequence_id, name=name, status=Status.RUNNING, data=snapshot.data(),
         plan=list(snapshot.plan), version=version, queue=queue, step_index=step_index,
         epoch=epoch, claim_token=held_by, items_done=done, items_total=total,
+        traceparent=parent,
     )  # fmt: skip
     return ItemClaim(
         record=record, pk=item_pk, index=index, token=token, worker=worker,
@@ -170,6 +171,7 @@ def _remember(key: tuple[int, int], snapshot: _Snapshot) -> _Snapshot:
 # plan only when the claim token of its ForEach is not the one given (see _Snapshot).
 _RECORD_COLUMNS = (
     "name", "data", "plan", "version", "queue", "claim_token", "items_done", "items_total",
+    "traceparent",
 )  # fmt: skip
 _KNOWN = ("data", "plan")
 

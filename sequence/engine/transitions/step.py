@@ -65,7 +65,7 @@ def claim(work: Work, taker: Taker, *, failed: bool = False) -> Claim | None:
             connection.close()
     if row is None:
         return None
-    name, data, plan, version, queue, attempt = row
+    name, data, plan, version, queue, attempt, traceparent = row
     record = SequenceRecord(
         pk=sequence_id,
         name=name,
@@ -79,6 +79,7 @@ def claim(work: Work, taker: Taker, *, failed: bool = False) -> Claim | None:
         attempt=attempt,
         claim_token=token,
         claimed_by=worker[:200],
+        traceparent=traceparent,
     )
     if failed:
         # Run again by hand after it failed for good: its compensations (if they ran)
@@ -115,7 +116,7 @@ def _claim_sql(vendor: str, failed: bool) -> tuple[str, list[Any]]:
         {relaxed}
         WHERE id = %s AND epoch = %s AND step_index = %s
             AND ({takes_sql} OR ({own_sql} AND claim_token = %s))
-        RETURNING name, CAST(data AS TEXT), plan, version, queue, attempt
+        RETURNING name, CAST(data AS TEXT), plan, version, queue, attempt, traceparent
     """
     return sql, [*takes_args, *own_args]
 
