@@ -9,7 +9,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from sequence.declare.exceptions import InvalidTransition
-from sequence.engine.states import IDEMPOTENT, Status, sources
+from sequence.engine.states import IDEMPOTENT, TERMINAL, Status, sources
 from sequence.engine.transitions.base import RELEASED, compensating, rows
 from sequence.models import Position, SequenceRecord
 
@@ -62,8 +62,8 @@ def pause(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
 
 def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
     """Running again if the step in flight still holds its claim; waiting or sleeping
-    again if it was paused in a WaitFor, or in a Sleep whose time has not come; else
-    pending (queue the next step)."""
+    again if it was paused in a WaitFor, or in a Sleep whose time has not come; queued
+    again if it was paused before it had a place; else pending (queue the next step)."""
 
     def update() -> int:
         # A step still in flight keeps its claim: it commits and queues its successor.
@@ -74,6 +74,12 @@ def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
         ):
             return 1
         idle = rows("resume", sequence_id).filter(claim_token__isnull=True)
+        # Paused before it had a place under its Concurrency: it waits for one again.
+        if idle.filter(flow_key__isnull=False, has_place=False).update(
+            status=Status.QUEUED, updated_at=Now()
+        ):
+            return 1
+        idle = idle.exclude(flow_key__isnull=False, has_place=False)
         if idle.exclude(waiting_for="").update(status=Status.WAITING, updated_at=Now()):
             return 1
         if idle.filter(waiting_for="", wake_at__gt=Now()).update(
@@ -153,14 +159,22 @@ def retry(
         # meanwhile is not written.
         same = rows("retry", sequence_id).filter(epoch=record.epoch)
         if same.update(
-            status=Status.PENDING, data=data, epoch=F("epoch") + 1, attempt=0,
-            recoveries=0, error="", finished_at=None, dispatch_due=Now(), updated_at=Now(),
+            **_due(record), data=data, epoch=F("epoch") + 1, attempt=0,
+            recoveries=0, error="", finished_at=None, updated_at=Now(),
             undo_index=None, ends_as="",
         ):  # fmt: skip
             return SequenceRecord.objects.find(sequence_id), True
     raise InvalidTransition(
         f"Cannot retry sequence {sequence_id}: it kept changing; try again."
     )  # pragma: no cover - needs ROUNDS lost races in a row
+
+
+def _due(record: SequenceRecord) -> dict[str, Any]:
+    """A retried (or rewound) sequence's next step is due; under a Concurrency it first
+    waits queued for a place, unless it still holds one (a paused sequence)."""
+    if record.flow_key is not None and not (record.has_place and record.status not in TERMINAL):
+        return {"status": Status.QUEUED, "has_place": False, "dispatch_due": None}
+    return {"status": Status.PENDING, "dispatch_due": Now()}
 
 
 def rewind(
@@ -174,7 +188,7 @@ def rewind(
         rows("rewind", record.pk)
         .filter(epoch=record.epoch)
         .update(
-            status=Status.PENDING,
+            **_due(record),
             plan=plan,
             version=version,
             step_index=index,
@@ -186,7 +200,6 @@ def rewind(
             finished_at=None,
             undo_index=None,
             ends_as="",
-            dispatch_due=Now(),
             updated_at=Now(),
             wake_at=None,
             waiting_for="",
