@@ -17,6 +17,8 @@ from sequence.testing import drain
 from testproject.testapp.flow import LatestWins, OnePerAccount, RejectedWhenBusy, TwoPerAccount
 from testproject.testapp.sequences import A
 
+from .test_steering import in_threads
+
 # Transactional: a place is given on the commit that frees it.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("testing")]
 
@@ -184,3 +186,17 @@ def test_a_concurrency_that_is_not_one_is_a_configuration_error():
             name = "tests.BadConcurrency"
             steps = [A]
             concurrency = 2  # type: ignore[assignment]
+
+
+def test_concurrent_starts_of_one_key_admit_exactly_the_limit():
+    def start(i: int) -> str:
+        if i % 2:
+            return TwoPerAccount.start_many([{"account": "hot"}, {"account": "hot"}])[0].status
+        return TwoPerAccount.start({"account": "hot"}).status
+
+    results = in_threads(8, start)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    rows = TwoPerAccount.records()
+    assert rows.filter(status=Status.PENDING).count() == 2
+    assert rows.filter(status=Status.QUEUED).count() == 10
+    assert list(rows.filter(has_place=True).values_list("status", flat=True)) == ["pending"] * 2

@@ -4,8 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sequence import Concurrency, Sequence
+from sequence import Concurrency, Sequence, Step
 from testproject.testapp.sequences import A, B
+
+# --8<-- [start:sync]
+
+
+class FetchAccount(Step):
+    def perform(self) -> dict[str, Any]:
+        return {"fetched": self.data["account_id"]}
+
+
+class SyncAccount(Sequence):
+    """One sync per account at a time; a second start waits, queued, for the first."""
+
+    steps = [FetchAccount]
+    concurrency = Concurrency("account_id", limit=1, on_busy="queue")
+
+
+# --8<-- [end:sync]
 
 
 class OnePerAccount(Sequence):
