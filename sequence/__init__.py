@@ -11,6 +11,7 @@ from sequence.declare.exceptions import (
     ForeignJob,
     InvalidData,
     InvalidTransition,
+    SequenceBusy,
     SequenceCanceled,
     SequenceError,
     SequenceFailed,
@@ -23,6 +24,7 @@ from sequence.declare.exceptions import (
 
 if TYPE_CHECKING:
     from sequence.declare.definitions import Step
+    from sequence.declare.flow import Concurrency
     from sequence.declare.items import ForEach, Sleep, WaitFor
     from sequence.declare.retry import Retry
     from sequence.declare.schedule import Schedule
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 # Names whose modules use the models: imported on first use, so that importing the
 # package (as Django does while it loads apps) never imports the models.
 _LAZY = {
+    "Concurrency": "sequence.declare.flow",
     "Retry": "sequence.declare.retry",
     "Schedule": "sequence.declare.schedule",
     "Step": "sequence.declare.definitions",
@@ -41,6 +44,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Concurrency",
     "ConfigurationError",
     "Fail",
     "ForEach",
@@ -50,6 +54,7 @@ __all__ = [
     "Retry",
     "Schedule",
     "Sequence",
+    "SequenceBusy",
     "SequenceCanceled",
     "SequenceError",
     "SequenceFailed",

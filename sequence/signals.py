@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-sequence_started = Signal()  # the record is saved and its first step queued
+sequence_started = Signal()  # its first step queued (a queued one's: when it got a place)
+sequence_queued = Signal()  # the record is saved queued: its Concurrency key is full
 step_completed = Signal()  # also: step (name), step_index, attempt
 step_failed = Signal()  # also: step, step_index, attempt, error, will_retry
 sequence_completed = Signal()  # the last step committed

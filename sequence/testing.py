@@ -29,7 +29,7 @@ from django.db.models.functions import Now
 from sequence import runner
 from sequence.declare.exceptions import SequenceError
 from sequence.declare.registry import spec_for
-from sequence.engine import claims
+from sequence.engine import claims, places
 from sequence.engine.rq.dispatch import ITEM, retry_of, unit_of
 from sequence.engine.states import FANNING, ITEM_TRANSITIONS, MOVING, Status, sources
 from sequence.engine.waiting import wake_due
@@ -88,10 +88,14 @@ def _due() -> QuerySet[SequenceRecord]:
 
 
 def _wake(skip_sleeps: bool) -> None:
-    """Wake what is due, as the workers' wake pass would; every sleeper with skip_sleeps."""
+    """Wake what is due, as the workers' wake pass would; every sleeper with skip_sleeps.
+    Free places of Concurrency keys go to their queued sequences, as after a commit
+    that a test's transaction never makes (or the sweep)."""
     if skip_sleeps:
         SequenceRecord.objects.filter(status=Status.SLEEPING).update(wake_at=Now())
     wake_due()
+    for name, key in places.waiting_keys():
+        places.free(None, name, key)
 
 
 def _position(pk: int) -> tuple[object, ...] | None:

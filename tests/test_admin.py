@@ -424,7 +424,7 @@ def test_an_action_that_does_not_apply_says_why(admin_client):
     response = admin_client.post(action_url(record.pk, "pause"), follow=True)
     assert messages_of(response) == [
         f"Cannot pause testapp.ThreeSteps #{record.pk}: it is completed; pause applies to a "
-        "sequence that is pending, retrying, running, sleeping, waiting."
+        "sequence that is pending, queued, retrying, running, sleeping, waiting."
     ]
     record.refresh_from_db()
     assert record.status == Status.COMPLETED
@@ -442,7 +442,7 @@ def test_list_actions_pause_and_cancel_go_through_the_transitions(admin_client):
     assert messages_of(response) == [
         f"Paused 2 sequences: #{first.id}, #{second.id}.",
         f"Cannot pause testapp.ThreeSteps #{done.pk}: it is completed; pause applies to a "
-        "sequence that is pending, retrying, running, sleeping, waiting.",
+        "sequence that is pending, queued, retrying, running, sleeping, waiting.",
     ]
     response = admin_client.post(
         LIST_URL, {"action": "cancel_selected", "_selected_action": [first.id]}, follow=True

@@ -66,7 +66,8 @@ def test_pause_changes_only_the_rows_pause_applies_to_and_counts_them():
     rows = {s: make_record(status=s) for s in Status}
     with Received(signals.sequence_paused) as paused, CaptureQueriesContext(connection) as q:
         count = SequenceRecord.objects.all().pause()
-    pausable = (Status.PENDING, Status.RUNNING, Status.RETRYING, Status.SLEEPING, Status.WAITING)
+    pausable = (Status.QUEUED, Status.PENDING, Status.RUNNING, Status.RETRYING, Status.SLEEPING)
+    pausable += (Status.WAITING,)
     assert count == len(pausable)
     assert len(updates(q)) == 1
     for status, record in rows.items():

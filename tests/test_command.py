@@ -262,7 +262,7 @@ def test_a_request_that_does_not_apply_fails_the_command_after_doing_the_rest():
     assert out.getvalue().strip() == f"#{live.id} paused: pending -> paused"
     assert err.getvalue().splitlines() == [
         f"#{done.pk}: Cannot pause testapp.ThreeSteps #{done.pk}: it is completed; pause "
-        "applies to a sequence that is pending, retrying, running, sleeping, waiting.",
+        "applies to a sequence that is pending, queued, retrying, running, sleeping, waiting.",
         "#999999: No sequence has the id 999999.",
     ]
     with pytest.raises(CommandError):

@@ -235,7 +235,7 @@ def test_the_command_prints_a_report_and_json_and_fails_when_unhealthy():
     assert text.startswith("Sequence health: UNHEALTHY")
     assert re.search(r"Queue default: 1 queued, oldest \d+s, 1 sequences waiting, 0 live", text)
     assert (
-        "Sequences: 1 pending, 0 running, 0 retrying, 0 sleeping, 0 waiting, 0 paused, "
+        "Sequences: 0 queued, 1 pending, 0 running, 0 retrying, 0 sleeping, 0 waiting, 0 paused, "
         "0 compensating, 0 completed, 1 failed"
     ) in text
     assert "Failed in the last hour: 1; retrying: 0; stuck: 0" in text

@@ -35,14 +35,27 @@ from .lifecycle_support import job_status, make_record, queued_jobs, run_jobs
 
 P, R, T, Z = Status.PENDING, Status.RUNNING, Status.RETRYING, Status.PAUSED
 C, F, X = Status.COMPLETED, Status.FAILED, Status.CANCELED
-K, S, W = Status.COMPENSATING, Status.SLEEPING, Status.WAITING
+K, S, W, Q = Status.COMPENSATING, Status.SLEEPING, Status.WAITING, Status.QUEUED
 SAME, RAISES = "same", "raises"
 
 # What each request does from each status, written out as API.md says it (not derived
 # from the table, which the next test checks against this).
 EXPECTED: dict[str, dict[Status, str]] = {
-    "pause": {P: Z, R: Z, T: Z, Z: SAME, C: RAISES, F: RAISES, X: RAISES, K: RAISES, S: Z, W: Z},
+    "pause": {
+        Q: Z,
+        P: Z,
+        R: Z,
+        T: Z,
+        Z: SAME,
+        C: RAISES,
+        F: RAISES,
+        X: RAISES,
+        K: RAISES,
+        S: Z,
+        W: Z,
+    },
     "resume": {
+        Q: SAME,
         P: SAME,
         R: SAME,
         T: SAME,
@@ -54,8 +67,9 @@ EXPECTED: dict[str, dict[Status, str]] = {
         S: SAME,
         W: SAME,
     },
-    "cancel": {P: X, R: X, T: X, Z: X, C: RAISES, F: RAISES, X: SAME, K: RAISES, S: X, W: X},
+    "cancel": {Q: X, P: X, R: X, T: X, Z: X, C: RAISES, F: RAISES, X: SAME, K: RAISES, S: X, W: X},
     "retry": {
+        Q: RAISES,
         P: RAISES,
         R: RAISES,
         T: RAISES,
@@ -158,7 +172,7 @@ def test_the_table_names_only_statuses_and_finished_sequences_stay_finished():
     assert available(Status.PAUSED) == ["resume", "cancel"]
     assert available(Status.FAILED) == ["retry"]
     assert available(Status.COMPLETED) == []
-    assert sources("pause") == ACTIVE | {S, W}
+    assert sources("pause") == ACTIVE | {S, W, Q}
 
 
 @pytest.mark.django_db

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, cast
 from django.apps import apps
 
 from sequence.declare.exceptions import ConfigurationError
+from sequence.declare.flow import Concurrency
 from sequence.declare.items import KINDS, ForEach, PlanWait, Sleep, Use, WaitFor
 from sequence.declare.retry import Retry
 from sequence.declare.schedule import Schedule
@@ -213,7 +214,8 @@ def _default_name(cls: type) -> str:
 
 
 class SequenceDefinition(Generic[D]):
-    """What a sequence declares (its steps, queue, version, schema, schedules and hooks),
+    """What a sequence declares (its steps, queue, version, schema, schedules, concurrency
+    and hooks),
     and the state an instance shows once loaded from its record.
 
     Subclass ``sequence.Sequence``, which adds the verbs, rather than this.
@@ -224,6 +226,7 @@ class SequenceDefinition(Generic[D]):
     version: str = ""
     schema: ClassVar[Any] = None
     schedules: ClassVar[list[Schedule]] = []
+    concurrency: ClassVar[Concurrency | None] = None
     name: str
 
     # Filled per subclass by __init_subclass__.
@@ -262,6 +265,11 @@ class SequenceDefinition(Generic[D]):
             raise ConfigurationError(
                 f"{cls.__qualname__}.schema = {cls.schema!r}: give a pydantic model class, or "
                 "a callable that takes the data and returns it cleaned (or raises)."
+            )
+        if cls.concurrency is not None and not isinstance(cls.concurrency, Concurrency):
+            raise ConfigurationError(
+                f"{cls.__qualname__}.concurrency = {cls.concurrency!r:.80}: give "
+                "Concurrency('data_key', limit=1), or leave it out."
             )
         names = [s.name for s in cls.schedules]
         if len(names) != len(set(names)):

@@ -58,3 +58,8 @@ class StepFenced(SequenceError):
 
 class StepDeadlineExceeded(SequenceError):
     """Raised when a step finished after its timeout; its result is not committed."""
+
+
+class SequenceBusy(SequenceError):
+    """Raised by ``start`` when the sequence's ``Concurrency`` key has no free place and
+    its ``on_busy`` is ``"reject"``; nothing was saved."""

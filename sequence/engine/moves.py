@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from sequence import signals
 from sequence.declare.registry import registered
-from sequence.engine import hooks
+from sequence.engine import hooks, places
 from sequence.engine.rq.dispatch import dispatch_record
 from sequence.engine.states import HELD, MOVING, TERMINAL, Status
 
@@ -54,16 +54,21 @@ def after_move(
 ) -> None:
     """After ``move`` committed on ``record`` (as the move left it): queue the unit that
     is due (unless ``queue`` is False: the caller queued it, or runs it itself), or send
-    the end's hook and signal, once, for the move that made the end."""
+    the end's hook and signal, once, for the move that made the end. An end (or a move
+    back into ``queued``) gives a free place of its Concurrency key to the next queued
+    sequence."""
     if move.now in MOVING:
         if queue:
             dispatch_record(record)
         return
+    if move.entered == Status.QUEUED:
+        places.free_of(cls, record)
     if move.now not in TERMINAL or move.entered is None:
         return
     cls = cls or registered().get(record.name)
     if cls is None:
         return
+    places.free_of(cls, record)
     handle = cls._bind(record)
     if move.now == Status.COMPLETED:
         hooks.call(handle.on_complete)

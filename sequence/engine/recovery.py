@@ -11,6 +11,9 @@ three kinds of rows, each read in bounded batches by id through a partial index:
 3. **Lost jobs**: a pending or retrying row, older than ``grace``, with no live RQ job
    for its epoch (Redis was flushed, restarted empty, or evicted the job).
 
+Then the keys of every ``Concurrency`` with queued sequences give their free places
+(``places``): the process that ended a sequence may have died before it promoted one.
+
 Each is re-dispatched under a new epoch, by an update conditional on the epoch (and
 claim) the sweep read, so sweeps running in several processes at once recover a row
 once. Jobs are looked up in Redis with pipelines, a batch at a time.
@@ -48,7 +51,7 @@ from django.db.models.functions import Now
 
 from sequence.declare.conf import settings
 from sequence.declare.registry import find_step, registered
-from sequence.engine import foreach, points, transitions
+from sequence.engine import foreach, places, points, transitions
 from sequence.engine.failure import undo_after, undo_start
 from sequence.engine.moves import Move, after_move
 from sequence.engine.rq.dispatch import ITEM, Work, confirm_dispatch, dispatch, unit_of
@@ -83,18 +86,21 @@ class SweepResult:
     confirmed: list[int] = field(default_factory=list)
     # Sleepers woken and waits timed out whose time had come.
     woken: int = 0
+    # Queued sequences given a place that had freed (the end's process died first).
+    promoted: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (
             f"redispatched {len(self.redispatched)}, failed {len(self.failed)}, "
             f"released {len(self.released)}, confirmed {len(self.confirmed)}, "
-            f"woken {self.woken}"
+            f"woken {self.woken}, promoted {len(self.promoted)}"
         )
 
     def __bool__(self) -> bool:
         return bool(
             self.redispatched or self.failed or self.released or self.confirmed or self.woken
-        )
+            or self.promoted
+        )  # fmt: skip
 
 
 # The three kinds of stuck rows, as conditions (health counts rows by them too).
@@ -207,8 +213,10 @@ def sweep(grace: float | None = None) -> SweepResult:
     _sweep_items(grace, jobs, result)
     # Sleepers due while no worker ran (the workers' own passes wake the rest on time).
     result.woken = wake_due()
+    for name, key in places.waiting_keys():
+        result.promoted += places.free(None, name, key)
     WorkerBeat.objects.filter(last_seen__lt=ago(FORGET_WORKERS_AFTER.total_seconds())).delete()
-    if result.redispatched or result.failed or result.released:
+    if result.redispatched or result.failed or result.released or result.promoted:
         logger.warning("Recovery sweep: %s", result)
     return result
 

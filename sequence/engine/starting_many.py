@@ -23,6 +23,8 @@ from sequence.declare.exceptions import ConfigurationError, InvalidData
 from sequence.declare.validation import check_data
 from sequence.engine import hooks, tracing
 from sequence.engine.rq.dispatch import confirm_dispatch, enqueue_first_steps, known_queue
+from sequence.engine.starting import take_places
+from sequence.engine.states import Status
 from sequence.models import SequenceRecord, subject_of
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ def start_many(
         for obj in _parallel("subjects", subjects, len(datas))
     ]
     cleaned = [_clean(cls, data, index, keys[index]) for index, data in enumerate(datas)]
+    flow_keys = [_flow_key(cls, data, index) for index, data in enumerate(cleaned)]
     queue = queue or cls.queue or settings.QUEUE
     parent = tracing.traceparent(cls.name)  # one trace for the call's sequences
 
@@ -73,23 +76,30 @@ def start_many(
     with transaction.atomic():
         existing = _existing(cls, list(first_of))
         new = [
-            (index, _record(cls, data, keys[index], queue, about[index], parent))
+            (index, _record(cls, data, keys[index], queue, about[index], parent, flow_keys[index]))
             for index, data in enumerate(cleaned)
             if keys[index] is None
             or (keys[index] not in existing and first_of[keys[index]] == index)
         ]
+        _take_places(cls, [record for _, record in new])
         created = _insert(cls, new, existing)
+        waiting = [record for _, record in created if record.status == Status.QUEUED]
+        if waiting:
+            # Inserted with the outbox entry every row shares: a queued one has none.
+            SequenceRecord.objects.filter(pk__in=[r.pk for r in waiting]).update(dispatch_due=None)
         for index, record in created:
             records[index] = record
         for index, key in enumerate(keys):
             if records[index] is None and key is not None:
                 records[index] = existing.get(key) or records[first_of[key]]
-        started = [record for _, record in created]
-        transaction.on_commit(lambda: _first_steps(cls, started, queue), robust=True)
+        started = [record for _, record in created if record.status != Status.QUEUED]
+        transaction.on_commit(lambda: _first_steps(cls, started, waiting, queue), robust=True)
     now = timezone.now()
     for record in started:
         # The in-memory copy shows the database's Now() as this process's clock.
         record.dispatch_due = now
+    for record in waiting:
+        record.dispatch_due = None
     assert all(record is not None for record in records)
     return records  # type: ignore[return-value]
 
@@ -101,6 +111,7 @@ def _record(
     queue: str,
     about: tuple[Any, str],
     traceparent: str,
+    flow_key: str | None,
 ) -> SequenceRecord:
     """The row ``start()`` saves, its outbox entry due now (on the database's clock)."""
     return SequenceRecord(
@@ -114,7 +125,28 @@ def _record(
         subject_type=about[0],
         subject_id=about[1],
         traceparent=traceparent,
+        flow_key=flow_key,
     )
+
+
+def _flow_key(cls: type[SequenceDefinition[Any]], data: dict[str, Any], index: int) -> str | None:
+    if cls.concurrency is None:
+        return None
+    try:
+        return cls.concurrency.key_of(data)
+    except InvalidData as exc:
+        raise InvalidData(f"datas[{index}]: {exc}") from exc
+
+
+def _take_places(cls: type[SequenceDefinition[Any]], records: list[SequenceRecord]) -> None:
+    """Each Concurrency key's places to its new rows, in order: one lock per key, taken
+    in the keys' order so that two calls never wait for each other's."""
+    by_key: dict[str, list[SequenceRecord]] = {}
+    for record in records:
+        if record.flow_key is not None:
+            by_key.setdefault(record.flow_key, []).append(record)
+    for key in sorted(by_key):
+        take_places(cls, key, by_key[key])
 
 
 def _parallel(name: str, values: Sequence[Any] | None, n: int) -> list[Any]:
@@ -187,10 +219,18 @@ def _insert(
 
 
 def _first_steps(
-    cls: type[SequenceDefinition[Any]], records: list[SequenceRecord], queue: str
+    cls: type[SequenceDefinition[Any]],
+    records: list[SequenceRecord],
+    waiting: list[SequenceRecord],
+    queue: str,
 ) -> None:
-    """After the commit: queue every first step in one pipeline, then announce each."""
+    """After the commit: queue every first step in one pipeline, then announce each
+    (and each queued one)."""
+    for record in waiting:
+        hooks.send(signals.sequence_queued, cls, sequence=cls._bind(record))
     pks = [record.pk for record in records]
+    if not pks:
+        return
     try:
         enqueue_first_steps(pks, queue, cls.step_specs[0])
     except Exception:
@@ -208,7 +248,7 @@ def _first_steps(
 
 # The columns that differ between the rows of one start_many; every other column holds
 # the same value in all of them (``_record``).
-VARYING = ("key", "data", "subject_type", "subject_id")
+VARYING = ("key", "data", "subject_type", "subject_id", "status", "flow_key", "has_place")
 
 
 def _insert_rows(records: list[SequenceRecord]) -> None:
@@ -244,7 +284,10 @@ def _insert_rows(records: list[SequenceRecord]) -> None:
         source = "jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(value, n) ORDER BY e.n"
     else:
         source = "json_each(%s) AS e ORDER BY e.key"
-    rows = [[r.key, r.data, r.subject_type_id, r.subject_id] for r in records]
+    rows = [
+        [r.key, r.data, r.subject_type_id, r.subject_id, r.status, r.flow_key, r.has_place]
+        for r in records
+    ]
     params.append(json.dumps(rows, separators=(",", ":")))
     table = quote(SequenceRecord._meta.db_table)
     sql = (

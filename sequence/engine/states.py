@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 
 class Status(models.TextChoices):
+    QUEUED = "queued", _("Queued")  # waits for a place under its Concurrency
     PENDING = "pending", _("Pending")  # a step is queued
     RUNNING = "running", _("Running")  # a step is executing
     RETRYING = "retrying", _("Retrying")  # an attempt failed; RQ will run it again
@@ -47,9 +48,16 @@ Transitions = dict[str, dict[Status, frozenset[Status]]]
 def _table() -> Transitions:
     P, R, T, Z = Status.PENDING, Status.RUNNING, Status.RETRYING, Status.PAUSED
     C, F, X, K = Status.COMPLETED, Status.FAILED, Status.CANCELED, Status.COMPENSATING
-    S, W = Status.SLEEPING, Status.WAITING
+    S, W, Q = Status.SLEEPING, Status.WAITING, Status.QUEUED
     return {
+        # A start saves its row pending, or queued when its Concurrency key is full (no
+        # row is there before: not an UPDATE, listed for the table's completeness).
+        "start": {},
+        # A place frees under the sequence's Concurrency: the first queued one of that
+        # key is pending, its first step queued (a retried one waits for its place too).
+        "admit": {Q: frozenset({P})},
         "pause": {
+            Q: frozenset({Z}),
             P: frozenset({Z}),
             R: frozenset({Z}),
             T: frozenset({Z}),
@@ -59,10 +67,11 @@ def _table() -> Transitions:
         # To running while the step in flight still holds its claim (it commits and
         # queues its successor itself); back to sleeping or waiting while the Sleep or
         # WaitFor it was paused in still counts down; to pending, with the next step
-        # queued, otherwise.
-        "resume": {Z: frozenset({R, P, S, W})},
+        # queued, otherwise; queued again if it was paused before it had a place.
+        "resume": {Z: frozenset({R, P, S, W, Q})},
         # With compensate=True, to compensating first when a completed step has an undo.
         "cancel": {
+            Q: frozenset({X}),
             P: frozenset({X, K}),
             R: frozenset({X, K}),
             T: frozenset({X, K}),
@@ -70,9 +79,10 @@ def _table() -> Transitions:
             S: frozenset({X, K}),
             W: frozenset({X, K}),
         },
-        "retry": {F: frozenset({P})},
+        # Under a Concurrency, queued first: a failed sequence gave its place up.
+        "retry": {F: frozenset({P, Q})},
         # retry(from_step=...): onto the class's current plan, from the named step.
-        "rewind": {F: frozenset({P}), Z: frozenset({P})},
+        "rewind": {F: frozenset({P, Q}), Z: frozenset({P, Q})},
         # A job takes its queued or retrying step; a failed one only when its RQ job was
         # requeued by hand. A running step is never claimed again: only the sweep takes
         # it over, so that recoveries are counted.
@@ -130,7 +140,7 @@ TRANSITIONS: Transitions = _table()
 # action -> statuses in which asking again changes nothing (no error, no signal).
 IDEMPOTENT: dict[str, frozenset[Status]] = {
     "pause": frozenset({Status.PAUSED}),
-    "resume": ACTIVE | ASLEEP,
+    "resume": ACTIVE | ASLEEP | {Status.QUEUED},
     "cancel": frozenset({Status.CANCELED}),
     "retry": frozenset(),
 }

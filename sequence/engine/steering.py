@@ -20,7 +20,7 @@ from sequence.declare import registry
 from sequence.declare.definitions import SequenceDefinition
 from sequence.declare.exceptions import InvalidData, InvalidTransition, UnknownSequence
 from sequence.declare.validation import check_data
-from sequence.engine import foreach, hooks, transitions
+from sequence.engine import foreach, hooks, places, transitions
 from sequence.engine.failure import undo_start
 from sequence.engine.moves import Move, after_move
 from sequence.engine.rq.dispatch import (
@@ -69,8 +69,8 @@ def resume(sequence_id: int | str) -> SequenceRecord:
     with transaction.atomic():
         record, changed = transitions.resume(sequence_id)
         if changed:
-            if record.status == Status.PENDING:
-                move = Move(Status.PAUSED, Status.PENDING)
+            if record.status in (Status.PENDING, Status.QUEUED):
+                move = Move(Status.PAUSED, Status(record.status))
                 transaction.on_commit(lambda: after_move(record, move), robust=True)
             elif record.status == Status.RUNNING and record.items_total is not None:
                 # A ForEach: its elements start again, into its free places.
@@ -161,7 +161,10 @@ def retry(
         else:
             record, changed = transitions.retry(sequence_id, merge, epoch, force=force)
         if changed:
-            _dispatch_on_commit(record)
+            if record.status == Status.QUEUED:
+                transaction.on_commit(lambda: places.free_of(None, record), robust=True)
+            else:
+                _dispatch_on_commit(record)
             _announce(signals.sequence_retried, record)
     return record
 
@@ -270,6 +273,7 @@ def resume_many(queryset: QuerySet[SequenceRecord]) -> int:
         if asleep:
             rows = SequenceRecord.objects.filter(pk__in=asleep).only(*WAKE_FIELDS)
             transaction.on_commit(lambda: schedule_wakes(rows), robust=True)
+        _free_places(changed)
         _announce_many(signals.sequence_resumed, changed)
     return len(changed)
 
@@ -293,8 +297,30 @@ def cancel_many(queryset: QuerySet[SequenceRecord]) -> int:
         changed = transitions.bulk.cancel(queryset)
         if changed:
             transaction.on_commit(lambda: _delete_jobs(changed), robust=True)
+        _free_places(changed)
         _announce_many(signals.sequence_canceled, changed)
     return len(changed)
+
+
+def _free_places(changed: list[transitions.bulk.Changed]) -> None:
+    """Once the change commits: the keys of changed rows under a Concurrency (ended, or
+    queued again) give their free places to their next queued sequences."""
+    counted = {
+        row.name
+        for row in changed
+        if getattr(registry.registered().get(row.name), "concurrency", None)
+    }
+    if not counted:
+        return
+
+    def free() -> None:
+        ids = [row.id for row in changed if row.name in counted]
+        keys = SequenceRecord.objects.filter(pk__in=ids, flow_key__isnull=False)
+        for name, key in keys.values_list("name", "flow_key").distinct():
+            if key is not None:
+                places.free(None, name, key)
+
+    transaction.on_commit(free, robust=True)
 
 
 def _delete_jobs(changed: list[transitions.bulk.Changed]) -> None:

@@ -19,7 +19,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=200, verbose_name='name')),
                 ('key', models.CharField(blank=True, max_length=255, null=True, verbose_name='start key')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('retrying', 'Retrying'), ('sleeping', 'Sleeping'), ('waiting', 'Waiting'), ('paused', 'Paused'), ('compensating', 'Compensating'), ('completed', 'Completed'), ('failed', 'Failed'), ('canceled', 'Canceled')], default='pending', max_length=16, verbose_name='status')),
+                ('status', models.CharField(choices=[('queued', 'Queued'), ('pending', 'Pending'), ('running', 'Running'), ('retrying', 'Retrying'), ('sleeping', 'Sleeping'), ('waiting', 'Waiting'), ('paused', 'Paused'), ('compensating', 'Compensating'), ('completed', 'Completed'), ('failed', 'Failed'), ('canceled', 'Canceled')], default='pending', max_length=16, verbose_name='status')),
                 ('data', models.JSONField(default=dict, verbose_name='data')),
                 ('plan', models.JSONField(default=list, help_text='Step names, in order.', verbose_name='plan')),
                 ('version', models.CharField(blank=True, max_length=64, verbose_name='version')),
@@ -42,6 +42,8 @@ class Migration(migrations.Migration):
                 ('items_failed', models.PositiveIntegerField(default=0, verbose_name='elements failed')),
                 ('undo_item', models.IntegerField(blank=True, null=True, verbose_name='compensating element')),
                 ('error', models.TextField(blank=True, verbose_name='error')),
+                ('flow_key', models.CharField(blank=True, max_length=255, null=True, verbose_name='concurrency key')),
+                ('has_place', models.BooleanField(default=False, verbose_name='holds a place')),
                 ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
                 ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
                 ('finished_at', models.DateTimeField(blank=True, null=True, verbose_name='finished')),
@@ -146,6 +148,21 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['last_seen'], name='sequence_worker_seen_idx')],
             },
         ),
+        migrations.CreateModel(
+            name='FlowLock',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=200, verbose_name='name')),
+                ('key', models.CharField(max_length=255, verbose_name='concurrency key')),
+                ('locked_at', models.DateTimeField(verbose_name='last admission')),
+            ],
+            options={
+                'verbose_name': 'concurrency key',
+                'verbose_name_plural': 'concurrency keys',
+                'db_table': 'sequence_flow_lock',
+                'constraints': [models.UniqueConstraint(fields=('name', 'key'), name='sequence_flow_lock_unique')],
+            },
+        ),
         migrations.AddIndex(
             model_name='sequencerecord',
             index=models.Index(fields=['status', '-id'], name='sequence_status_idx'),
@@ -165,6 +182,10 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='sequencerecord',
             index=models.Index(condition=models.Q(('wake_at__isnull', False)), fields=['wake_at'], name='sequence_wake_idx'),
+        ),
+        migrations.AddIndex(
+            model_name='sequencerecord',
+            index=models.Index(condition=models.Q(('flow_key__isnull', False), models.Q(('status__in', ['canceled', 'completed', 'failed']), _negated=True)), fields=['name', 'flow_key', 'id'], name='sequence_flow_idx'),
         ),
         migrations.AddIndex(
             model_name='sequencerecord',

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sequence.engine.states import ItemStatus
 from sequence.models.records import (
+    LIVE,
     NOT_MIGRATED,
     VERBS,
     Position,
@@ -17,11 +18,13 @@ from sequence.models.records import (
     not_migrated,
     subject_of,
 )
-from sequence.models.rows import SequenceEvent, SequenceItem, StepAttempt, WorkerBeat
+from sequence.models.rows import FlowLock, SequenceEvent, SequenceItem, StepAttempt, WorkerBeat
 
 __all__ = [
+    "LIVE",
     "NOT_MIGRATED",
     "VERBS",
+    "FlowLock",
     "ItemStatus",
     "Position",
     "Progress",

@@ -1,5 +1,6 @@
 """The rows beside a sequence's record: its attempts, its ForEach elements, the events
-sent to it, and the liveness beats of the workers that run it."""
+sent to it, the liveness beats of the workers that run it, and the locks of the
+``Concurrency`` keys."""
 
 from __future__ import annotations
 
@@ -161,3 +162,24 @@ class WorkerBeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class FlowLock(models.Model):
+    """One ``Concurrency`` key of one sequence class: the row whose lock admissions to
+    that key take, so that two starts (or a start and a promotion) never count the
+    places at once. It holds no state of its own: the places are the records'."""
+
+    name = models.CharField(_("name"), max_length=200)
+    key = models.CharField(_("concurrency key"), max_length=255)
+    locked_at = models.DateTimeField(_("last admission"))
+
+    class Meta:
+        db_table = "sequence_flow_lock"
+        verbose_name = _("concurrency key")
+        verbose_name_plural = _("concurrency keys")
+        constraints = [
+            models.UniqueConstraint(fields=["name", "key"], name="sequence_flow_lock_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.key}"

@@ -81,7 +81,11 @@ def local_time(moment: datetime | None, *, zone: bool = False) -> str:
 
 
 def waiting_text(record: SequenceRecord) -> str:
-    """What a sleeping or waiting sequence waits for, in words; "" otherwise."""
+    """What a sleeping, waiting or queued sequence waits for, in words; "" otherwise."""
+    if record.flow_key is not None and not record.has_place and record.status in (
+        Status.QUEUED, Status.PAUSED,
+    ):  # fmt: skip
+        return f"waiting for a place under its concurrency key {record.flow_key!r}"
     if record.waiting_for:
         deadline = f" (times out {local_time(record.wake_at, zone=True)})" if record.wake_at else ""
         return f"waiting for {record.waiting_for!r}{deadline}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from rq.timeouts import JobTimeoutException
 
-from sequence import Retry, Sequence, Step
+from sequence import Concurrency, Retry, Sequence, Step
 from sequence.declare.exceptions import StepFenced
 from testproject.testapp.models import BodyRun, Effect, Payment
 
@@ -78,6 +78,13 @@ class FaultChain(Sequence):
     """Four steps: plain, atomic, idempotent payment, plain."""
 
     steps = [Work, AtomicWork, Pay, Finish]
+
+
+class FlowChain(Sequence):
+    """FaultChain's steps, at most two at once per ``data["account"]``."""
+
+    steps = FaultChain.steps
+    concurrency = Concurrency("account", limit=2)
 
 
 def _patient(step: type[Step]) -> type[Step]:

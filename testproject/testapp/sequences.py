@@ -471,3 +471,6 @@ def _completed(sender: Any, sequence: Any, **kwargs: Any) -> None:
 
 for _cls in (EndsOnStep, EndsOnForEach, EndsOnSleep, EndsOnWait):
     signals.sequence_completed.connect(_completed, sender=_cls, weak=False)
+
+
+from testproject.testapp.flow import OnePerAccount  # noqa: E402, F401  (registers it)

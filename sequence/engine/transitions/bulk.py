@@ -80,26 +80,28 @@ def pause(queryset: QuerySet[SequenceRecord]) -> list[Changed]:
 
 def resume(queryset: QuerySet[SequenceRecord]) -> list[Changed]:
     """Running again where the step in flight holds its claim; waiting again in a WaitFor;
-    sleeping again in a Sleep whose time has not come; pending (due) elsewhere.
+    sleeping again in a Sleep whose time has not come; queued again if paused before it
+    had a place under its Concurrency; pending (due) elsewhere.
 
     One statement, with the same rules as the single resume: a row whose claim is held,
     or that waits, keeps its epoch; one that is due gets a new epoch and its outbox entry.
     """
     now = now_sql()
     held = "claim_token IS NOT NULL"
+    placeless = "flow_key IS NOT NULL AND NOT has_place"
     waits = "waiting_for <> ''"
     sleeps = f"wake_at > {now}"
-    kept = f"{held} OR {waits} OR {sleeps}"
+    kept = f"{held} OR {placeless} OR {waits} OR {sleeps}"
     return _update(
         queryset,
         "resume",
-        f"status = CASE WHEN {held} THEN %s WHEN {waits} THEN %s WHEN {sleeps} THEN %s "
-        "ELSE %s END, "
+        f"status = CASE WHEN {held} THEN %s WHEN {placeless} THEN %s WHEN {waits} THEN %s "
+        f"WHEN {sleeps} THEN %s ELSE %s END, "
         f"epoch = epoch + CASE WHEN {kept} THEN 0 ELSE 1 END, "
         f"dispatch_due = CASE WHEN {kept} THEN dispatch_due ELSE {now} END, "
         f"wake_at = CASE WHEN {kept} THEN wake_at ELSE NULL END, "
         f"updated_at = {now}",
-        [Status.RUNNING, Status.WAITING, Status.SLEEPING, Status.PENDING],
+        [Status.RUNNING, Status.QUEUED, Status.WAITING, Status.SLEEPING, Status.PENDING],
     )
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from sequence.declare.exceptions import InvalidTransition
 from sequence.engine import history
-from sequence.engine.states import IDEMPOTENT, Outcome, Status, sources
+from sequence.engine.states import IDEMPOTENT, TERMINAL, Outcome, Status, sources
 from sequence.engine.transitions.base import RELEASED, compensating, rows
 from sequence.models import Position, SequenceRecord
 
@@ -65,8 +65,8 @@ def pause(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
 
 def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
     """Running again if the step in flight still holds its claim; waiting or sleeping
-    again if it was paused in a WaitFor, or in a Sleep whose time has not come; else
-    pending (queue the next step)."""
+    again if it was paused in a WaitFor, or in a Sleep whose time has not come; queued
+    again if it was paused before it had a place; else pending (queue the next step)."""
 
     def update() -> int:
         # A step still in flight keeps its claim: it commits and queues its successor.
@@ -77,6 +77,12 @@ def resume(sequence_id: int | str) -> tuple[SequenceRecord, bool]:
         ):
             return 1
         idle = rows("resume", sequence_id).filter(claim_token__isnull=True)
+        # Paused before it had a place under its Concurrency: it waits for one again.
+        if idle.filter(flow_key__isnull=False, has_place=False).update(
+            status=Status.QUEUED, updated_at=Now()
+        ):
+            return 1
+        idle = idle.exclude(flow_key__isnull=False, has_place=False)
         if idle.exclude(waiting_for="").update(status=Status.WAITING, updated_at=Now()):
             return 1
         if idle.filter(waiting_for="", wake_at__gt=Now()).update(
@@ -157,8 +163,8 @@ def retry(
         same = rows("retry", sequence_id).filter(epoch=record.epoch)
         with transaction.atomic():
             if same.update(
-                status=Status.PENDING, data=data, epoch=F("epoch") + 1, attempt=0,
-                recoveries=0, error="", finished_at=None, dispatch_due=Now(), updated_at=Now(),
+                **_due(record), data=data, epoch=F("epoch") + 1, attempt=0,
+                recoveries=0, error="", finished_at=None, updated_at=Now(),
                 undo_index=None, ends_as="",
             ):  # fmt: skip
                 _edited(record, record.step_index, data)
@@ -166,6 +172,14 @@ def retry(
     raise InvalidTransition(
         f"Cannot retry sequence {sequence_id}: it kept changing; try again."
     )  # pragma: no cover - needs ROUNDS lost races in a row
+
+
+def _due(record: SequenceRecord) -> dict[str, Any]:
+    """A retried (or rewound) sequence's next step is due; under a Concurrency it first
+    waits queued for a place, unless it still holds one (a paused sequence)."""
+    if record.flow_key is not None and not (record.has_place and record.status not in TERMINAL):
+        return {"status": Status.QUEUED, "has_place": False, "dispatch_due": None}
+    return {"status": Status.PENDING, "dispatch_due": Now()}
 
 
 def rewind(
@@ -180,7 +194,7 @@ def rewind(
             rows("rewind", record.pk)
             .filter(epoch=record.epoch)
             .update(
-                status=Status.PENDING,
+                **_due(record),
                 plan=plan,
                 version=version,
                 step_index=index,
@@ -192,7 +206,6 @@ def rewind(
                 finished_at=None,
                 undo_index=None,
                 ends_as="",
-                dispatch_due=Now(),
                 updated_at=Now(),
                 wake_at=None,
                 waiting_for="",

@@ -161,6 +161,7 @@ def handle_show(out: Output, id: int, tracebacks: bool, history: bool, **_: Any)
         ["progress", f"{record.steps_done}/{record.total_steps} steps"],
         ["current step", record.current_step or "-"],
         ["key", record.key or "-"],
+        *([["concurrency key", record.flow_key]] if record.flow_key is not None else []),
         ["version", record.version or "-"],
         ["queue", record.queue],
         ["subject", display.subject_text(record) or "-"],
