@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.test import override_settings
+from django.utils import timezone
 
 from sequence import Fail, ForEach, Retry, Sequence, Step, WaitFor
 from sequence.declare.masking import MASK
+from sequence.engine import history
 from sequence.engine.history import TOO_LARGE
+from sequence.models import SequenceRecord
 from sequence.testing import drain
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("testing")]
@@ -177,3 +180,17 @@ def test_show_history_prints_each_attempts_change_masked() -> None:
     call_command("sequence", "show", str(seq.id), "--json", stdout=detail)
     attempts = json.loads(detail.getvalue())["attempts"]
     assert attempts[2]["changes"]["added"] == {"api_token": MASK}
+
+
+def test_the_last_failed_attempt_of_a_sequence_retrying_is_retrying() -> None:
+    seq = Pricing.start({})
+    record = SequenceRecord.objects.get(pk=seq.id)
+    history.write(
+        history.Entry(
+            sequence_id=seq.id, step_index=0, step="Quote", epoch=record.epoch, attempt=1,
+            outcome="failed", started_at=timezone.now(), error="RuntimeError: later",
+        )
+    )  # fmt: skip
+    assert [h["outcome"] for h in seq.history()] == ["failed"]
+    SequenceRecord.objects.filter(pk=seq.id).update(status="retrying")  # RQ runs it again
+    assert [h["outcome"] for h in seq.history()] == ["retrying"]

@@ -174,13 +174,13 @@ class Sequence(SequenceDefinition[D]):
             {
                 "step": row.step,
                 "attempt": row.attempt,
-                "outcome": _outcome(row, rows[at + 1 :], record),
+                "outcome": outcome,
                 "started_at": row.started_at,
                 "finished_at": row.finished_at,
                 "error": mask_text(row.error, record.data),
                 "changes": mask_changes(row.changes),
             }
-            for at, row in enumerate(rows)
+            for row, outcome in zip(rows, _outcomes(rows, record), strict=True)
         ]
 
     def pause(self) -> None:
@@ -213,18 +213,25 @@ class Sequence(SequenceDefinition[D]):
         self._load(steering.retry(self.id, data, from_step=from_step, force=force))
 
 
-def _outcome(row: StepAttempt, later: list[StepAttempt], record: SequenceRecord) -> str:
-    """A failed attempt that RQ tried again (or is about to) is ``retrying``."""
-    if row.outcome != Outcome.FAILED:
-        return row.outcome
-    same = (row.step_index, row.epoch, row.item)
-    if any((r.step_index, r.epoch, r.item) == same and r.attempt > row.attempt for r in later):
-        return "retrying"
-    if (
-        not later
-        and row.item is None
-        and record.status == Status.RETRYING
-        and (record.step_index, record.epoch) == (row.step_index, row.epoch)
-    ):
-        return "retrying"
-    return row.outcome
+def _outcomes(rows: list[StepAttempt], record: SequenceRecord) -> list[str]:
+    """Each row's outcome as ``history()`` says it: a failed attempt that RQ tried again
+    (or is about to: the last row, of the step the sequence is retrying) is ``retrying``.
+    One pass from the newest row, keeping each unit's highest attempt seen after."""
+    outcomes: list[str] = []
+    tried: dict[tuple[int, int, int | None], int] = {}
+    for newest, row in enumerate(reversed(rows)):
+        unit = (row.step_index, row.epoch, row.item)
+        outcome = str(row.outcome)
+        if outcome == Outcome.FAILED and (
+            tried.get(unit, 0) > row.attempt
+            or (
+                newest == 0
+                and row.item is None
+                and record.status == Status.RETRYING
+                and (record.step_index, record.epoch) == (row.step_index, row.epoch)
+            )
+        ):
+            outcome = "retrying"
+        tried[unit] = max(tried.get(unit, 0), row.attempt)
+        outcomes.append(outcome)
+    return outcomes[::-1]

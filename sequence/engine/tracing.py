@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 try:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _PROPAGATOR = TraceContextTextMapPropagator()
 except ImportError:  # the [otel] extra is not installed: no spans, nothing imported
     trace = None  # type: ignore[assignment]
 
@@ -61,7 +63,7 @@ def traceparent(name: str) -> str:
         span = _tracer().start_span("sequence.start", attributes={"sequence.name": name})
         span.end()
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent", "")
 
 
@@ -93,7 +95,7 @@ def attempt(
     }
     if kind == ITEM and element is not None:
         attributes["sequence.element"] = element
-    parent = TraceContextTextMapPropagator().extract({"traceparent": record.traceparent})
+    parent = _PROPAGATOR.extract({"traceparent": record.traceparent})
     with _tracer().start_as_current_span(
         SPAN, context=parent, attributes=attributes,
         record_exception=False, set_status_on_exception=False,
