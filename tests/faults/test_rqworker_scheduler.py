@@ -26,6 +26,8 @@ from .test_waiting import (
     woken_once,
 )
 
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
+
 
 @pytest.mark.slow
 def test_an_rqworker_killed_with_its_scheduler_leaves_the_wake_ups_to_a_later_worker(
